@@ -1,0 +1,185 @@
+//! Pure (sans-IO) dataflow operators for sdg.
+//!
+//! An operator turns Arrow [`RecordBatch`]es into record batches. It never opens a file or a socket; the
+//! engine (`sdg` crate) owns all I/O, scheduling, exchange between workers and commits. This keeps every
+//! operator unit-testable with plain batches.
+//!
+//! The contract:
+//! - [`Operator::output_schema`] is called at plan time with the upstream schema, so a graph whose columns
+//!   do not line up is refused before any work starts.
+//! - [`Operator::process`] turns one input batch into an [`Output`]: the rows that go on, and the input rows
+//!   that were dropped, each with a reason (they end in the run's `rejects/`).
+//! - [`Operator::router`] asks the engine to exchange rows between workers by a key (for global steps such
+//!   as dedup) instead of keeping them on the worker that produced them.
+//! - [`Operator::ordered`] asks the engine to deliver batches in timestamp order, each batch's rows sorted by
+//!   `id`, so that a stateful operator's decisions do not depend on the number of workers.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
+use arrow::error::ArrowError;
+
+pub mod chunk;
+pub mod columns;
+pub mod dedup;
+pub mod filter;
+pub mod project;
+
+/// Errors of an operator: at plan time (schema, settings) or on a batch.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error("input has no column `{column}` (this node needs it as {expected})")]
+    MissingColumn { column: String, expected: String },
+    #[error("column `{column}` is {found}, but this node needs {expected}")]
+    ColumnType {
+        column: String,
+        found: DataType,
+        expected: String,
+    },
+    #[error("`{key}`: {message}")]
+    InvalidSetting { key: String, message: String },
+    #[error("arrow: {0}")]
+    Arrow(#[from] ArrowError),
+}
+
+impl OpError {
+    pub fn setting(key: impl Into<String>, message: impl Into<String>) -> Self {
+        OpError::InvalidSetting {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// One dropped input row: its index in the input batch and why it was dropped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reject {
+    pub row: usize,
+    pub reason: String,
+}
+
+/// What an operator made of one input batch.
+#[derive(Debug)]
+pub struct Output {
+    /// Rows that go on downstream (schema = `output_schema`).
+    pub rows: RecordBatch,
+    /// Input rows that were dropped, with the reason.
+    pub rejects: Vec<Reject>,
+}
+
+/// Routes rows to workers by a 64-bit key: rows with equal keys meet on the same worker.
+pub trait Router: Send {
+    fn keys(&self, batch: &RecordBatch) -> Result<Vec<u64>, OpError>;
+}
+
+/// A pure batch-to-batch operator. See the crate docs for the contract.
+pub trait Operator: Send {
+    /// The output schema for `input`, or why `input` does not fit this operator.
+    fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef, OpError>;
+
+    /// Turns one input batch into output rows and rejects.
+    fn process(&mut self, batch: RecordBatch) -> Result<Output, OpError>;
+
+    /// `Some` when rows must be exchanged between workers before this operator sees them.
+    fn router(&self) -> Option<Box<dyn Router>> {
+        None
+    }
+
+    /// `true` when batches must arrive in timestamp order, rows sorted by `id`.
+    fn ordered(&self) -> bool {
+        false
+    }
+}
+
+/// The named column of `batch` as UTF-8 strings, or a typed error.
+pub fn string_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArray, OpError> {
+    let array = batch
+        .column_by_name(name)
+        .ok_or_else(|| OpError::MissingColumn {
+            column: name.to_string(),
+            expected: "a string column".to_string(),
+        })?;
+    array
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or_else(|| OpError::ColumnType {
+            column: name.to_string(),
+            found: array.data_type().clone(),
+            expected: "Utf8".to_string(),
+        })
+}
+
+/// Checks at plan time that `schema` has `name` with type `expected`.
+pub fn require_column(schema: &Schema, name: &str, expected: &DataType) -> Result<(), OpError> {
+    let field = schema
+        .field_with_name(name)
+        .map_err(|_| OpError::MissingColumn {
+            column: name.to_string(),
+            expected: expected.to_string(),
+        })?;
+    if field.data_type() != expected {
+        return Err(OpError::ColumnType {
+            column: name.to_string(),
+            found: field.data_type().clone(),
+            expected: expected.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Keeps the rows of `batch` whose index is in `keep` (sorted ascending).
+pub fn take_rows(batch: &RecordBatch, keep: &[u32]) -> Result<RecordBatch, OpError> {
+    let indices = arrow::array::UInt32Array::from(keep.to_vec());
+    Ok(arrow::compute::take_record_batch(batch, &indices)?)
+}
+
+/// An empty batch of `schema`.
+pub fn empty_batch(schema: &SchemaRef) -> RecordBatch {
+    RecordBatch::new_empty(Arc::clone(schema))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::UInt32Array;
+    use arrow::datatypes::Field;
+
+    fn batch() -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("n", DataType::UInt32, false),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec!["a", "b", "c"])),
+                Arc::new(UInt32Array::from(vec![1, 2, 3])),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn string_column_reports_missing_and_mistyped_columns() {
+        let b = batch();
+        assert_eq!(string_column(&b, "id").unwrap().value(1), "b");
+        assert!(matches!(string_column(&b, "nope"), Err(OpError::MissingColumn { .. })));
+        assert!(matches!(string_column(&b, "n"), Err(OpError::ColumnType { .. })));
+    }
+
+    #[test]
+    fn require_column_checks_type() {
+        let b = batch();
+        assert!(require_column(&b.schema(), "id", &DataType::Utf8).is_ok());
+        assert!(require_column(&b.schema(), "n", &DataType::Utf8).is_err());
+        assert!(require_column(&b.schema(), "x", &DataType::Utf8).is_err());
+    }
+
+    #[test]
+    fn take_rows_keeps_selected_rows_in_order() {
+        let kept = take_rows(&batch(), &[0, 2]).unwrap();
+        assert_eq!(kept.num_rows(), 2);
+        assert_eq!(string_column(&kept, "id").unwrap().value(1), "c");
+    }
+}

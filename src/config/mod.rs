@@ -1,0 +1,432 @@
+//! YAML config -> typed values, once, at the edge. Every problem is reported with file, line and key path.
+//!
+//! A config is a list of graph nodes plus run settings:
+//! ```yaml
+//! run: {batch_rows: 1024, window: 4, partitions: 4}
+//! nodes:
+//!   - {id: docs, kind: ingest, paths: [./corpus]}
+//!   - {id: chunks, kind: chunk, input: docs, max_tokens: 256, overlap: 32}
+//!   - {id: out, kind: sink, input: chunks}
+//! ```
+
+pub mod de;
+pub mod yaml;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use sdg_operators::chunk::ChunkSpec;
+use sdg_operators::dedup::DedupSpec;
+use sdg_operators::filter::FilterSpec;
+
+use crate::io::ingest::IngestSpec;
+use crate::io::sink::SinkSpec;
+pub use de::Diagnostic;
+use yaml::{Node, Value};
+
+/// The config a run starts from when none is given: the quickstart graph over the bundled sample corpus.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../configs/quickstart.yaml");
+
+/// Engine settings that are not a node.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RunSettings {
+    /// Rows per source batch (a batch also closes at `batch_bytes`).
+    #[serde(default = "defaults::batch_rows")]
+    pub batch_rows: usize,
+    /// Text bytes per source batch.
+    #[serde(default = "defaults::batch_bytes")]
+    pub batch_bytes: usize,
+    /// Source batches in flight per worker before the source waits for the sinks: this bounds memory.
+    #[serde(default = "defaults::window")]
+    pub window: usize,
+    /// Output buckets. Rows go to a bucket by a hash of their id, so the output does not depend on the
+    /// number of workers or processes.
+    #[serde(default = "defaults::partitions")]
+    pub partitions: u32,
+    /// Seed for everything random.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+impl Default for RunSettings {
+    fn default() -> Self {
+        RunSettings {
+            batch_rows: defaults::batch_rows(),
+            batch_bytes: defaults::batch_bytes(),
+            window: defaults::window(),
+            partitions: defaults::partitions(),
+            seed: 0,
+        }
+    }
+}
+
+mod defaults {
+    pub fn batch_rows() -> usize {
+        1024
+    }
+    pub fn batch_bytes() -> usize {
+        4 << 20
+    }
+    pub fn window() -> usize {
+        4
+    }
+    pub fn partitions() -> u32 {
+        4
+    }
+}
+
+/// The typed settings of one node, by kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeSpec {
+    Ingest(IngestSpec),
+    Chunk(ChunkSpec),
+    Filter(FilterSpec),
+    Dedup(DedupSpec),
+    Sink(SinkSpec),
+}
+
+/// Every kind a node may have.
+pub const KINDS: &[&str] = &["ingest", "chunk", "filter", "dedup", "sink"];
+
+/// One node of the graph as written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeConfig {
+    pub id: String,
+    pub kind: String,
+    /// `None` when its settings had errors (already reported).
+    pub spec: Option<NodeSpec>,
+    pub inputs: Vec<String>,
+    /// Where the node starts, for messages about the node as a whole.
+    pub line: usize,
+    pub col: usize,
+    /// Where each input is named.
+    pub input_positions: Vec<(usize, usize)>,
+    /// Key path of the node: `nodes[2]`.
+    pub path: String,
+}
+
+/// A parsed config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from (`<embedded>` for the default).
+    pub origin: PathBuf,
+    /// Relative paths in the config are resolved against this folder.
+    pub base_dir: PathBuf,
+    pub run: RunSettings,
+    pub nodes: Vec<NodeConfig>,
+    /// BLAKE3 of the config's content (not its formatting or comments), hex.
+    pub hash: String,
+    /// The config text, kept for the manifest and dataset card.
+    pub text: String,
+}
+
+/// A config with problems: every one of them, located.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub struct ConfigError {
+    pub origin: PathBuf,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.diagnostics.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            let path = if d.path.is_empty() { String::new() } else { format!(" `{}`", d.path) };
+            write!(f, "{}:{}:{}:{path} {}", self.origin.display(), d.line, d.col, d.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads and parses a config file. Problems found here are returned with the config when it could
+    /// still be built, so graph checks can add theirs before anything is reported.
+    pub fn load(path: &Path) -> Result<(Config, Vec<Diagnostic>), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            origin: path.to_path_buf(),
+            diagnostics: vec![Diagnostic {
+                line: 0,
+                col: 0,
+                path: String::new(),
+                message: format!("cannot read config: {e}"),
+            }],
+        })?;
+        let base_dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Config::parse(&text, path, &base_dir)
+    }
+
+    /// The embedded default config. Its paths are relative to `configs/` under the current folder, as if
+    /// it were read from `configs/quickstart.yaml` in the repository root.
+    pub fn embedded() -> Result<(Config, Vec<Diagnostic>), ConfigError> {
+        Config::parse(EMBEDDED_DEFAULT, Path::new("<embedded configs/quickstart.yaml>"), Path::new("configs"))
+    }
+
+    /// Parses config text; `origin` names it in messages and `base_dir` anchors relative paths.
+    pub fn parse(text: &str, origin: &Path, base_dir: &Path) -> Result<(Config, Vec<Diagnostic>), ConfigError> {
+        let fail = |diagnostics| ConfigError {
+            origin: origin.to_path_buf(),
+            diagnostics,
+        };
+        let root = yaml::parse(text).map_err(|e| {
+            fail(vec![Diagnostic {
+                line: e.line,
+                col: e.col,
+                path: String::new(),
+                message: format!("invalid YAML: {}", e.message),
+            }])
+        })?;
+        let mut diagnostics = Vec::new();
+        let Value::Map(entries) = &root.value else {
+            return Err(fail(vec![Diagnostic::at(
+                &root,
+                "",
+                format!("a config is a map with `nodes` (and optionally `run`), found {}", root.describe()),
+            )]));
+        };
+        const TOP: &[&str] = &["run", "nodes"];
+        for (key, _) in entries {
+            let name = key.as_str().unwrap_or("");
+            if !TOP.contains(&name) {
+                diagnostics.push(Diagnostic::at(key, name, de::unknown_message("key", name, TOP)));
+            }
+        }
+        let run = match root.get("run") {
+            Some(node) => de::decode::<RunSettings>(node, "run", &mut diagnostics).unwrap_or_default(),
+            None => RunSettings::default(),
+        };
+        let mut nodes = Vec::new();
+        match root.get("nodes") {
+            None => diagnostics.push(Diagnostic::at(&root, "nodes", "missing key `nodes` (the graph)")),
+            Some(Node { value: Value::Seq(items), .. }) => {
+                for (index, item) in items.iter().enumerate() {
+                    if let Some(node) = node_config(item, index, base_dir, &mut diagnostics) {
+                        nodes.push(node);
+                    }
+                }
+            }
+            Some(other) => diagnostics.push(Diagnostic::at(
+                other,
+                "nodes",
+                format!("expected a list of nodes, found {}", other.describe()),
+            )),
+        }
+        let config = Config {
+            origin: origin.to_path_buf(),
+            base_dir: base_dir.to_path_buf(),
+            run,
+            nodes,
+            hash: content_hash(&root),
+            text: text.to_string(),
+        };
+        Ok((config, diagnostics))
+    }
+
+    pub fn node(&self, id: &str) -> Option<&NodeConfig> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+}
+
+fn node_config(
+    item: &Node,
+    index: usize,
+    base_dir: &Path,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<NodeConfig> {
+    let path = format!("nodes[{index}]");
+    let Value::Map(entries) = &item.value else {
+        diagnostics.push(Diagnostic::at(
+            item,
+            &path,
+            format!("a node is a map with `id` and `kind`, found {}", item.describe()),
+        ));
+        return None;
+    };
+    let text_of = |key: &str, diagnostics: &mut Vec<Diagnostic>| -> Option<String> {
+        match item.get(key) {
+            None => {
+                diagnostics.push(Diagnostic::at(item, &path, format!("missing key `{key}`")));
+                None
+            }
+            Some(node) => match node.as_str() {
+                Some(text) if !text.is_empty() => Some(text.to_string()),
+                _ => {
+                    diagnostics.push(Diagnostic::at(
+                        node,
+                        &format!("{path}.{key}"),
+                        format!("expected a name, found {}", node.describe()),
+                    ));
+                    None
+                }
+            },
+        }
+    };
+    let id = text_of("id", diagnostics)?;
+    let kind = text_of("kind", diagnostics);
+    let mut inputs = Vec::new();
+    let mut input_positions = Vec::new();
+    for key in ["input", "inputs"] {
+        let Some(node) = item.get(key) else { continue };
+        let names: Vec<&Node> = match &node.value {
+            Value::Seq(items) => items.iter().collect(),
+            _ => vec![node],
+        };
+        for name in names {
+            match name.as_str() {
+                Some(text) => {
+                    inputs.push(text.to_string());
+                    input_positions.push((name.line, name.col));
+                }
+                None => diagnostics.push(Diagnostic::at(
+                    name,
+                    &format!("{path}.{key}"),
+                    format!("expected a node id, found {}", name.describe()),
+                )),
+            }
+        }
+    }
+    let settings = Node {
+        value: Value::Map(
+            entries
+                .iter()
+                .filter(|(k, _)| !matches!(k.as_str(), Some("id" | "kind" | "input" | "inputs")))
+                .cloned()
+                .collect(),
+        ),
+        line: item.line,
+        col: item.col,
+    };
+    let spec = match kind.as_deref() {
+        None => None,
+        Some("ingest") => de::decode::<IngestSpec>(&settings, &path, diagnostics)
+            .map(|s| NodeSpec::Ingest(s.resolved(base_dir))),
+        Some("chunk") => de::decode::<ChunkSpec>(&settings, &path, diagnostics).map(|mut s| {
+            if let Some(file) = &s.tokenizer {
+                s.tokenizer = Some(resolve(base_dir, file));
+            }
+            NodeSpec::Chunk(s)
+        }),
+        Some("filter") => de::decode::<FilterSpec>(&settings, &path, diagnostics).map(NodeSpec::Filter),
+        Some("dedup") => de::decode::<DedupSpec>(&settings, &path, diagnostics).map(NodeSpec::Dedup),
+        Some("sink") => de::decode::<SinkSpec>(&settings, &path, diagnostics).map(NodeSpec::Sink),
+        Some(other) => {
+            let at = item.get("kind").unwrap_or(item);
+            diagnostics.push(Diagnostic::at(
+                at,
+                &format!("{path}.kind"),
+                de::unknown_message("node kind", other, KINDS),
+            ));
+            None
+        }
+    };
+    Some(NodeConfig {
+        id,
+        kind: kind.unwrap_or_default(),
+        spec,
+        inputs,
+        line: item.line,
+        col: item.col,
+        input_positions,
+        path,
+    })
+}
+
+/// `path` anchored at `base_dir` unless it is absolute.
+pub fn resolve(base_dir: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() { path.to_path_buf() } else { base_dir.join(path) }
+}
+
+/// Hash of the tree's content: formatting, comments and positions do not count.
+fn content_hash(root: &Node) -> String {
+    fn feed(node: &Node, hasher: &mut blake3::Hasher) {
+        match &node.value {
+            Value::Null => {
+                hasher.update(b"n");
+            }
+            Value::Scalar { text, plain } => {
+                hasher.update(if *plain { b"p" } else { b"q" });
+                hasher.update(&(text.len() as u64).to_le_bytes());
+                hasher.update(text.as_bytes());
+            }
+            Value::Seq(items) => {
+                hasher.update(b"[");
+                hasher.update(&(items.len() as u64).to_le_bytes());
+                items.iter().for_each(|i| feed(i, hasher));
+            }
+            Value::Map(entries) => {
+                hasher.update(b"{");
+                hasher.update(&(entries.len() as u64).to_le_bytes());
+                for (k, v) in entries {
+                    feed(k, hasher);
+                    feed(v, hasher);
+                }
+            }
+        }
+    }
+    let mut hasher = blake3::Hasher::new();
+    feed(root, &mut hasher);
+    hasher.finalize().to_hex().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> (Config, Vec<Diagnostic>) {
+        Config::parse(text, Path::new("t.yaml"), Path::new("/base")).unwrap()
+    }
+
+    #[test]
+    fn parses_nodes_and_resolves_paths() {
+        let (config, diags) = parse(
+            "run: {partitions: 2}\nnodes:\n  - {id: docs, kind: ingest, paths: [corpus]}\n  - {id: out, kind: sink, input: docs}\n",
+        );
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!(config.run.partitions, 2);
+        assert_eq!(config.nodes.len(), 2);
+        assert_eq!(config.nodes[1].inputs, vec!["docs".to_string()]);
+        match &config.nodes[0].spec {
+            Some(NodeSpec::Ingest(spec)) => assert_eq!(spec.paths, vec![PathBuf::from("/base/corpus")]),
+            other => panic!("expected ingest, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn collects_errors_from_every_node() {
+        let (config, diags) = parse(
+            "nodse: 1\nnodes:\n  - {id: docs, kind: ingset}\n  - {id: c, kind: chunk, input: docs, max_tokens: lots}\n",
+        );
+        assert_eq!(config.nodes.len(), 2);
+        let messages: Vec<_> = diags.iter().map(|d| (d.line, d.message.clone())).collect();
+        assert!(messages.contains(&(1, "unknown key `nodse`, did you mean `nodes`?".to_string())), "{messages:?}");
+        assert!(
+            messages.contains(&(3, "unknown node kind `ingset`, did you mean `ingest`?".to_string())),
+            "{messages:?}"
+        );
+        assert!(messages.iter().any(|(line, m)| *line == 4 && m.contains("expected an integer")), "{messages:?}");
+    }
+
+    #[test]
+    fn hash_ignores_formatting_and_comments() {
+        let (a, _) = parse("nodes:\n  - {id: docs, kind: ingest, paths: [c]}\n");
+        let (b, _) = parse("# comment\nnodes:\n  - id: docs\n    kind: ingest\n    paths:\n      - c\n");
+        let (c, _) = parse("nodes:\n  - {id: docs, kind: ingest, paths: [d]}\n");
+        assert_eq!(a.hash, b.hash);
+        assert_ne!(a.hash, c.hash);
+    }
+
+    #[test]
+    fn the_embedded_default_is_valid() {
+        let (config, diags) = Config::embedded().unwrap();
+        assert!(diags.is_empty(), "{diags:?}");
+        assert!(!config.nodes.is_empty());
+    }
+}

@@ -1,0 +1,7 @@
+//! Sources and sinks: everything that touches files.
+
+pub mod formats;
+pub mod ingest;
+pub mod json_rows;
+pub mod rejects;
+pub mod sink;

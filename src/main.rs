@@ -1,0 +1,294 @@
+//! The `sdg` command line.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use sdg::config::{Config, ConfigError};
+use sdg::plan::{Plan, render};
+use sdg::run::manifest::{Manifest, RunStatus};
+use sdg::runtime::metrics::{WorkerCounters, process_totals};
+use sdg::runtime::{Engine, RunOptions};
+
+#[derive(Parser)]
+#[command(name = "sdg", version, about = "Synthesizes training data for LLMs from one YAML file")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a config and report every problem at once (file, line, key). Exits 1 on errors.
+    Validate {
+        /// The config file.
+        config: PathBuf,
+    },
+    /// Print the resolved graph: nodes, kinds, edges and columns.
+    Plan {
+        config: PathBuf,
+        #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+        format: PlanFormat,
+    },
+    /// Run a graph and write the run directory (data/, rejects/, manifest.json).
+    Run {
+        /// The config file; without one, the embedded quickstart runs on the bundled sample corpus.
+        config: Option<PathBuf>,
+        /// The run directory.
+        #[arg(short, long, default_value = "sdg-out")]
+        out: PathBuf,
+        /// Worker threads in this process.
+        #[arg(short, long, default_value_t = default_workers())]
+        workers: usize,
+        /// Processes in the cluster.
+        #[arg(long, default_value_t = 1)]
+        processes: usize,
+        /// This process's index (0-based).
+        #[arg(long, default_value_t = 0)]
+        process: usize,
+        /// One host:port per line, one line per process.
+        #[arg(long)]
+        hostfile: Option<PathBuf>,
+        /// Replace the outputs of an earlier run in the run directory.
+        #[arg(long)]
+        overwrite: bool,
+        /// No progress display.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PlanFormat {
+    Text,
+    Dot,
+    Mermaid,
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SDG_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Validate { config } => Ok(match Plan::from_file(&config) {
+            Ok(plan) => {
+                let edges: usize = plan.nodes.iter().map(|n| n.inputs.len()).sum();
+                println!(
+                    "{}: ok ({} nodes, {} edges, config {})",
+                    config.display(),
+                    plan.nodes.len(),
+                    edges,
+                    &plan.config.hash[..12]
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => report_config_error(&error),
+        }),
+        Command::Plan { config, format } => Ok(match Plan::from_file(&config) {
+            Ok(plan) => {
+                let text = match format {
+                    PlanFormat::Text => render::text(&plan),
+                    PlanFormat::Dot => render::dot(&plan),
+                    PlanFormat::Mermaid => render::mermaid(&plan),
+                };
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => report_config_error(&error),
+        }),
+        Command::Run {
+            config,
+            out,
+            workers,
+            processes,
+            process,
+            hostfile,
+            overwrite,
+            quiet,
+        } => {
+            let plan = match load_plan(config.as_deref()) {
+                Ok(plan) => plan,
+                Err(error) => return Ok(report_config_error(&error)),
+            };
+            let options = RunOptions {
+                out,
+                workers: workers.max(1),
+                processes: processes.max(1),
+                process,
+                hostfile,
+                overwrite,
+            };
+            run(plan, options, quiet)
+        }
+    }
+}
+
+fn load_plan(config: Option<&Path>) -> Result<Plan, ConfigError> {
+    match config {
+        Some(path) => Plan::from_file(path),
+        None => {
+            let (config, diagnostics) = Config::embedded()?;
+            Plan::build(config, diagnostics)
+        }
+    }
+}
+
+fn report_config_error(error: &ConfigError) -> ExitCode {
+    eprintln!("{error}");
+    let n = error.diagnostics.len();
+    eprintln!("{n} error{} found; nothing was run", if n == 1 { "" } else { "s" });
+    ExitCode::FAILURE
+}
+
+fn run(plan: Plan, options: RunOptions, quiet: bool) -> anyhow::Result<ExitCode> {
+    let stop = Arc::new(AtomicBool::new(false));
+    install_signal_handler(Arc::clone(&stop))?;
+    let out = options.out.clone();
+    let node_ids: Vec<(String, String)> = plan.nodes.iter().map(|n| (n.id.clone(), n.kind.clone())).collect();
+    let engine = Engine::new(plan, options);
+    let progress = (!quiet && std::io::stderr().is_terminal()).then(|| Progress::start(&node_ids, engine.counters()));
+    let result = engine.run(Arc::clone(&stop));
+    if let Some(progress) = progress {
+        progress.finish();
+    }
+    let manifest = result.with_context(|| format!("run into {} failed", out.display()))?;
+    print_summary(&manifest, &out);
+    Ok(match manifest.status {
+        RunStatus::Completed => ExitCode::SUCCESS,
+        RunStatus::Interrupted => ExitCode::from(130),
+        RunStatus::Failed | RunStatus::Running => ExitCode::FAILURE,
+    })
+}
+
+fn install_signal_handler(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let presses = AtomicUsize::new(0);
+    ctrlc::set_handler(move || {
+        if presses.fetch_add(1, Ordering::SeqCst) == 0 {
+            stop.store(true, Ordering::SeqCst);
+            eprintln!("\nstopping: finishing in-flight batches and committing (press Ctrl-C again to exit now)");
+        } else {
+            // Everything committed so far stays valid: parts are renamed into place only when complete.
+            std::process::exit(130);
+        }
+    })
+    .context("cannot install the Ctrl-C handler")
+}
+
+fn print_summary(manifest: &Manifest, out: &Path) {
+    println!(
+        "{} in {:.2}s ({} workers x {} processes), config {}",
+        serde_json::to_value(manifest.status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+        manifest.elapsed_s,
+        manifest.workers,
+        manifest.processes,
+        &manifest.config_hash[..12.min(manifest.config_hash.len())]
+    );
+    println!("{:<16} {:>12} {:>12} {:>10} {:>10}", "node", "in", "out", "rejected", "busy s");
+    for node in &manifest.graph {
+        if let Some(stats) = manifest.nodes.get(&node.id) {
+            println!(
+                "{:<16} {:>12} {:>12} {:>10} {:>10.2}",
+                format!("{} [{}]", node.id, node.kind),
+                stats.rows_in,
+                stats.rows_out,
+                stats.rejected,
+                stats.busy_s
+            );
+        }
+    }
+    for (sink, output) in &manifest.outputs {
+        println!(
+            "{sink}: {} rows in {} parts ({} bytes) under {}",
+            output.rows,
+            output.parts.len(),
+            output.bytes,
+            out.join(&output.dir).display()
+        );
+    }
+    println!(
+        "rejects: {} rows under {}",
+        manifest.rejects.rows,
+        out.join(&manifest.rejects.dir).display()
+    );
+    for error in &manifest.errors {
+        println!("error: {error}");
+    }
+}
+
+/// One progress line per node, refreshed from the workers' counters.
+struct Progress {
+    done: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Progress {
+    fn start(nodes: &[(String, String)], counters: Vec<Arc<WorkerCounters>>) -> Progress {
+        let multi = indicatif::MultiProgress::new();
+        let style = indicatif::ProgressStyle::with_template("{spinner} {prefix:<24} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+        let bars: Vec<indicatif::ProgressBar> = nodes
+            .iter()
+            .map(|(id, kind)| {
+                let bar = multi.add(indicatif::ProgressBar::new_spinner());
+                bar.set_style(style.clone());
+                bar.set_prefix(format!("{id} [{kind}]"));
+                bar
+            })
+            .collect();
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&done);
+        let thread = std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            while !flag.load(Ordering::Relaxed) {
+                let secs = started.elapsed().as_secs_f64().max(1e-3);
+                for (i, bar) in bars.iter().enumerate() {
+                    let t = process_totals(&counters, i);
+                    let moved = t.rows_in.max(t.rows_out);
+                    bar.set_message(format!(
+                        "in {:>10}  out {:>10}  rejected {:>8}  {:>9.0} rows/s",
+                        t.rows_in,
+                        t.rows_out,
+                        t.rejected,
+                        moved as f64 / secs
+                    ));
+                    bar.tick();
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            for bar in &bars {
+                bar.finish();
+            }
+        });
+        Progress { done, thread }
+    }
+
+    fn finish(self) {
+        self.done.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}

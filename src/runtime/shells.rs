@@ -1,0 +1,485 @@
+//! Timely operators around sdg's pieces: the source shell (with backpressure), the transform shells
+//! (streaming or time-ordered), the router, and the sink shell.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, RecordBatch, StringArray, UInt32Array};
+use arrow::compute::{concat_batches, sort_to_indices, take_record_batch};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::operator::{Operator as TimelyOperator, source};
+use timely::dataflow::{ProbeHandle, Scope, Stream};
+
+use sdg_operators::columns;
+use sdg_operators::{Operator, Router};
+
+use super::batch::{Lane, Packet};
+use super::metrics::WorkerCounters;
+use crate::io::ingest::{FileReader, IngestSpec, SourceFile};
+use crate::io::rejects::{self, RejectRow};
+use crate::io::sink::{BucketWriter, CommittedPart, PartSettings};
+
+pub type PacketStream<'s> = Stream<'s, u64, Vec<Packet>>;
+type Builder = CapacityContainerBuilder<Vec<Packet>>;
+
+/// Batches of one file share a timestamp range: `file_ordinal << FILE_SHIFT | batch_in_file`.
+pub const FILE_SHIFT: u32 = 24;
+
+/// What a worker's source reads and how fast it may go.
+pub struct SourceSettings {
+    pub node: usize,
+    pub node_id: String,
+    pub spec: IngestSpec,
+    /// (global file ordinal, file) for the files this worker reads, ascending.
+    pub files: Vec<(usize, SourceFile)>,
+    /// Discovery problems (given to one worker only).
+    pub problems: Vec<RejectRow>,
+    pub batch_rows: usize,
+    pub batch_bytes: usize,
+    pub window: usize,
+    pub probe: ProbeHandle<u64>,
+    pub stop: Arc<AtomicBool>,
+    pub counters: Arc<WorkerCounters>,
+}
+
+/// Reads files into batches. A new batch is read only while fewer than `window` of this worker's batches
+/// are still upstream of the sinks (the probe), which bounds memory whatever the corpus size.
+pub fn ingest_source<'s>(scope: Scope<'s, u64>, settings: SourceSettings) -> PacketStream<'s> {
+    let name = format!("ingest:{}", settings.node_id);
+    source::<_, Builder, _, _>(scope, &name, move |capability, info| {
+        let activator = scope.activator_for(info.address);
+        let mut capability: Option<Capability<u64>> = Some(capability);
+        let mut files: VecDeque<(usize, SourceFile)> = settings.files.into();
+        let mut problems = settings.problems;
+        let mut reader: Option<(usize, FileReader, u64)> = None;
+        let mut in_flight: VecDeque<u64> = VecDeque::new();
+        let counters = Arc::clone(&settings.counters);
+        let node = settings.node;
+        move |output| {
+            let Some(cap) = capability.as_mut() else { return };
+            if settings.stop.load(Ordering::Relaxed) {
+                capability = None;
+                return;
+            }
+            let started = Instant::now();
+            let c = &counters.nodes[node];
+            if !problems.is_empty() {
+                let batch = rejects::to_batch(&problems);
+                c.add(&c.rejected, problems.len() as u64);
+                problems.clear();
+                output.session(&*cap).give(Packet::rejects(batch));
+            }
+            while let Some(&t) = in_flight.front() {
+                if settings.probe.less_equal(&t) {
+                    break;
+                }
+                in_flight.pop_front();
+            }
+            if in_flight.len() >= settings.window {
+                // Wait for the sinks; poll again shortly rather than spin.
+                activator.activate_after(Duration::from_millis(1));
+                return;
+            }
+            loop {
+                if reader.is_none() {
+                    match files.pop_front() {
+                        Some((ordinal, file)) => {
+                            reader = Some((ordinal, FileReader::open(&settings.spec, &settings.node_id, file), 0));
+                        }
+                        None => {
+                            capability = None;
+                            return;
+                        }
+                    }
+                }
+                let Some((ordinal, file_reader, batch_index)) = reader.as_mut() else { return };
+                match file_reader.next_batch(settings.batch_rows, settings.batch_bytes) {
+                    None => reader = None,
+                    Some(read) => {
+                        let time = ((*ordinal as u64) << FILE_SHIFT) | (*batch_index).min((1 << FILE_SHIFT) - 1);
+                        *batch_index += 1;
+                        cap.downgrade(&time);
+                        let mut session = output.session(&*cap);
+                        let rows = read.rows.num_rows() as u64;
+                        if rows > 0 {
+                            c.add(&c.rows_out, rows);
+                            if let Some(text) = read.rows.column_by_name(columns::TEXT) {
+                                c.add(&c.text_bytes_in, text.to_data().buffers().get(1).map_or(0, |b| b.len()) as u64);
+                            }
+                            session.give(Packet::rows(read.rows));
+                        }
+                        if !read.rejects.is_empty() {
+                            c.add(&c.rejected, read.rejects.len() as u64);
+                            session.give(Packet::rejects(rejects::to_batch(&read.rejects)));
+                        }
+                        drop(session);
+                        c.add(&c.batches, 1);
+                        c.busy(started.elapsed());
+                        in_flight.push_back(time);
+                        // Nothing later from this worker can be at `time`: let it pass the sinks.
+                        cap.downgrade(&(time + 1));
+                        activator.activate();
+                        return;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Applies `op` to a batch, turning failures of the whole batch into rejects of every row.
+fn apply(op: &mut dyn Operator, node_id: &str, batch: RecordBatch, counters: &WorkerCounters, node: usize) -> Vec<Packet> {
+    let started = Instant::now();
+    let c = &counters.nodes[node];
+    c.add(&c.rows_in, batch.num_rows() as u64);
+    c.add(&c.batches, 1);
+    let mut out = Vec::with_capacity(2);
+    let reject_rows = match op.process(batch.clone()) {
+        Ok(output) => {
+            if output.rows.num_rows() > 0 {
+                c.add(&c.rows_out, output.rows.num_rows() as u64);
+                out.push(Packet::rows(output.rows));
+            }
+            rejects::from_operator(node_id, &batch, &output.rejects)
+        }
+        Err(error) => {
+            let all: Vec<sdg_operators::Reject> = (0..batch.num_rows())
+                .map(|row| sdg_operators::Reject {
+                    row,
+                    reason: format!("batch failed: {error}"),
+                })
+                .collect();
+            rejects::from_operator(node_id, &batch, &all)
+        }
+    };
+    match reject_rows {
+        Ok(rows) if !rows.is_empty() => {
+            c.add(&c.rejected, rows.len() as u64);
+            out.push(Packet::rejects(rejects::to_batch(&rows)));
+        }
+        Ok(_) => {}
+        Err(error) => tracing::error!(node = node_id, %error, "could not record rejects"),
+    }
+    c.busy(started.elapsed());
+    out
+}
+
+/// A streaming transform: each batch is processed as it arrives, on the worker that holds it.
+pub fn transform<'s>(
+    input: PacketStream<'s>,
+    mut op: Box<dyn Operator>,
+    node: usize,
+    node_id: String,
+    counters: Arc<WorkerCounters>,
+) -> PacketStream<'s> {
+    input.unary::<Builder, _, _, _>(Pipeline, &format!("op:{node_id}"), move |_, _| {
+        move |input, output| {
+            input.for_each(|cap, data| {
+                let mut session = output.session(&cap);
+                for packet in data.drain(..) {
+                    session.give_iterator(apply(op.as_mut(), &node_id, packet.batch, &counters, node).into_iter());
+                }
+            });
+        }
+    })
+}
+
+/// Concatenates batches and sorts rows by `id`, so the result does not depend on arrival order.
+pub fn sorted_by_id(batches: Vec<RecordBatch>) -> Result<Option<RecordBatch>, arrow::error::ArrowError> {
+    let Some(first) = batches.first() else { return Ok(None) };
+    let merged = concat_batches(&first.schema(), &batches)?;
+    let Some(ids) = merged.column_by_name(columns::ID) else { return Ok(Some(merged)) };
+    let order = sort_to_indices(ids.as_ref(), None, None)?;
+    Ok(Some(take_record_batch(&merged, &order)?))
+}
+
+/// A stateful transform that must see timestamps in order: batches wait until their time is complete,
+/// then go through the operator in time order, rows sorted by id.
+pub fn ordered_transform<'s>(
+    input: PacketStream<'s>,
+    mut op: Box<dyn Operator>,
+    node: usize,
+    node_id: String,
+    counters: Arc<WorkerCounters>,
+) -> PacketStream<'s> {
+    let exchange = Exchange::new(|packet: &Packet| packet.dest);
+    input.unary_frontier::<Builder, _, _, _>(exchange, &format!("ordered:{node_id}"), move |_, _| {
+        let mut stash: BTreeMap<u64, (Capability<u64>, Vec<RecordBatch>)> = BTreeMap::new();
+        move |(input, frontier), output| {
+            input.for_each(|cap, data| {
+                let Some(&time) = cap.least() else { return };
+                if let Some(retained) = cap.retain_least(output.output_index()) {
+                    let entry = stash.entry(time).or_insert_with(|| (retained, Vec::new()));
+                    entry.1.extend(data.drain(..).map(|p| p.batch));
+                }
+            });
+            while let Some((&time, _)) = stash.first_key_value() {
+                if frontier.frontier().less_equal(&time) {
+                    break;
+                }
+                let Some((cap, batches)) = stash.remove(&time) else { break };
+                let merged = match sorted_by_id(batches) {
+                    Ok(Some(merged)) => merged,
+                    Ok(None) => continue,
+                    Err(error) => {
+                        tracing::error!(node = node_id.as_str(), %error, "could not merge batches");
+                        continue;
+                    }
+                };
+                let mut session = output.session(&cap);
+                session.give_iterator(apply(op.as_mut(), &node_id, merged, &counters, node).into_iter());
+            }
+        }
+    })
+}
+
+/// Splits each batch by `router`'s keys into one packet per destination worker.
+pub fn route<'s>(input: PacketStream<'s>, router: Box<dyn Router>, peers: usize, name: &str) -> PacketStream<'s> {
+    input.unary::<Builder, _, _, _>(Pipeline, &format!("route:{name}"), move |_, _| {
+        move |input, output| {
+            input.for_each(|cap, data| {
+                let mut session = output.session(&cap);
+                for packet in data.drain(..) {
+                    match split_by_key(&packet.batch, router.as_ref(), peers) {
+                        Ok(parts) => session.give_iterator(parts.into_iter().map(|(dest, batch)| Packet {
+                            lane: Lane::Rows,
+                            dest,
+                            batch,
+                        })),
+                        Err(error) => {
+                            // Keys could not be computed: keep the rows here rather than lose them.
+                            tracing::warn!(%error, "routing failed; batch stays on this worker");
+                            session.give(packet);
+                        }
+                    }
+                }
+            });
+        }
+    })
+}
+
+fn split_by_key(
+    batch: &RecordBatch,
+    router: &dyn Router,
+    peers: usize,
+) -> Result<Vec<(u64, RecordBatch)>, sdg_operators::OpError> {
+    let keys = router.keys(batch)?;
+    let mut by_dest: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+    for (row, key) in keys.iter().enumerate() {
+        by_dest.entry(key % peers as u64).or_default().push(row as u32);
+    }
+    if by_dest.len() == 1 {
+        let dest = by_dest.into_keys().next().unwrap_or(0);
+        return Ok(vec![(dest, batch.clone())]);
+    }
+    by_dest
+        .into_iter()
+        .map(|(dest, rows)| Ok((dest, take_record_batch(batch, &UInt32Array::from(rows))?)))
+        .collect()
+}
+
+/// Keeps rows on the worker that holds them (for ordered operators that need no exchange).
+pub struct StayRouter {
+    pub worker: u64,
+}
+
+impl Router for StayRouter {
+    fn keys(&self, batch: &RecordBatch) -> Result<Vec<u64>, sdg_operators::OpError> {
+        Ok(vec![self.worker; batch.num_rows()])
+    }
+}
+
+/// The output bucket of a record id: stable across runs, platforms and worker counts.
+pub fn bucket_of(id: &str, partitions: u32) -> u32 {
+    let hash = blake3::hash(id.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash.as_bytes()[..8]);
+    (u64::from_le_bytes(first) % partitions.max(1) as u64) as u32
+}
+
+/// Routes rows to the worker that owns their output bucket.
+pub struct BucketRouter {
+    pub partitions: u32,
+}
+
+impl Router for BucketRouter {
+    fn keys(&self, batch: &RecordBatch) -> Result<Vec<u64>, sdg_operators::OpError> {
+        let ids = sdg_operators::string_column(batch, columns::ID)?;
+        Ok((0..ids.len()).map(|i| bucket_of(ids.value(i), self.partitions) as u64).collect())
+    }
+}
+
+/// What the sinks of one worker did, read after the dataflow ends.
+#[derive(Debug, Default)]
+pub struct SinkReport {
+    pub parts: BTreeMap<String, Vec<CommittedPart>>,
+    pub errors: Vec<String>,
+    pub finished: usize,
+}
+
+/// Where and how a sink shell writes.
+pub struct SinkSettings {
+    pub node: usize,
+    pub node_id: String,
+    pub run_dir: std::path::PathBuf,
+    pub dir: String,
+    pub part: PartSettings,
+    pub partitions: u32,
+    pub project: Option<Box<dyn Operator>>,
+    pub report: Rc<RefCell<SinkReport>>,
+    pub stop: Arc<AtomicBool>,
+    pub counters: Arc<WorkerCounters>,
+}
+
+/// Writes rows (already routed to the bucket owner) in time order, sorted by id within a time, so the
+/// parts are byte-identical whatever the number of workers. Holds a capability per pending time so the
+/// probe after it tells the sources what is really written.
+pub fn sink<'s>(input: PacketStream<'s>, settings: SinkSettings) -> PacketStream<'s> {
+    let exchange = Exchange::new(|packet: &Packet| packet.dest);
+    let name = format!("sink:{}", settings.node_id);
+    input.unary_frontier::<Builder, _, _, _>(exchange, &name, move |_, _| {
+        let mut settings = settings;
+        let mut stash: BTreeMap<u64, (Capability<u64>, Vec<RecordBatch>)> = BTreeMap::new();
+        let mut writers: HashMap<u32, BucketWriter> = HashMap::new();
+        let mut finished = false;
+        move |(input, frontier), output| {
+            input.for_each(|cap, data| {
+                let Some(&time) = cap.least() else { return };
+                if let Some(retained) = cap.retain_least(output.output_index()) {
+                    let entry = stash.entry(time).or_insert_with(|| (retained, Vec::new()));
+                    entry.1.extend(data.drain(..).map(|p| p.batch));
+                }
+            });
+            while let Some((&time, _)) = stash.first_key_value() {
+                if frontier.frontier().less_equal(&time) {
+                    break;
+                }
+                let Some((_cap, batches)) = stash.remove(&time) else { break };
+                if let Err(error) = write_time(&mut settings, &mut writers, batches) {
+                    fail(&settings, error);
+                }
+            }
+            if frontier.frontier().is_empty() && stash.is_empty() && !finished {
+                finished = true;
+                let mut buckets: Vec<u32> = writers.keys().copied().collect();
+                buckets.sort_unstable();
+                let mut parts = Vec::new();
+                for bucket in buckets {
+                    if let Some(mut writer) = writers.remove(&bucket) {
+                        if let Err(error) = writer.finish() {
+                            fail(&settings, error.to_string());
+                        }
+                        parts.extend(writer.committed);
+                    }
+                }
+                let mut report = settings.report.borrow_mut();
+                report.parts.entry(settings.node_id.clone()).or_default().extend(parts);
+                report.finished += 1;
+            }
+        }
+    })
+}
+
+fn fail(settings: &SinkSettings, error: String) {
+    tracing::error!(sink = settings.node_id.as_str(), %error, "sink failed; stopping the run");
+    settings.report.borrow_mut().errors.push(format!("sink `{}`: {error}", settings.node_id));
+    settings.stop.store(true, Ordering::Relaxed);
+}
+
+fn write_time(
+    settings: &mut SinkSettings,
+    writers: &mut HashMap<u32, BucketWriter>,
+    batches: Vec<RecordBatch>,
+) -> Result<(), String> {
+    let started = Instant::now();
+    let Some(merged) = sorted_by_id(batches).map_err(|e| e.to_string())? else { return Ok(()) };
+    // The rejects sink is not a plan node and has no counters of its own.
+    let spare = super::metrics::NodeCounters::default();
+    let c = settings.counters.nodes.get(settings.node).unwrap_or(&spare);
+    c.add(&c.rows_in, merged.num_rows() as u64);
+    c.add(&c.batches, 1);
+    if !settings.report.borrow().errors.is_empty() {
+        // After a write error nothing more is written; rows are counted as not written.
+        return Ok(());
+    }
+    let ids: StringArray = match merged.column_by_name(columns::ID) {
+        Some(ids) => ids.as_any().downcast_ref::<StringArray>().cloned().ok_or("`id` is not a string column")?,
+        None => return Err("rows have no `id` column".to_string()),
+    };
+    let projected = match settings.project.as_mut() {
+        Some(project) => project.process(merged).map_err(|e| e.to_string())?.rows,
+        None => merged,
+    };
+    let mut by_bucket: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for row in 0..ids.len() {
+        by_bucket
+            .entry(bucket_of(ids.value(row), settings.partitions))
+            .or_default()
+            .push(row as u32);
+    }
+    for (bucket, rows) in by_bucket {
+        let part = take_record_batch(&projected, &UInt32Array::from(rows)).map_err(|e| e.to_string())?;
+        let writer = writers.entry(bucket).or_insert_with(|| {
+            BucketWriter::new(&settings.run_dir, &settings.dir, bucket, part.schema(), settings.part.clone())
+        });
+        writer.write(&part).map_err(|e| e.to_string())?;
+        c.add(&c.rows_out, part.num_rows() as u64);
+    }
+    c.busy(started.elapsed());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    fn batch(ids: &[&str]) -> RecordBatch {
+        RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, false)])),
+            vec![Arc::new(StringArray::from(ids.to_vec()))],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn sorted_by_id_is_independent_of_arrival_order() {
+        let a = sorted_by_id(vec![batch(&["c", "a"]), batch(&["b"])]).unwrap().unwrap();
+        let b = sorted_by_id(vec![batch(&["b"]), batch(&["a", "c"])]).unwrap().unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.column(0).as_any().downcast_ref::<StringArray>().unwrap().value(0), "a");
+        assert!(sorted_by_id(vec![]).unwrap().is_none());
+    }
+
+    #[test]
+    fn buckets_are_stable_and_spread() {
+        assert_eq!(bucket_of("abc", 4), bucket_of("abc", 4));
+        let mut seen = [0usize; 4];
+        for i in 0..400 {
+            seen[bucket_of(&format!("id{i}"), 4) as usize] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 60), "{seen:?}");
+    }
+
+    #[test]
+    fn split_by_key_groups_rows_per_destination() {
+        let b = batch(&["a", "b", "c", "d"]);
+        struct Alternate;
+        impl Router for Alternate {
+            fn keys(&self, batch: &RecordBatch) -> Result<Vec<u64>, sdg_operators::OpError> {
+                Ok((0..batch.num_rows() as u64).collect())
+            }
+        }
+        let parts = split_by_key(&b, &Alternate, 2).unwrap();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0].0, 0);
+        assert_eq!(parts[0].1.num_rows(), 2);
+        assert_eq!(parts[1].1.num_rows(), 2);
+    }
+}

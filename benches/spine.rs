@@ -17,9 +17,40 @@ use sdg_operators::chunk::{ChunkSpec, Chunker};
 use sdg_operators::dedup::{Dedup, DedupSpec};
 
 const WORDS: &[&str] = &[
-    "the", "engine", "reads", "documents", "and", "splits", "them", "into", "passages", "that", "a", "teacher",
-    "model", "turns", "into", "grounded", "questions", "with", "answers", "checked", "by", "voting", "across",
-    "several", "samples", "while", "memory", "stays", "bounded", "by", "the", "window", "of", "batches",
+    "the",
+    "engine",
+    "reads",
+    "documents",
+    "and",
+    "splits",
+    "them",
+    "into",
+    "passages",
+    "that",
+    "a",
+    "teacher",
+    "model",
+    "turns",
+    "into",
+    "grounded",
+    "questions",
+    "with",
+    "answers",
+    "checked",
+    "by",
+    "voting",
+    "across",
+    "several",
+    "samples",
+    "while",
+    "memory",
+    "stays",
+    "bounded",
+    "by",
+    "the",
+    "window",
+    "of",
+    "batches",
 ];
 
 /// Deterministic pseudo-English: paragraphs of sentences drawn from a small vocabulary.
@@ -96,10 +127,8 @@ fn ingest_and_chunk(c: &mut Criterion) {
 }
 
 fn chunk_rows(rows: usize, text_bytes: usize) -> RecordBatch {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Utf8, false),
-        Field::new("text", DataType::Utf8, false),
-    ]));
+    let schema =
+        Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, false), Field::new("text", DataType::Utf8, false)]));
     let ids: Vec<String> = (0..rows).map(|i| format!("{:032x}", (i as u128) * 0x9E37_79B9_7F4A_7C15)).collect();
     let texts: Vec<String> = (0..rows).map(|i| prose(i as u64 % 997, text_bytes)).collect();
     RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(ids)), Arc::new(StringArray::from(texts))]).unwrap()
@@ -147,10 +176,9 @@ fn dedup(c: &mut Criterion) {
     let mut group = c.benchmark_group("spine");
     group.sample_size(10);
     group.throughput(Throughput::Elements(rows as u64));
-    for (name, spec) in [
-        ("dedup exact (rows/s)", json!({})),
-        ("dedup exact+minhash 128 (rows/s)", json!({"near": {"threshold": 0.8}})),
-    ] {
+    for (name, spec) in
+        [("dedup exact (rows/s)", json!({})), ("dedup exact+minhash 128 (rows/s)", json!({"near": {"threshold": 0.8}}))]
+    {
         let spec: DedupSpec = serde_json::from_value(spec).unwrap();
         group.bench_function(name, |b| {
             b.iter(|| {

@@ -121,28 +121,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             Err(error) => report_config_error(&error),
         }),
-        Command::Run {
-            config,
-            out,
-            workers,
-            processes,
-            process,
-            hostfile,
-            overwrite,
-            quiet,
-        } => {
+        Command::Run { config, out, workers, processes, process, hostfile, overwrite, quiet } => {
             let plan = match load_plan(config.as_deref()) {
                 Ok(plan) => plan,
                 Err(error) => return Ok(report_config_error(&error)),
             };
-            let options = RunOptions {
-                out,
-                workers: workers.max(1),
-                processes: processes.max(1),
-                process,
-                hostfile,
-                overwrite,
-            };
+            let options =
+                RunOptions { out, workers: workers.max(1), processes: processes.max(1), process, hostfile, overwrite };
             run(plan, options, quiet)
         }
     }
@@ -230,11 +215,7 @@ fn print_summary(manifest: &Manifest, out: &Path) {
             out.join(&output.dir).display()
         );
     }
-    println!(
-        "rejects: {} rows under {}",
-        manifest.rejects.rows,
-        out.join(&manifest.rejects.dir).display()
-    );
+    println!("rejects: {} rows under {}", manifest.rejects.rows, out.join(&manifest.rejects.dir).display());
     for error in &manifest.errors {
         println!("error: {error}");
     }

@@ -67,10 +67,7 @@ fn run_refuses_an_invalid_config_before_doing_anything() {
     let dir = tempfile::tempdir().unwrap();
     let config = fixtures().join("bad.yaml");
     let out = dir.path().join("out");
-    let output = common::sdg()
-        .args(["run", config.to_str().unwrap(), "-o", out.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let output = common::sdg().args(["run", config.to_str().unwrap(), "-o", out.to_str().unwrap()]).output().unwrap();
     assert_eq!(output.status.code(), Some(1));
     assert!(stderr(&output).contains("nothing was run"));
     assert!(!out.exists(), "no run directory is created for an invalid config");

@@ -9,8 +9,16 @@ use sdg::testkit;
 
 fn mixed_corpus(root: &Path) {
     let c = root.join("corpus");
-    write(&c, "plain.txt", "Plain text about tides: the moon's gravity raises two bulges of water on opposite sides of the earth.");
-    write(&c, "notes/guide.md", "# Guide\n\nMarkdown paragraph on glaciers, which carve valleys into a U shape as they move.");
+    write(
+        &c,
+        "plain.txt",
+        "Plain text about tides: the moon's gravity raises two bulges of water on opposite sides of the earth.",
+    );
+    write(
+        &c,
+        "notes/guide.md",
+        "# Guide\n\nMarkdown paragraph on glaciers, which carve valleys into a U shape as they move.",
+    );
     write(
         &c,
         "page.html",
@@ -113,7 +121,11 @@ fn a_mixed_corpus_lands_in_parquet_and_bad_files_in_rejects() {
 fn parquet_parts_are_zstd_compressed_and_carry_the_schema() {
     let dir = tempfile::tempdir().unwrap();
     common::text_corpus(&dir.path().join("corpus"), 3, 5);
-    write(dir.path(), "graph.yaml", "nodes:\n  - {id: docs, kind: ingest, paths: [corpus]}\n  - {id: out, kind: sink, input: docs, columns: [id, text], rename: {text: content}}\n");
+    write(
+        dir.path(),
+        "graph.yaml",
+        "nodes:\n  - {id: docs, kind: ingest, paths: [corpus]}\n  - {id: out, kind: sink, input: docs, columns: [id, text], rename: {text: content}}\n",
+    );
     let output = run_in(dir.path(), &["run", "graph.yaml", "-o", "out", "--quiet"]);
     assert!(output.status.success(), "{}", stderr(&output));
     for part in common::parts(&dir.path().join("out/data")) {
@@ -123,7 +135,8 @@ fn parquet_parts_are_zstd_compressed_and_carry_the_schema() {
         let meta = reader.metadata();
         let column = meta.row_group(0).column(0);
         assert!(matches!(column.compression(), parquet::basic::Compression::ZSTD(_)));
-        let names: Vec<String> = meta.file_metadata().schema_descr().columns().iter().map(|c| c.name().to_string()).collect();
+        let names: Vec<String> =
+            meta.file_metadata().schema_descr().columns().iter().map(|c| c.name().to_string()).collect();
         assert_eq!(names, vec!["id", "content"]);
     }
     let names: Vec<String> = std::fs::read_dir(dir.path().join("out/data"))
@@ -137,7 +150,11 @@ fn parquet_parts_are_zstd_compressed_and_carry_the_schema() {
 fn a_second_run_into_the_same_folder_needs_overwrite() {
     let dir = tempfile::tempdir().unwrap();
     common::text_corpus(&dir.path().join("corpus"), 1, 2);
-    write(dir.path(), "graph.yaml", "nodes:\n  - {id: docs, kind: ingest, paths: [corpus]}\n  - {id: out, kind: sink, input: docs}\n");
+    write(
+        dir.path(),
+        "graph.yaml",
+        "nodes:\n  - {id: docs, kind: ingest, paths: [corpus]}\n  - {id: out, kind: sink, input: docs}\n",
+    );
     assert!(run_in(dir.path(), &["run", "graph.yaml", "-o", "out", "--quiet"]).status.success());
     let again = run_in(dir.path(), &["run", "graph.yaml", "-o", "out", "--quiet"]);
     assert!(!again.status.success());

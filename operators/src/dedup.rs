@@ -50,11 +50,7 @@ pub struct DedupSpec {
 
 impl Default for DedupSpec {
     fn default() -> Self {
-        DedupSpec {
-            column: default_column(),
-            exact: default_exact(),
-            near: None,
-        }
+        DedupSpec { column: default_column(), exact: default_exact(), near: None }
     }
 }
 
@@ -114,18 +110,12 @@ impl DedupSpec {
             return Err(OpError::setting("column", "must name a column"));
         }
         if !self.exact && self.near.is_none() {
-            return Err(OpError::setting(
-                "exact",
-                "is false and `near` is not set: turn on at least one of them",
-            ));
+            return Err(OpError::setting("exact", "is false and `near` is not set: turn on at least one of them"));
         }
         if let Some(near) = &self.near {
             // `!(x > 0 && x < 1)` also refuses NaN.
             if !(near.threshold > 0.0 && near.threshold < 1.0) {
-                return Err(OpError::setting(
-                    "near.threshold",
-                    format!("must be in (0, 1), got {}", near.threshold),
-                ));
+                return Err(OpError::setting("near.threshold", format!("must be in (0, 1), got {}", near.threshold)));
             }
             if near.num_perm == 0 || near.num_perm > MAX_NUM_PERM {
                 return Err(OpError::setting(
@@ -238,12 +228,7 @@ pub fn hash64(bytes: &[u8]) -> u64 {
 /// Hashes of the word `shingle`-grams of a normalized text (words separated by single spaces), in text
 /// order, into a reused buffer. A text with fewer than `shingle` words (the empty text included) is one
 /// shingle. Each shingle is hashed as its text, e.g. `"the quick brown"`.
-pub fn shingle_hashes(
-    normalized: &str,
-    shingle: usize,
-    words: &mut Vec<(usize, usize)>,
-    out: &mut Vec<u64>,
-) {
+pub fn shingle_hashes(normalized: &str, shingle: usize, words: &mut Vec<(usize, usize)>, out: &mut Vec<u64>) {
     out.clear();
     words.clear();
     let mut start = 0;
@@ -262,9 +247,7 @@ pub fn shingle_hashes(
         return;
     }
     let bytes = normalized.as_bytes();
-    out.extend(
-        (0..=words.len() - shingle).map(|i| hash64(&bytes[words[i].0..words[i + shingle - 1].1])),
-    );
+    out.extend((0..=words.len() - shingle).map(|i| hash64(&bytes[words[i].0..words[i + shingle - 1].1])));
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -386,16 +369,8 @@ pub fn lsh_params(threshold: f64, num_perm: usize) -> (usize, usize) {
     let mut best_error = f64::INFINITY;
     for bands in 1..=num_perm {
         for rows in 1..=num_perm / bands {
-            let false_pos = integrate(
-                |s| lsh_candidate_probability(s, bands, rows),
-                0.0,
-                threshold,
-            );
-            let false_neg = integrate(
-                |s| 1.0 - lsh_candidate_probability(s, bands, rows),
-                threshold,
-                1.0,
-            );
+            let false_pos = integrate(|s| lsh_candidate_probability(s, bands, rows), 0.0, threshold);
+            let false_neg = integrate(|s| 1.0 - lsh_candidate_probability(s, bands, rows), threshold, 1.0);
             let error = 0.5 * false_pos + 0.5 * false_neg;
             if error < best_error {
                 best_error = error;
@@ -469,21 +444,10 @@ impl NearIndex {
 
     /// Computes the band keys of `normalized` into `self.band_keys`.
     fn compute_band_keys(&mut self, normalized: &str) {
-        shingle_hashes(
-            normalized,
-            self.shingle,
-            &mut self.words,
-            &mut self.shingles,
-        );
-        self.minhasher
-            .signature_into(&self.shingles, &mut self.signature);
+        shingle_hashes(normalized, self.shingle, &mut self.words, &mut self.shingles);
+        self.minhasher.signature_into(&self.shingles, &mut self.signature);
         self.band_keys.clear();
-        for (band, values) in self
-            .signature
-            .chunks_exact(self.rows)
-            .take(self.bands)
-            .enumerate()
-        {
+        for (band, values) in self.signature.chunks_exact(self.rows).take(self.bands).enumerate() {
             let mut h = K2 ^ (band as u64).wrapping_mul(K0);
             for &v in values {
                 h = fold_mul(v ^ K1, h ^ K2);
@@ -494,9 +458,7 @@ impl NearIndex {
 
     /// The kept record that shares a band with the current band keys (the lowest band wins).
     fn find(&self) -> Option<u128> {
-        self.band_keys
-            .iter()
-            .find_map(|key| self.index.get(key).copied())
+        self.band_keys.iter().find_map(|key| self.index.get(key).copied())
     }
 
     fn insert(&mut self, kept: u128) {
@@ -554,9 +516,7 @@ impl Dedup {
             Some(value) => value,
             None => {
                 let value = content_hash(id); // a hash of the id text
-                self.named_ids
-                    .entry(value)
-                    .or_insert_with(|| id.to_string());
+                self.named_ids.entry(value).or_insert_with(|| id.to_string());
                 value
             }
         }
@@ -581,10 +541,7 @@ impl Dedup {
             near.compute_band_keys(&self.normalized);
             if let Some(kept) = near.find() {
                 let threshold = near.threshold;
-                return Decision::Drop(format!(
-                    "near duplicate of {} (threshold {threshold})",
-                    self.render_id(kept)
-                ));
+                return Decision::Drop(format!("near duplicate of {} (threshold {threshold})", self.render_id(kept)));
             }
         }
         let kept = self.intern_id(id);
@@ -600,11 +557,7 @@ impl Dedup {
 
 /// `Some(value)` for a 32-char lowercase hex id (the form of [`crate::columns::stable_id`]).
 fn parse_hex_id(id: &str) -> Option<u128> {
-    if id.len() != 32
-        || !id
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
         return None;
     }
     u128::from_str_radix(id, 16).ok()
@@ -625,17 +578,11 @@ impl Operator for Dedup {
         let mut rejects = Vec::new();
         for row in 0..n {
             if texts.is_null(row) {
-                rejects.push(Reject {
-                    row,
-                    reason: "null text".to_string(),
-                });
+                rejects.push(Reject { row, reason: "null text".to_string() });
                 continue;
             }
             if ids.is_null(row) {
-                rejects.push(Reject {
-                    row,
-                    reason: "null id".to_string(),
-                });
+                rejects.push(Reject { row, reason: "null id".to_string() });
                 continue;
             }
             match self.decide(ids.value(row), texts.value(row)) {
@@ -643,11 +590,7 @@ impl Operator for Dedup {
                 Decision::Drop(reason) => rejects.push(Reject { row, reason }),
             }
         }
-        let rows = if keep.len() == n {
-            batch
-        } else {
-            take_rows(&batch, &keep)?
-        };
+        let rows = if keep.len() == n { batch } else { take_rows(&batch, &keep)? };
         Ok(Output { rows, rejects })
     }
 
@@ -658,9 +601,7 @@ impl Operator for Dedup {
         Some(Box::new(if self.near.is_some() {
             DedupRouter::SingleWorker
         } else {
-            DedupRouter::ByContent {
-                column: self.column.clone(),
-            }
+            DedupRouter::ByContent { column: self.column.clone() }
         }))
     }
 
@@ -718,10 +659,7 @@ mod tests {
         ]));
         RecordBatch::try_new(
             schema,
-            vec![
-                Arc::new(StringArray::from(ids.to_vec())),
-                Arc::new(StringArray::from(texts.to_vec())),
-            ],
+            vec![Arc::new(StringArray::from(ids.to_vec())), Arc::new(StringArray::from(texts.to_vec()))],
         )
         .unwrap()
     }
@@ -738,10 +676,7 @@ mod tests {
     fn near(threshold: f64) -> Dedup {
         Dedup::new(DedupSpec {
             exact: false,
-            near: Some(NearDedupSpec {
-                threshold,
-                ..NearDedupSpec::default()
-            }),
+            near: Some(NearDedupSpec { threshold, ..NearDedupSpec::default() }),
             ..DedupSpec::default()
         })
         .unwrap()
@@ -750,8 +685,8 @@ mod tests {
     /// `n` pseudo-words from a 400-word vocabulary, deterministic in `seed`.
     fn words(seed: u64, n: usize) -> Vec<String> {
         const SYLLABLES: [&str; 20] = [
-            "ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "be", "da", "fo", "gu", "he", "ji",
-            "ko", "pa", "qi", "ze", "wu", "xo",
+            "ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "be", "da", "fo", "gu", "he", "ji", "ko", "pa", "qi", "ze",
+            "wu", "xo",
         ];
         let mut state = seed;
         (0..n)
@@ -783,26 +718,12 @@ mod tests {
         let out = op
             .process(batch(
                 &[&a, &b, &c, &d],
-                &[
-                    Some("Hello, world!"),
-                    Some("  hello   WORLD "),
-                    Some("something else"),
-                    Some("HELLO world."),
-                ],
+                &[Some("Hello, world!"), Some("  hello   WORLD "), Some("something else"), Some("HELLO world.")],
             ))
             .unwrap();
         assert_eq!(kept_ids(&out), vec![a.clone(), c]);
         let reason = format!("exact duplicate of {a}");
-        assert_eq!(
-            out.rejects,
-            vec![
-                Reject {
-                    row: 1,
-                    reason: reason.clone()
-                },
-                Reject { row: 3, reason },
-            ]
-        );
+        assert_eq!(out.rejects, vec![Reject { row: 1, reason: reason.clone() }, Reject { row: 3, reason },]);
     }
 
     #[test]
@@ -823,49 +744,28 @@ mod tests {
         let mut op = exact();
         let first = op.process(batch(&[&a], &[Some("The same text.")])).unwrap();
         assert_eq!(kept_ids(&first), vec![a.clone()]);
-        let second = op
-            .process(batch(&[&b, &c], &[Some("the same text"), Some("new text")]))
-            .unwrap();
+        let second = op.process(batch(&[&b, &c], &[Some("the same text"), Some("new text")])).unwrap();
         assert_eq!(kept_ids(&second), vec![c]);
-        assert_eq!(
-            second.rejects,
-            vec![Reject {
-                row: 0,
-                reason: format!("exact duplicate of {a}")
-            }]
-        );
+        assert_eq!(second.rejects, vec![Reject { row: 0, reason: format!("exact duplicate of {a}") }]);
         assert_eq!(op.kept(), 2);
     }
 
     #[test]
     fn dedup_names_non_hex_ids_and_rejects_null_text() {
         let mut op = exact();
-        let out = op
-            .process(batch(
-                &["doc-1", "doc-2", "doc-3"],
-                &[Some("abc def"), None, Some("ABC, def!")],
-            ))
-            .unwrap();
+        let out = op.process(batch(&["doc-1", "doc-2", "doc-3"], &[Some("abc def"), None, Some("ABC, def!")])).unwrap();
         assert_eq!(kept_ids(&out), vec!["doc-1"]);
         assert_eq!(
             out.rejects,
             vec![
-                Reject {
-                    row: 1,
-                    reason: "null text".to_string()
-                },
-                Reject {
-                    row: 2,
-                    reason: "exact duplicate of doc-1".to_string()
-                },
+                Reject { row: 1, reason: "null text".to_string() },
+                Reject { row: 2, reason: "exact duplicate of doc-1".to_string() },
             ]
         );
         // A 32-char id with uppercase hex is not in canonical form: it is named verbatim too.
         let upper = hex_id(9).to_uppercase();
         let mut op = exact();
-        let out = op
-            .process(batch(&[&upper, &hex_id(10)], &[Some("x y"), Some("x  y")]))
-            .unwrap();
+        let out = op.process(batch(&[&upper, &hex_id(10)], &[Some("x y"), Some("x  y")])).unwrap();
         assert_eq!(out.rejects[0].reason, format!("exact duplicate of {upper}"));
     }
 
@@ -877,24 +777,12 @@ mod tests {
             edited[i] = "changed".to_string();
         }
         let unrelated = words(2, 300);
-        let (original, edited, unrelated) =
-            (original.join(" "), edited.join(" "), unrelated.join(" "));
+        let (original, edited, unrelated) = (original.join(" "), edited.join(" "), unrelated.join(" "));
         let (a, b, c) = (hex_id(1), hex_id(2), hex_id(3));
         let mut op = near(0.8);
-        let out = op
-            .process(batch(
-                &[&a, &b, &c],
-                &[Some(&original), Some(&edited), Some(&unrelated)],
-            ))
-            .unwrap();
+        let out = op.process(batch(&[&a, &b, &c], &[Some(&original), Some(&edited), Some(&unrelated)])).unwrap();
         assert_eq!(kept_ids(&out), vec![a.clone(), c]);
-        assert_eq!(
-            out.rejects,
-            vec![Reject {
-                row: 1,
-                reason: format!("near duplicate of {a} (threshold 0.8)")
-            }]
-        );
+        assert_eq!(out.rejects, vec![Reject { row: 1, reason: format!("near duplicate of {a} (threshold 0.8)") }]);
         // The estimate agrees: the pair is well above the threshold, the unrelated text far below.
         let spec = NearDedupSpec::default();
         let sig = |t: &str| minhash_signature(t, &spec);
@@ -914,12 +802,7 @@ mod tests {
             .collect();
         let (original, edited) = (original.join(" "), edited.join(" "));
         let mut op = near(0.9);
-        let out = op
-            .process(batch(
-                &[&hex_id(1), &hex_id(2)],
-                &[Some(&original), Some(&edited)],
-            ))
-            .unwrap();
+        let out = op.process(batch(&[&hex_id(1), &hex_id(2)], &[Some(&original), Some(&edited)])).unwrap();
         assert!(out.rejects.is_empty(), "{:?}", out.rejects);
         assert_eq!(out.rows.num_rows(), 2);
     }
@@ -928,22 +811,10 @@ mod tests {
     fn dedup_exact_is_checked_before_near() {
         let text = words(5, 50).join(" ");
         let upper = text.to_uppercase();
-        let mut op = Dedup::new(DedupSpec {
-            near: Some(NearDedupSpec::default()),
-            ..DedupSpec::default()
-        })
-        .unwrap();
+        let mut op = Dedup::new(DedupSpec { near: Some(NearDedupSpec::default()), ..DedupSpec::default() }).unwrap();
         let (a, b) = (hex_id(1), hex_id(2));
-        let out = op
-            .process(batch(&[&a, &b], &[Some(&text), Some(&upper)]))
-            .unwrap();
-        assert_eq!(
-            out.rejects,
-            vec![Reject {
-                row: 1,
-                reason: format!("exact duplicate of {a}")
-            }]
-        );
+        let out = op.process(batch(&[&a, &b], &[Some(&text), Some(&upper)])).unwrap();
+        assert_eq!(out.rejects, vec![Reject { row: 1, reason: format!("exact duplicate of {a}") }]);
     }
 
     #[test]
@@ -952,15 +823,10 @@ mod tests {
         // A = [0, 1000), B = [offset, offset + 1000): J = (1000 - offset) / (1000 + offset).
         for offset in [0u64, 100, 250, 500, 800, 1000] {
             let a: Vec<u64> = (0u64..1000).map(|x| hash64(&x.to_le_bytes())).collect();
-            let b: Vec<u64> = (offset..offset + 1000)
-                .map(|x| hash64(&x.to_le_bytes()))
-                .collect();
+            let b: Vec<u64> = (offset..offset + 1000).map(|x| hash64(&x.to_le_bytes())).collect();
             let truth = (1000 - offset) as f64 / (1000 + offset) as f64;
             let estimate = jaccard_estimate(&hasher.signature(&a), &hasher.signature(&b));
-            assert!(
-                (estimate - truth).abs() <= 0.1,
-                "offset {offset}: {estimate} vs {truth}"
-            );
+            assert!((estimate - truth).abs() <= 0.1, "offset {offset}: {estimate} vs {truth}");
         }
         assert_eq!(jaccard_estimate(&[], &[]), 0.0);
     }
@@ -976,10 +842,7 @@ mod tests {
             assert_eq!(mul_add_mod61(a, x, b), expected);
         }
         let p = MERSENNE_61 - 1;
-        assert_eq!(
-            mul_add_mod61(p, p, p),
-            ((p as u128 * p as u128 + p as u128) % MERSENNE_61 as u128) as u64
-        );
+        assert_eq!(mul_add_mod61(p, p, p), ((p as u128 * p as u128 + p as u128) % MERSENNE_61 as u128) as u64);
     }
 
     #[test]
@@ -996,15 +859,9 @@ mod tests {
     #[test]
     fn dedup_lsh_params_are_sane_for_the_default_threshold() {
         let (bands, rows) = lsh_params(0.8, 128);
-        assert!(
-            bands * rows <= 128 && bands >= 1 && rows >= 1,
-            "{bands}x{rows}"
-        );
+        assert!(bands * rows <= 128 && bands >= 1 && rows >= 1, "{bands}x{rows}");
         let at_threshold = lsh_candidate_probability(0.8, bands, rows);
-        assert!(
-            (0.3..=0.95).contains(&at_threshold),
-            "P(0.8) = {at_threshold}"
-        );
+        assert!((0.3..=0.95).contains(&at_threshold), "P(0.8) = {at_threshold}");
         // The S-curve separates: low similarity rarely collides, high similarity almost always does.
         assert!(lsh_candidate_probability(0.5, bands, rows) < 0.05);
         assert!(lsh_candidate_probability(0.95, bands, rows) > 0.99);
@@ -1018,30 +875,17 @@ mod tests {
     #[test]
     fn dedup_is_deterministic_whatever_the_batching() {
         let base: Vec<String> = (0..40).map(|i| words(100 + i % 13, 60).join(" ")).collect();
-        let texts: Vec<String> = base
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                if i % 3 == 0 {
-                    t.to_uppercase()
-                } else {
-                    t.clone()
-                }
-            })
-            .collect();
+        let texts: Vec<String> =
+            base.iter().enumerate().map(|(i, t)| if i % 3 == 0 { t.to_uppercase() } else { t.clone() }).collect();
         let ids: Vec<String> = (0..40).map(hex_id).collect();
         let run = |chunk: usize| -> Vec<String> {
-            let mut op = Dedup::new(DedupSpec {
-                near: Some(NearDedupSpec::default()),
-                ..DedupSpec::default()
-            })
-            .unwrap();
+            let mut op =
+                Dedup::new(DedupSpec { near: Some(NearDedupSpec::default()), ..DedupSpec::default() }).unwrap();
             let mut kept = Vec::new();
             for start in (0..40).step_by(chunk) {
                 let end = (start + chunk).min(40);
                 let id_refs: Vec<&str> = ids[start..end].iter().map(String::as_str).collect();
-                let text_refs: Vec<Option<&str>> =
-                    texts[start..end].iter().map(|t| Some(t.as_str())).collect();
+                let text_refs: Vec<Option<&str>> = texts[start..end].iter().map(|t| Some(t.as_str())).collect();
                 kept.extend(kept_ids(&op.process(batch(&id_refs, &text_refs)).unwrap()));
             }
             kept
@@ -1055,15 +899,8 @@ mod tests {
 
     #[test]
     fn dedup_router_keys_meet_for_equal_normalized_texts() {
-        let input = batch(
-            &["a", "b", "c", "d"],
-            &[
-                Some("Hello, World"),
-                Some("hello   world!!"),
-                Some("goodbye"),
-                None,
-            ],
-        );
+        let input =
+            batch(&["a", "b", "c", "d"], &[Some("Hello, World"), Some("hello   world!!"), Some("goodbye"), None]);
         let router = exact().router().unwrap();
         let keys = router.keys(&input).unwrap();
         assert_eq!(keys[0], keys[1]);
@@ -1081,26 +918,17 @@ mod tests {
         let good = batch(&["a"], &[Some("x")]).schema();
         assert_eq!(op.output_schema(&good).unwrap(), good);
         let no_text = Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, false)]));
-        assert!(matches!(
-            op.output_schema(&no_text),
-            Err(OpError::MissingColumn { .. })
-        ));
+        assert!(matches!(op.output_schema(&no_text), Err(OpError::MissingColumn { .. })));
         let typed = Arc::new(Schema::new(vec![
             Field::new("id", DataType::Utf8, false),
             Field::new("text", DataType::UInt32, false),
         ]));
-        assert!(matches!(
-            op.output_schema(&typed),
-            Err(OpError::ColumnType { .. })
-        ));
+        assert!(matches!(op.output_schema(&typed), Err(OpError::ColumnType { .. })));
         let no_id = Arc::new(Schema::new(vec![Field::new("text", DataType::Utf8, false)]));
         assert!(op.output_schema(&no_id).is_err());
         let mistyped = RecordBatch::try_new(
             typed,
-            vec![
-                Arc::new(StringArray::from(vec!["a"])),
-                Arc::new(UInt32Array::from(vec![1])),
-            ],
+            vec![Arc::new(StringArray::from(vec!["a"])), Arc::new(UInt32Array::from(vec![1]))],
         )
         .unwrap();
         assert!(exact().process(mistyped).is_err());
@@ -1108,8 +936,7 @@ mod tests {
 
     #[test]
     fn dedup_settings_are_validated() {
-        let spec: DedupSpec =
-            serde_json::from_str(r#"{"column": "body", "exact": false, "near": {}}"#).unwrap();
+        let spec: DedupSpec = serde_json::from_str(r#"{"column": "body", "exact": false, "near": {}}"#).unwrap();
         assert_eq!(spec.column, "body");
         assert_eq!(spec.near, Some(NearDedupSpec::default()));
         assert!(Dedup::new(spec).is_ok());
@@ -1123,52 +950,24 @@ mod tests {
             Err(other) => panic!("unexpected error {other}"),
             Ok(_) => panic!("accepted"),
         };
-        assert_eq!(
-            err(DedupSpec {
-                exact: false,
-                ..DedupSpec::default()
-            }),
-            "exact"
-        );
-        let with_near = |near: NearDedupSpec| DedupSpec {
-            near: Some(near),
-            ..DedupSpec::default()
-        };
+        assert_eq!(err(DedupSpec { exact: false, ..DedupSpec::default() }), "exact");
+        let with_near = |near: NearDedupSpec| DedupSpec { near: Some(near), ..DedupSpec::default() };
         for threshold in [0.0, 1.0, 1.5, -0.2, f64::NAN] {
-            let spec = with_near(NearDedupSpec {
-                threshold,
-                ..NearDedupSpec::default()
-            });
+            let spec = with_near(NearDedupSpec { threshold, ..NearDedupSpec::default() });
             assert_eq!(err(spec), "near.threshold");
         }
         for num_perm in [0, MAX_NUM_PERM + 1] {
-            let spec = with_near(NearDedupSpec {
-                num_perm,
-                ..NearDedupSpec::default()
-            });
+            let spec = with_near(NearDedupSpec { num_perm, ..NearDedupSpec::default() });
             assert_eq!(err(spec), "near.num_perm");
         }
-        let spec = with_near(NearDedupSpec {
-            shingle: 0,
-            ..NearDedupSpec::default()
-        });
+        let spec = with_near(NearDedupSpec { shingle: 0, ..NearDedupSpec::default() });
         assert_eq!(err(spec), "near.shingle");
-        assert_eq!(
-            err(DedupSpec {
-                column: String::new(),
-                ..DedupSpec::default()
-            }),
-            "column"
-        );
+        assert_eq!(err(DedupSpec { column: String::new(), ..DedupSpec::default() }), "column");
     }
 
     #[test]
     fn dedup_state_keeps_hashes_not_texts() {
-        let mut op = Dedup::new(DedupSpec {
-            near: Some(NearDedupSpec::default()),
-            ..DedupSpec::default()
-        })
-        .unwrap();
+        let mut op = Dedup::new(DedupSpec { near: Some(NearDedupSpec::default()), ..DedupSpec::default() }).unwrap();
         let texts: Vec<String> = (0..20).map(|i| words(200 + i, 500).join(" ")).collect();
         let ids: Vec<String> = (0..20).map(hex_id).collect();
         let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();

@@ -32,11 +32,7 @@ pub enum OpError {
     #[error("input has no column `{column}` (this node needs it as {expected})")]
     MissingColumn { column: String, expected: String },
     #[error("column `{column}` is {found}, but this node needs {expected}")]
-    ColumnType {
-        column: String,
-        found: DataType,
-        expected: String,
-    },
+    ColumnType { column: String, found: DataType, expected: String },
     #[error("`{key}`: {message}")]
     InvalidSetting { key: String, message: String },
     #[error("arrow: {0}")]
@@ -45,10 +41,7 @@ pub enum OpError {
 
 impl OpError {
     pub fn setting(key: impl Into<String>, message: impl Into<String>) -> Self {
-        OpError::InvalidSetting {
-            key: key.into(),
-            message: message.into(),
-        }
+        OpError::InvalidSetting { key: key.into(), message: message.into() }
     }
 }
 
@@ -96,28 +89,19 @@ pub trait Operator: Send {
 pub fn string_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArray, OpError> {
     let array = batch
         .column_by_name(name)
-        .ok_or_else(|| OpError::MissingColumn {
-            column: name.to_string(),
-            expected: "a string column".to_string(),
-        })?;
-    array
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .ok_or_else(|| OpError::ColumnType {
-            column: name.to_string(),
-            found: array.data_type().clone(),
-            expected: "Utf8".to_string(),
-        })
+        .ok_or_else(|| OpError::MissingColumn { column: name.to_string(), expected: "a string column".to_string() })?;
+    array.as_any().downcast_ref::<StringArray>().ok_or_else(|| OpError::ColumnType {
+        column: name.to_string(),
+        found: array.data_type().clone(),
+        expected: "Utf8".to_string(),
+    })
 }
 
 /// Checks at plan time that `schema` has `name` with type `expected`.
 pub fn require_column(schema: &Schema, name: &str, expected: &DataType) -> Result<(), OpError> {
     let field = schema
         .field_with_name(name)
-        .map_err(|_| OpError::MissingColumn {
-            column: name.to_string(),
-            expected: expected.to_string(),
-        })?;
+        .map_err(|_| OpError::MissingColumn { column: name.to_string(), expected: expected.to_string() })?;
     if field.data_type() != expected {
         return Err(OpError::ColumnType {
             column: name.to_string(),
@@ -152,10 +136,7 @@ mod tests {
         ]));
         RecordBatch::try_new(
             schema,
-            vec![
-                Arc::new(StringArray::from(vec!["a", "b", "c"])),
-                Arc::new(UInt32Array::from(vec![1, 2, 3])),
-            ],
+            vec![Arc::new(StringArray::from(vec!["a", "b", "c"])), Arc::new(UInt32Array::from(vec![1, 2, 3]))],
         )
         .unwrap()
     }

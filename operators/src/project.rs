@@ -53,10 +53,7 @@ impl Operator for Project {
         let indices = self.indices(input)?;
         for old in self.spec.rename.keys() {
             if !indices.iter().any(|&i| input.field(i).name() == old) {
-                return Err(OpError::MissingColumn {
-                    column: old.clone(),
-                    expected: "a column to rename".to_string(),
-                });
+                return Err(OpError::MissingColumn { column: old.clone(), expected: "a column to rename".to_string() });
             }
         }
         let fields: Vec<Field> = indices
@@ -72,10 +69,7 @@ impl Operator for Project {
         let mut seen = std::collections::HashSet::new();
         for field in &fields {
             if !seen.insert(field.name().clone()) {
-                return Err(OpError::setting(
-                    "rename",
-                    format!("two output columns are named `{}`", field.name()),
-                ));
+                return Err(OpError::setting("rename", format!("two output columns are named `{}`", field.name())));
             }
         }
         Ok(Arc::new(Schema::new(fields)))
@@ -85,10 +79,7 @@ impl Operator for Project {
         let schema = self.output_schema(&batch.schema())?;
         let indices = self.indices(&batch.schema())?;
         let columns = indices.iter().map(|&i| Arc::clone(batch.column(i))).collect();
-        Ok(Output {
-            rows: RecordBatch::try_new(schema, columns)?,
-            rejects: Vec::new(),
-        })
+        Ok(Output { rows: RecordBatch::try_new(schema, columns)?, rejects: Vec::new() })
     }
 }
 
@@ -132,10 +123,8 @@ mod tests {
         let schema = batch().schema();
         let missing = Project::new(ProjectSpec { columns: vec!["nope".into()], ..Default::default() });
         assert!(missing.output_schema(&schema).is_err());
-        let clash = Project::new(ProjectSpec {
-            columns: vec![],
-            rename: [("text".to_string(), "id".to_string())].into(),
-        });
+        let clash =
+            Project::new(ProjectSpec { columns: vec![], rename: [("text".to_string(), "id".to_string())].into() });
         assert!(clash.output_schema(&schema).is_err());
     }
 }

@@ -24,35 +24,26 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn at(node: &Node, path: &str, message: impl Into<String>) -> Self {
-        Diagnostic {
-            line: node.line,
-            col: node.col,
-            path: path.to_string(),
-            message: message.into(),
-        }
+        Diagnostic { line: node.line, col: node.col, path: path.to_string(), message: message.into() }
     }
 }
 
 /// Decodes `node` as `T`. Problems go to `diagnostics`; `None` when the value could not be built.
-pub fn decode<T: DeserializeOwned>(
-    node: &Node,
-    path: &str,
-    diagnostics: &mut Vec<Diagnostic>,
-) -> Option<T> {
+pub fn decode<T: DeserializeOwned>(node: &Node, path: &str, diagnostics: &mut Vec<Diagnostic>) -> Option<T> {
     let recorded = RefCell::new(Vec::new());
-    let result = T::deserialize(NodeDeserializer {
-        node,
-        path: path.to_string(),
-        recorded: &recorded,
-    });
-    diagnostics.extend(recorded.into_inner());
-    match result {
+    let result = T::deserialize(NodeDeserializer { node, path: path.to_string(), recorded: &recorded });
+    let mut found = recorded.into_inner();
+    let value = match result {
         Ok(value) => Some(value),
         Err(error) => {
-            diagnostics.push(error.located.unwrap_or_else(|| Diagnostic::at(node, path, error.message)));
+            found.push(error.located.unwrap_or_else(|| Diagnostic::at(node, path, error.message)));
             None
         }
-    }
+    };
+    // Unknown keys are recorded outside-in; report in file order.
+    found.sort();
+    diagnostics.extend(found);
+    value
 }
 
 /// The best match for `unknown` among `candidates`, if it is close enough to be a likely typo.
@@ -70,10 +61,7 @@ pub fn unknown_message(what: &str, unknown: &str, candidates: &[&str]) -> String
     match did_you_mean(unknown, candidates.iter().copied()) {
         Some(best) => format!("unknown {what} `{unknown}`, did you mean `{best}`?"),
         None if candidates.is_empty() => format!("unknown {what} `{unknown}`"),
-        None => format!(
-            "unknown {what} `{unknown}` (expected one of: {})",
-            candidates.join(", ")
-        ),
+        None => format!("unknown {what} `{unknown}` (expected one of: {})", candidates.join(", ")),
     }
 }
 
@@ -93,10 +81,7 @@ impl std::error::Error for DeError {}
 
 impl de::Error for DeError {
     fn custom<T: fmt::Display>(msg: T) -> Self {
-        DeError {
-            message: msg.to_string(),
-            located: None,
-        }
+        DeError { message: msg.to_string(), located: None }
     }
 }
 
@@ -117,19 +102,12 @@ struct NodeDeserializer<'a> {
 
 impl<'a> NodeDeserializer<'a> {
     fn child(&self, node: &'a Node, path: String) -> Self {
-        NodeDeserializer {
-            node,
-            path,
-            recorded: self.recorded,
-        }
+        NodeDeserializer { node, path, recorded: self.recorded }
     }
 
     fn error(&self, message: impl Into<String>) -> DeError {
         let message = message.into();
-        DeError {
-            located: Some(Diagnostic::at(self.node, &self.path, message.clone())),
-            message,
-        }
+        DeError { located: Some(Diagnostic::at(self.node, &self.path, message.clone())), message }
     }
 
     fn expected(&self, what: &str) -> DeError {
@@ -192,9 +170,7 @@ fn parse_float(text: &str) -> Option<f64> {
         ".nan" | ".NaN" | ".NAN" => Some(f64::NAN),
         _ => {
             let cleaned = text.replace('_', "");
-            let looks_numeric = cleaned
-                .chars()
-                .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-'));
+            let looks_numeric = cleaned.chars().all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-'));
             if looks_numeric { cleaned.parse().ok() } else { None }
         }
     }
@@ -214,10 +190,7 @@ macro_rules! integer_method {
             let value = self.integer()?;
             match <$ty>::try_from(value) {
                 Ok(v) => self.located(visitor.$visit(v)),
-                Err(_) => Err(self.error(format!(
-                    "number {value} is out of range for {}",
-                    stringify!($ty)
-                ))),
+                Err(_) => Err(self.error(format!("number {value} is out of range for {}", stringify!($ty)))),
             }
         }
     };
@@ -319,29 +292,18 @@ impl<'de, 'a> de::Deserializer<'de> for NodeDeserializer<'a> {
         }
     }
 
-    fn deserialize_unit_struct<V: Visitor<'de>>(
-        self,
-        _name: &'static str,
-        visitor: V,
-    ) -> Result<V::Value, DeError> {
+    fn deserialize_unit_struct<V: Visitor<'de>>(self, _name: &'static str, visitor: V) -> Result<V::Value, DeError> {
         self.deserialize_unit(visitor)
     }
 
-    fn deserialize_newtype_struct<V: Visitor<'de>>(
-        self,
-        _name: &'static str,
-        visitor: V,
-    ) -> Result<V::Value, DeError> {
+    fn deserialize_newtype_struct<V: Visitor<'de>>(self, _name: &'static str, visitor: V) -> Result<V::Value, DeError> {
         visitor.visit_newtype_struct(self)
     }
 
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
         match &self.node.value {
             Value::Seq(items) => {
-                let access = SeqAccess {
-                    parent: &self,
-                    items: items.iter().enumerate(),
-                };
+                let access = SeqAccess { parent: &self, items: items.iter().enumerate() };
                 let result = visitor.visit_seq(access);
                 self.located(result)
             }
@@ -395,21 +357,13 @@ impl<'de, 'a> de::Deserializer<'de> for NodeDeserializer<'a> {
             return Err(self.expected("a name"));
         };
         if !variants.contains(&tag) {
-            return Err(self.child(tag_node, self.path.clone()).error(unknown_message(
-                "variant",
-                tag,
-                variants,
-            )));
+            return Err(self.child(tag_node, self.path.clone()).error(unknown_message("variant", tag, variants)));
         }
         let path = match value {
             Some(_) => format!("{}.{tag}", self.path),
             None => self.path.clone(),
         };
-        let result = visitor.visit_enum(EnumAccess {
-            tag,
-            value: value.map(|v| self.child(v, path)),
-            node: self.node,
-        });
+        let result = visitor.visit_enum(EnumAccess { tag, value: value.map(|v| self.child(v, path)), node: self.node });
         self.located(result)
     }
 
@@ -446,37 +400,25 @@ impl<'a> NodeDeserializer<'a> {
             };
             let path = join(&self.path, name);
             if !seen.insert(name) {
-                self.recorded
-                    .borrow_mut()
-                    .push(Diagnostic::at(key, &path, format!("duplicate key `{name}`")));
+                self.recorded.borrow_mut().push(Diagnostic::at(key, &path, format!("duplicate key `{name}`")));
                 continue;
             }
             if let Some(fields) = fields
                 && !fields.is_empty()
                 && !fields.contains(&name)
             {
-                self.recorded
-                    .borrow_mut()
-                    .push(Diagnostic::at(key, &path, unknown_message("key", name, fields)));
+                self.recorded.borrow_mut().push(Diagnostic::at(key, &path, unknown_message("key", name, fields)));
                 continue;
             }
             kept.push((key, value, path));
         }
-        let result = visitor.visit_map(MapAccess {
-            parent: &self,
-            entries: kept.into_iter(),
-            pending: None,
-        });
+        let result = visitor.visit_map(MapAccess { parent: &self, entries: kept.into_iter(), pending: None });
         self.located(result)
     }
 }
 
 fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
-    }
+    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
 }
 
 struct SeqAccess<'p, 'a, I> {
@@ -504,9 +446,7 @@ struct MapAccess<'p, 'a, I> {
     pending: Option<(&'a Node, String)>,
 }
 
-impl<'de, 'p, 'a, I: Iterator<Item = (&'a Node, &'a Node, String)>> de::MapAccess<'de>
-    for MapAccess<'p, 'a, I>
-{
+impl<'de, 'p, 'a, I: Iterator<Item = (&'a Node, &'a Node, String)>> de::MapAccess<'de> for MapAccess<'p, 'a, I> {
     type Error = DeError;
 
     fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, DeError> {
@@ -541,13 +481,7 @@ impl<'de, 'a> de::EnumAccess<'de> for EnumAccess<'a> {
     fn variant_seed<V: DeserializeSeed<'de>>(self, seed: V) -> Result<(V::Value, Self::Variant), DeError> {
         let tag: de::value::StrDeserializer<'_, DeError> = self.tag.into_deserializer();
         let variant = seed.deserialize(tag)?;
-        Ok((
-            variant,
-            VariantAccess {
-                value: self.value,
-                node: self.node,
-            },
-        ))
+        Ok((variant, VariantAccess { value: self.value, node: self.node }))
     }
 }
 
@@ -584,11 +518,7 @@ impl<'de, 'a> de::VariantAccess<'de> for VariantAccess<'a> {
         de::Deserializer::deserialize_seq(self.needs_value("a list")?, visitor)
     }
 
-    fn struct_variant<V: Visitor<'de>>(
-        self,
-        fields: &'static [&'static str],
-        visitor: V,
-    ) -> Result<V::Value, DeError> {
+    fn struct_variant<V: Visitor<'de>>(self, fields: &'static [&'static str], visitor: V) -> Result<V::Value, DeError> {
         self.needs_value("settings")?.visit_entries(Some(fields), visitor)
     }
 }
@@ -639,10 +569,7 @@ mod tests {
         assert!(diags.is_empty(), "{diags:?}");
         let value = value.unwrap();
         assert_eq!(value.inner, Inner { size: 3, name: None });
-        assert_eq!(
-            value.shapes,
-            vec![Shape::Circle, Shape::Square { side: 2.5 }, Shape::Many(vec![Shape::Circle])]
-        );
+        assert_eq!(value.shapes, vec![Shape::Circle, Shape::Square { side: 2.5 }, Shape::Many(vec![Shape::Circle])]);
         assert!(value.flag);
     }
 

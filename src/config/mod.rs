@@ -106,6 +106,18 @@ pub struct NodeConfig {
     pub input_positions: Vec<(usize, usize)>,
     /// Key path of the node: `nodes[2]`.
     pub path: String,
+    /// Where each of the node's own keys is written, for messages about one setting.
+    pub key_positions: Vec<(String, usize, usize)>,
+}
+
+impl NodeConfig {
+    /// Line and column of `key` in this node, or of the node itself.
+    pub fn position_of(&self, key: &str) -> (usize, usize) {
+        self.key_positions
+            .iter()
+            .find(|(k, _, _)| k == key)
+            .map_or((self.line, self.col), |(_, line, col)| (*line, *col))
+    }
 }
 
 /// A parsed config.
@@ -172,10 +184,7 @@ impl Config {
 
     /// Parses config text; `origin` names it in messages and `base_dir` anchors relative paths.
     pub fn parse(text: &str, origin: &Path, base_dir: &Path) -> Result<(Config, Vec<Diagnostic>), ConfigError> {
-        let fail = |diagnostics| ConfigError {
-            origin: origin.to_path_buf(),
-            diagnostics,
-        };
+        let fail = |diagnostics| ConfigError { origin: origin.to_path_buf(), diagnostics };
         let root = yaml::parse(text).map_err(|e| {
             fail(vec![Diagnostic {
                 line: e.line,
@@ -235,12 +244,7 @@ impl Config {
     }
 }
 
-fn node_config(
-    item: &Node,
-    index: usize,
-    base_dir: &Path,
-    diagnostics: &mut Vec<Diagnostic>,
-) -> Option<NodeConfig> {
+fn node_config(item: &Node, index: usize, base_dir: &Path, diagnostics: &mut Vec<Diagnostic>) -> Option<NodeConfig> {
     let path = format!("nodes[{index}]");
     let Value::Map(entries) = &item.value else {
         diagnostics.push(Diagnostic::at(
@@ -306,8 +310,9 @@ fn node_config(
     };
     let spec = match kind.as_deref() {
         None => None,
-        Some("ingest") => de::decode::<IngestSpec>(&settings, &path, diagnostics)
-            .map(|s| NodeSpec::Ingest(s.resolved(base_dir))),
+        Some("ingest") => {
+            de::decode::<IngestSpec>(&settings, &path, diagnostics).map(|s| NodeSpec::Ingest(s.resolved(base_dir)))
+        }
         Some("chunk") => de::decode::<ChunkSpec>(&settings, &path, diagnostics).map(|mut s| {
             if let Some(file) = &s.tokenizer {
                 s.tokenizer = Some(resolve(base_dir, file));
@@ -336,6 +341,10 @@ fn node_config(
         col: item.col,
         input_positions,
         path,
+        key_positions: entries
+            .iter()
+            .filter_map(|(k, _)| k.as_str().map(|name| (name.to_string(), k.line, k.col)))
+            .collect(),
     })
 }
 

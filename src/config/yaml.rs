@@ -35,10 +35,7 @@ impl Node {
     /// The value under `key` when this is a map.
     pub fn get(&self, key: &str) -> Option<&Node> {
         match &self.value {
-            Value::Map(entries) => entries
-                .iter()
-                .find(|(k, _)| k.as_str() == Some(key))
-                .map(|(_, v)| v),
+            Value::Map(entries) => entries.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v),
             _ => None,
         }
     }
@@ -58,11 +55,7 @@ impl Node {
             Value::Scalar { text, plain } => {
                 let shown: String = text.chars().take(40).collect();
                 let ellipsis = if text.chars().count() > 40 { "…" } else { "" };
-                if *plain {
-                    format!("`{shown}{ellipsis}`")
-                } else {
-                    format!("string \"{shown}{ellipsis}\"")
-                }
+                if *plain { format!("`{shown}{ellipsis}`") } else { format!("string \"{shown}{ellipsis}\"") }
             }
             Value::Seq(_) => "a list".to_string(),
             Value::Map(_) => "a map".to_string(),
@@ -73,12 +66,7 @@ impl Node {
         match &self.value {
             Value::Null | Value::Scalar { .. } => 1,
             Value::Seq(items) => 1 + items.iter().map(Node::size).sum::<usize>(),
-            Value::Map(entries) => {
-                1 + entries
-                    .iter()
-                    .map(|(k, v)| k.size() + v.size())
-                    .sum::<usize>()
-            }
+            Value::Map(entries) => 1 + entries.iter().map(|(k, v)| k.size() + v.size()).sum::<usize>(),
         }
     }
 }
@@ -104,11 +92,7 @@ pub fn parse(text: &str) -> Result<Node, YamlError> {
     if let Some(error) = builder.error {
         return Err(error);
     }
-    Ok(builder.root.unwrap_or(Node {
-        value: Value::Null,
-        line: 1,
-        col: 1,
-    }))
+    Ok(builder.root.unwrap_or(Node { value: Value::Null, line: 1, col: 1 }))
 }
 
 enum Open {
@@ -128,21 +112,14 @@ struct TreeBuilder {
 impl TreeBuilder {
     fn fail(&mut self, mark: Marker, message: String) {
         if self.error.is_none() {
-            self.error = Some(YamlError {
-                line: mark.line(),
-                col: mark.col() + 1,
-                message,
-            });
+            self.error = Some(YamlError { line: mark.line(), col: mark.col() + 1, message });
         }
     }
 
     fn count(&mut self, n: usize, mark: Marker) -> bool {
         self.nodes += n;
         if self.nodes > MAX_NODES {
-            self.fail(
-                mark,
-                format!("document expands to more than {MAX_NODES} nodes (alias bomb?)"),
-            );
+            self.fail(mark, format!("document expands to more than {MAX_NODES} nodes (alias bomb?)"));
             return false;
         }
         true
@@ -183,37 +160,23 @@ impl MarkedEventReceiver for TreeBuilder {
                     return;
                 }
                 let plain = style == TScalarStyle::Plain;
-                let value = if plain && is_null(&text) {
-                    Value::Null
-                } else {
-                    Value::Scalar { text, plain }
-                };
+                let value = if plain && is_null(&text) { Value::Null } else { Value::Scalar { text, plain } };
                 self.finish(Node { value, line, col }, anchor);
             }
             Event::SequenceStart(anchor, _) => {
                 if self.count(1, mark) {
-                    let node = Node {
-                        value: Value::Seq(Vec::new()),
-                        line,
-                        col,
-                    };
+                    let node = Node { value: Value::Seq(Vec::new()), line, col };
                     self.stack.push(Open::Seq(node, anchor));
                 }
             }
             Event::MappingStart(anchor, _) => {
                 if self.count(1, mark) {
-                    let node = Node {
-                        value: Value::Map(Vec::new()),
-                        line,
-                        col,
-                    };
+                    let node = Node { value: Value::Map(Vec::new()), line, col };
                     self.stack.push(Open::Map(node, anchor, None));
                 }
             }
             Event::SequenceEnd | Event::MappingEnd => match self.stack.pop() {
-                Some(Open::Seq(node, anchor)) | Some(Open::Map(node, anchor, _)) => {
-                    self.finish(node, anchor)
-                }
+                Some(Open::Seq(node, anchor)) | Some(Open::Map(node, anchor, _)) => self.finish(node, anchor),
                 None => self.fail(mark, "unbalanced collection end".to_string()),
             },
             Event::Alias(id) => match self.anchors.get(&id).cloned() {
@@ -224,11 +187,7 @@ impl MarkedEventReceiver for TreeBuilder {
                 }
                 None => self.fail(mark, "alias to an unknown anchor".to_string()),
             },
-            Event::Nothing
-            | Event::StreamStart
-            | Event::StreamEnd
-            | Event::DocumentStart
-            | Event::DocumentEnd => {}
+            Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentStart | Event::DocumentEnd => {}
         }
     }
 }
@@ -246,24 +205,10 @@ mod tests {
         let doc = parse("a: 1\nb:\n  - \"2\"\n  - ~\n").unwrap();
         let a = doc.get("a").unwrap();
         assert_eq!((a.line, a.col), (1, 4));
-        assert_eq!(
-            a.value,
-            Value::Scalar {
-                text: "1".into(),
-                plain: true
-            }
-        );
-        let Value::Seq(items) = &doc.get("b").unwrap().value else {
-            panic!("b is a list")
-        };
+        assert_eq!(a.value, Value::Scalar { text: "1".into(), plain: true });
+        let Value::Seq(items) = &doc.get("b").unwrap().value else { panic!("b is a list") };
         assert_eq!(items[0].line, 3);
-        assert_eq!(
-            items[0].value,
-            Value::Scalar {
-                text: "2".into(),
-                plain: false
-            }
-        );
+        assert_eq!(items[0].value, Value::Scalar { text: "2".into(), plain: false });
         assert_eq!(items[1].value, Value::Null);
     }
 

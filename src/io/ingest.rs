@@ -57,11 +57,7 @@ fn default_max_record_mb() -> u64 {
 impl IngestSpec {
     /// Anchors relative paths at `base_dir`.
     pub fn resolved(mut self, base_dir: &Path) -> Self {
-        self.paths = self
-            .paths
-            .iter()
-            .map(|p| crate::config::resolve(base_dir, p))
-            .collect();
+        self.paths = self.paths.iter().map(|p| crate::config::resolve(base_dir, p)).collect();
         self.base_dir = base_dir.to_path_buf();
         self
     }
@@ -136,20 +132,12 @@ pub fn discover(spec: &IngestSpec, node: &str) -> Discovery {
         if root.is_file() {
             let display = display_path(&spec.base_dir, root);
             match Format::from_path(root) {
-                Some(format) => found.files.push(SourceFile {
-                    path: root.clone(),
-                    display,
-                    format,
-                }),
-                None => found
-                    .problems
-                    .push(problem(node, &display, "unsupported file format (by extension)")),
+                Some(format) => found.files.push(SourceFile { path: root.clone(), display, format }),
+                None => found.problems.push(problem(node, &display, "unsupported file format (by extension)")),
             }
             continue;
         }
-        let walker = walkdir::WalkDir::new(root)
-            .follow_links(spec.follow_links)
-            .sort_by_file_name();
+        let walker = walkdir::WalkDir::new(root).follow_links(spec.follow_links).sort_by_file_name();
         for entry in walker {
             let entry = match entry {
                 Ok(entry) => entry,
@@ -180,14 +168,8 @@ pub fn discover(spec: &IngestSpec, node: &str) -> Discovery {
             }
             let display = display_path(&spec.base_dir, entry.path());
             match Format::from_path(entry.path()) {
-                Some(format) => found.files.push(SourceFile {
-                    path: entry.path().to_path_buf(),
-                    display,
-                    format,
-                }),
-                None => found
-                    .problems
-                    .push(problem(node, &display, "unsupported file format (by extension)")),
+                Some(format) => found.files.push(SourceFile { path: entry.path().to_path_buf(), display, format }),
+                None => found.problems.push(problem(node, &display, "unsupported file format (by extension)")),
             }
         }
     }
@@ -293,14 +275,11 @@ impl FileReader {
         if docs.is_empty() && self.rejects.is_empty() {
             return None;
         }
-        let rows = self.to_batch(&docs);
-        Some(ReadBatch {
-            rows,
-            rejects: std::mem::take(&mut self.rejects),
-        })
+        let rows = self.batch_of(&docs);
+        Some(ReadBatch { rows, rejects: std::mem::take(&mut self.rejects) })
     }
 
-    fn to_batch(&mut self, docs: &[Document]) -> RecordBatch {
+    fn batch_of(&mut self, docs: &[Document]) -> RecordBatch {
         let mut ids = StringBuilder::new();
         let mut paths = StringBuilder::new();
         let mut formats = StringBuilder::new();

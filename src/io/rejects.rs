@@ -75,9 +75,7 @@ pub fn from_operator(node: &str, input: &RecordBatch, rejects: &[Reject]) -> Res
                 record = record.chars().take(MAX_RECORD_CHARS).collect::<String>() + "…";
             }
             Ok(RejectRow {
-                id: ids
-                    .map(|a| a.value(reject.row).to_string())
-                    .unwrap_or_else(|| format!("row-{}", reject.row)),
+                id: ids.map(|a| a.value(reject.row).to_string()).unwrap_or_else(|| format!("row-{}", reject.row)),
                 node: node.to_string(),
                 reason: reject.reason.clone(),
                 source_path: paths.map(|a| a.value(reject.row).to_string()),

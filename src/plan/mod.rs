@@ -79,22 +79,12 @@ impl Plan {
                 Ok(schema) => schema,
                 Err(message) => {
                     let upstream = inputs.first().map(|&u| nodes[u].id.as_str()).unwrap_or("");
-                    diagnostics.push(node_diag(
-                        node,
-                        format!("does not fit its input `{upstream}`: {message}"),
-                    ));
+                    diagnostics.push(node_diag(node, format!("does not fit its input `{upstream}`: {message}")));
                     continue;
                 }
             };
             index_of.insert(node.id.as_str(), nodes.len());
-            nodes.push(PlanNode {
-                id: node.id.clone(),
-                kind: node.kind.clone(),
-                spec,
-                inputs,
-                input_schema,
-                schema,
-            });
+            nodes.push(PlanNode { id: node.id.clone(), kind: node.kind.clone(), spec, inputs, input_schema, schema });
         }
         if !config.nodes.iter().any(|n| n.kind == "sink") && !config.nodes.is_empty() {
             diagnostics.push(Diagnostic {
@@ -107,15 +97,9 @@ impl Plan {
         if !diagnostics.is_empty() {
             diagnostics.sort();
             diagnostics.dedup();
-            return Err(ConfigError {
-                origin: config.origin.clone(),
-                diagnostics,
-            });
+            return Err(ConfigError { origin: config.origin.clone(), diagnostics });
         }
-        Ok(Plan {
-            config: Arc::new(config),
-            nodes,
-        })
+        Ok(Plan { config: Arc::new(config), nodes })
     }
 
     pub fn node(&self, id: &str) -> Option<&PlanNode> {
@@ -163,12 +147,9 @@ fn settings_problems(node: &NodeConfig, diagnostics: &mut Vec<Diagnostic>) {
     };
     for (key, message) in problems {
         let path = if key.is_empty() { node.path.clone() } else { format!("{}.{key}", node.path) };
-        diagnostics.push(Diagnostic {
-            line: node.line,
-            col: node.col,
-            path,
-            message,
-        });
+        let top_key = key.split(['.', '[']).next().unwrap_or("");
+        let (line, col) = node.position_of(top_key);
+        diagnostics.push(Diagnostic { line, col, path, message });
     }
 }
 
@@ -226,8 +207,11 @@ fn graph_order(config: &Config, diagnostics: &mut Vec<Diagnostic>) -> Vec<usize>
                     line,
                     col,
                     path: format!("{}.input", node.path),
-                    message: de::unknown_message("input node", input, &ids)
-                        .replacen("unknown input node", "no node named", 1),
+                    message: de::unknown_message("input node", input, &ids).replacen(
+                        "unknown input node",
+                        "no node named",
+                        1,
+                    ),
                 }),
             }
         }
@@ -237,8 +221,7 @@ fn graph_order(config: &Config, diagnostics: &mut Vec<Diagnostic>) -> Vec<usize>
     let mut remaining: Vec<usize> = edges.iter().map(|e| e.len()).collect();
     let mut order = Vec::with_capacity(n);
     let mut done = vec![false; n];
-    loop {
-        let Some(next) = (0..n).find(|&i| !done[i] && remaining[i] == 0) else { break };
+    while let Some(next) = (0..n).find(|&i| !done[i] && remaining[i] == 0) {
         done[next] = true;
         order.push(next);
         for (i, ups) in edges.iter().enumerate() {

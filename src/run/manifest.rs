@@ -85,7 +85,12 @@ mod tests {
             elapsed_s: 0.5,
             workers: 2,
             processes: 1,
-            graph: vec![GraphNode { id: "docs".into(), kind: "ingest".into(), inputs: vec![], columns: vec!["id".into()] }],
+            graph: vec![GraphNode {
+                id: "docs".into(),
+                kind: "ingest".into(),
+                inputs: vec![],
+                columns: vec!["id".into()],
+            }],
             nodes: [("docs".to_string(), NodeStats { rows_out: 3, ..Default::default() })].into(),
             outputs: BTreeMap::new(),
             rejects: OutputSummary::default(),

@@ -83,12 +83,7 @@ pub fn from_ipc(bytes: &[u8]) -> Result<RecordBatch, arrow::error::ArrowError> {
 impl Serialize for Packet {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let ipc = to_ipc(&self.batch).map_err(S::Error::custom)?;
-        Wire {
-            lane: self.lane,
-            dest: self.dest,
-            ipc,
-        }
-        .serialize(serializer)
+        Wire { lane: self.lane, dest: self.dest, ipc }.serialize(serializer)
     }
 }
 
@@ -96,11 +91,7 @@ impl<'de> Deserialize<'de> for Packet {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let wire = Wire::deserialize(deserializer)?;
         let batch = from_ipc(&wire.ipc).map_err(D::Error::custom)?;
-        Ok(Packet {
-            lane: wire.lane,
-            dest: wire.dest,
-            batch,
-        })
+        Ok(Packet { lane: wire.lane, dest: wire.dest, batch })
     }
 }
 
@@ -118,10 +109,7 @@ mod tests {
         ]));
         let batch = RecordBatch::try_new(
             schema,
-            vec![
-                Arc::new(StringArray::from(vec!["a", "b"])),
-                Arc::new(UInt64Array::from(vec![Some(1), None])),
-            ],
+            vec![Arc::new(StringArray::from(vec!["a", "b"])), Arc::new(UInt64Array::from(vec![Some(1), None]))],
         )
         .unwrap();
         let back = from_ipc(&to_ipc(&batch).unwrap()).unwrap();

@@ -47,9 +47,7 @@ pub struct WorkerCounters {
 
 impl WorkerCounters {
     pub fn new(nodes: usize) -> Arc<Self> {
-        Arc::new(WorkerCounters {
-            nodes: (0..nodes).map(|_| NodeCounters::default()).collect(),
-        })
+        Arc::new(WorkerCounters { nodes: (0..nodes).map(|_| NodeCounters::default()).collect() })
     }
 }
 

@@ -14,12 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use timely::WorkerConfig;
 use timely::communication::Config as CommunicationConfig;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::core::Partition;
 use timely::dataflow::operators::{Concatenate, Exchange as _, Input, Inspect, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
-use timely::WorkerConfig;
 
 use crate::config::NodeSpec;
 use crate::io::ingest::{self, Discovery};
@@ -89,11 +89,7 @@ impl Engine {
     pub fn new(plan: Plan, options: RunOptions) -> Engine {
         let workers = options.workers.max(1);
         let counters = (0..workers).map(|_| WorkerCounters::new(plan.nodes.len())).collect();
-        Engine {
-            plan: Arc::new(plan),
-            options,
-            counters,
-        }
+        Engine { plan: Arc::new(plan), options, counters }
     }
 
     pub fn plan(&self) -> &Plan {
@@ -123,10 +119,8 @@ impl Engine {
         if options.process == 0 {
             run_dir.prepare(&sink_dirs, options.overwrite)?;
         } else {
-            std::fs::create_dir_all(&options.out).map_err(|source| RunDirError::Io {
-                path: options.out.clone(),
-                source,
-            })?;
+            std::fs::create_dir_all(&options.out)
+                .map_err(|source| RunDirError::Io { path: options.out.clone(), source })?;
         }
         let communication = communication(&options)?;
         // Discovery once per process; every process walks the same sorted tree.
@@ -146,10 +140,7 @@ impl Engine {
         let threads = options.workers.max(1);
         let slot = Arc::clone(&manifest_slot);
         let worker_stop = Arc::clone(&stop);
-        let config = timely::Config {
-            communication,
-            worker: WorkerConfig::default(),
-        };
+        let config = timely::Config { communication, worker: WorkerConfig::default() };
         let guards = timely::execute(config, move |worker| {
             let index = worker.index();
             let peers = worker.peers();
@@ -186,9 +177,7 @@ impl Engine {
         match manifest {
             Some(manifest) => {
                 let path = run_dir.manifest();
-                manifest
-                    .write(&path)
-                    .map_err(|source| RunError::Manifest { path, source })?;
+                manifest.write(&path).map_err(|source| RunError::Manifest { path, source })?;
                 Ok(manifest)
             }
             // Processes other than 0 do not write the manifest; they return an empty summary.
@@ -208,43 +197,19 @@ impl Engine {
 fn communication(options: &RunOptions) -> Result<CommunicationConfig, RunError> {
     let threads = options.workers.max(1);
     if options.processes <= 1 {
-        return Ok(if threads == 1 {
-            CommunicationConfig::Thread
-        } else {
-            CommunicationConfig::Process(threads)
-        });
+        return Ok(if threads == 1 { CommunicationConfig::Thread } else { CommunicationConfig::Process(threads) });
     }
     if options.process >= options.processes {
-        return Err(RunError::ProcessIndex {
-            process: options.process,
-            processes: options.processes,
-        });
+        return Err(RunError::ProcessIndex { process: options.process, processes: options.processes });
     }
     let path = options.hostfile.clone().ok_or(RunError::NoHostfile(options.processes))?;
-    let text = std::fs::read_to_string(&path).map_err(|source| RunError::Hostfile {
-        path: path.clone(),
-        source,
-    })?;
-    let addresses: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_string)
-        .collect();
+    let text = std::fs::read_to_string(&path).map_err(|source| RunError::Hostfile { path: path.clone(), source })?;
+    let addresses: Vec<String> =
+        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect();
     if addresses.len() != options.processes {
-        return Err(RunError::HostCount {
-            path,
-            found: addresses.len(),
-            expected: options.processes,
-        });
+        return Err(RunError::HostCount { path, found: addresses.len(), expected: options.processes });
     }
-    Ok(CommunicationConfig::Cluster {
-        threads,
-        process: options.process,
-        addresses,
-        report: false,
-        zerocopy: false,
-    })
+    Ok(CommunicationConfig::Cluster { threads, process: options.process, addresses, report: false, zerocopy: false })
 }
 
 /// Builds and runs this worker's dataflow; returns what it did.
@@ -315,9 +280,7 @@ fn run_worker(
                     };
                     let routed = shells::route(
                         input(),
-                        Box::new(shells::BucketRouter {
-                            partitions: run.partitions,
-                        }),
+                        Box::new(shells::BucketRouter { partitions: run.partitions }),
                         peers,
                         &node.id,
                     );
@@ -343,11 +306,8 @@ fn run_worker(
                 spec => match instantiate(spec) {
                     Ok(Some(op)) => {
                         let stream = if op.ordered() {
-                            let router = op.router().unwrap_or_else(|| {
-                                Box::new(shells::StayRouter {
-                                    worker: index as u64,
-                                })
-                            });
+                            let router =
+                                op.router().unwrap_or_else(|| Box::new(shells::StayRouter { worker: index as u64 }));
                             let routed = shells::route(input(), router, peers, &node.id);
                             shells::ordered_transform(routed, op, i, node.id.clone(), Arc::clone(counters))
                         } else {
@@ -374,14 +334,8 @@ fn run_worker(
             }
         }
         let all_rejects = scope.concatenate(rejects);
-        let routed = shells::route(
-            all_rejects,
-            Box::new(shells::BucketRouter {
-                partitions: run.partitions,
-            }),
-            peers,
-            REJECTS,
-        );
+        let routed =
+            shells::route(all_rejects, Box::new(shells::BucketRouter { partitions: run.partitions }), peers, REJECTS);
         sinks_here += 1;
         shells::sink(
             routed,
@@ -463,20 +417,11 @@ fn build_manifest(
 ) -> Manifest {
     let mut nodes: BTreeMap<String, NodeStats> = BTreeMap::new();
     let mut outputs: BTreeMap<String, OutputSummary> = BTreeMap::new();
-    let mut rejects = OutputSummary {
-        dir: REJECTS.to_string(),
-        ..Default::default()
-    };
+    let mut rejects = OutputSummary { dir: REJECTS.to_string(), ..Default::default() };
     for node in &plan.nodes {
         nodes.insert(node.id.clone(), NodeStats::default());
         if let NodeSpec::Sink(spec) = &node.spec {
-            outputs.insert(
-                node.id.clone(),
-                OutputSummary {
-                    dir: spec.dir.clone(),
-                    ..Default::default()
-                },
-            );
+            outputs.insert(node.id.clone(), OutputSummary { dir: spec.dir.clone(), ..Default::default() });
         }
     }
     let mut errors = Vec::new();

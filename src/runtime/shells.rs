@@ -134,7 +134,13 @@ pub fn ingest_source<'s>(scope: Scope<'s, u64>, settings: SourceSettings) -> Pac
 }
 
 /// Applies `op` to a batch, turning failures of the whole batch into rejects of every row.
-fn apply(op: &mut dyn Operator, node_id: &str, batch: RecordBatch, counters: &WorkerCounters, node: usize) -> Vec<Packet> {
+fn apply(
+    op: &mut dyn Operator,
+    node_id: &str,
+    batch: RecordBatch,
+    counters: &WorkerCounters,
+    node: usize,
+) -> Vec<Packet> {
     let started = Instant::now();
     let c = &counters.nodes[node];
     c.add(&c.rows_in, batch.num_rows() as u64);
@@ -150,10 +156,7 @@ fn apply(op: &mut dyn Operator, node_id: &str, batch: RecordBatch, counters: &Wo
         }
         Err(error) => {
             let all: Vec<sdg_operators::Reject> = (0..batch.num_rows())
-                .map(|row| sdg_operators::Reject {
-                    row,
-                    reason: format!("batch failed: {error}"),
-                })
+                .map(|row| sdg_operators::Reject { row, reason: format!("batch failed: {error}") })
                 .collect();
             rejects::from_operator(node_id, &batch, &all)
         }
@@ -278,10 +281,7 @@ fn split_by_key(
         let dest = by_dest.into_keys().next().unwrap_or(0);
         return Ok(vec![(dest, batch.clone())]);
     }
-    by_dest
-        .into_iter()
-        .map(|(dest, rows)| Ok((dest, take_record_batch(batch, &UInt32Array::from(rows))?)))
-        .collect()
+    by_dest.into_iter().map(|(dest, rows)| Ok((dest, take_record_batch(batch, &UInt32Array::from(rows))?))).collect()
 }
 
 /// Keeps rows on the worker that holds them (for ordered operators that need no exchange).
@@ -418,10 +418,7 @@ fn write_time(
     };
     let mut by_bucket: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
     for row in 0..ids.len() {
-        by_bucket
-            .entry(bucket_of(ids.value(row), settings.partitions))
-            .or_default()
-            .push(row as u32);
+        by_bucket.entry(bucket_of(ids.value(row), settings.partitions)).or_default().push(row as u32);
     }
     for (bucket, rows) in by_bucket {
         let part = take_record_batch(&projected, &UInt32Array::from(rows)).map_err(|e| e.to_string())?;

@@ -71,9 +71,7 @@ pub fn strings(batches: &[RecordBatch], column: &str) -> Vec<Option<String>> {
                 .downcast_ref::<StringArray>()
                 .expect("string column")
                 .clone();
-            (0..array.len())
-                .map(|i| (!array.is_null(i)).then(|| array.value(i).to_string()))
-                .collect::<Vec<_>>()
+            (0..array.len()).map(|i| (!array.is_null(i)).then(|| array.value(i).to_string())).collect::<Vec<_>>()
         })
         .collect()
 }
@@ -125,11 +123,12 @@ pub fn text_corpus(dir: &Path, files: usize, paragraphs: usize) {
     for f in 0..files {
         let mut text = String::new();
         for p in 0..paragraphs {
+            // Every sentence names its paragraph, so no two chunks anywhere are equal.
+            let n = f * 1000 + p;
             text.push_str(&format!(
-                "Paragraph {p} of file {f} explains how the engine keeps its output deterministic. \
-                 Every record carries a stable id derived from its source path and content number {}. \
-                 Sinks sort rows by id within each completed timestamp before writing parts.\n\n",
-                f * 1000 + p
+                "Paragraph {n} explains how the engine keeps its output deterministic. \
+                 Every record of paragraph {n} carries a stable id derived from its path and content. \
+                 Sinks sort the rows of paragraph {n} by id before writing parts.\n\n"
             ));
         }
         write(dir, &format!("doc-{f:03}.txt"), &text);

@@ -292,12 +292,20 @@ impl Operator for Chunker {
         }
 
         let indices = UInt32Array::from(out.source_rows);
-        let taken = arrow::compute::take_record_batch(&batch, &indices)?;
-        let mut columns: Vec<ArrayRef> = taken.columns().to_vec();
         let id_index = input_schema.index_of(ID)?;
         let text_index = input_schema.index_of(&self.spec.column)?;
-        columns[id_index] = Arc::new(StringArray::from(out.ids));
-        columns[text_index] = Arc::new(StringArray::from(out.texts));
+        // Repeat the document's other columns per chunk; never copy the document text itself, which
+        // would cost (chunks x document length) per document.
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns() + APPENDED.len());
+        for (index, column) in batch.columns().iter().enumerate() {
+            if index == id_index {
+                columns.push(Arc::new(StringArray::from(std::mem::take(&mut out.ids))));
+            } else if index == text_index {
+                columns.push(Arc::new(StringArray::from(std::mem::take(&mut out.texts))));
+            } else {
+                columns.push(arrow::compute::take(column.as_ref(), &indices, None)?);
+            }
+        }
         columns.push(Arc::new(StringArray::from(out.doc_ids)));
         columns.push(Arc::new(UInt32Array::from(out.ordinals)));
         columns.push(Arc::new(UInt64Array::from(out.starts)));

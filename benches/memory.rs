@@ -57,6 +57,7 @@ fn measure(binary: &Path, config: &Path, out: &Path) -> Measured {
     let started = Instant::now();
     let child = Command::new(binary)
         .args(["run", config.to_str().unwrap(), "-o", out.to_str().unwrap(), "--quiet", "--workers", "2"])
+        .stdout(std::process::Stdio::null())
         .spawn()
         .expect("sdg starts");
     let pid = child.id() as libc::pid_t;

@@ -137,11 +137,8 @@ fn chunk_rows(rows: usize, text_bytes: usize) -> RecordBatch {
 fn parquet_write(c: &mut Criterion) {
     let batch = chunk_rows(16_384, 1000);
     // Payload bytes: the id and text values, not Arrow's buffer capacity.
-    let bytes: usize = batch
-        .columns()
-        .iter()
-        .map(|c| c.as_any().downcast_ref::<StringArray>().map_or(0, |s| s.values().len()))
-        .sum();
+    let bytes: usize =
+        batch.columns().iter().map(|c| c.as_any().downcast_ref::<StringArray>().map_or(0, |s| s.values().len())).sum();
     let mut group = c.benchmark_group("spine");
     group.sample_size(10);
     group.throughput(Throughput::Bytes(bytes as u64));

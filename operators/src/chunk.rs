@@ -111,9 +111,44 @@ struct Piece {
     tokens: usize,
 }
 
+impl Piece {
+    fn shifted(self, by: usize) -> Piece {
+        Piece { start: self.start + by, end: self.end + by, tokens: self.tokens }
+    }
+}
+
+/// Chunks per splitting window. text-splitter re-scans the rest of its input for every chunk, which is
+/// quadratic on long documents; feeding it windows of this many chunks keeps the cost linear.
+const WINDOW_CHUNKS: usize = 16;
+
 impl Splitter {
     /// The chunks of `text`, in order, with their sizes; `Err` says why `text` could not be split.
-    fn split(&self, text: &str) -> Result<Vec<Piece>, String> {
+    ///
+    /// Long texts are split window by window: every chunk of a window but the last is kept (the last may
+    /// be cut short by the window's edge), and the next window starts where that last chunk started. The
+    /// splitter only looks ahead about one chunk, so this gives the chunks a single pass would.
+    fn split(&self, text: &str, window_bytes: usize) -> Result<Vec<Piece>, String> {
+        let mut pieces = Vec::new();
+        let mut pos = 0;
+        while pos < text.len() {
+            let mut end = (pos + window_bytes).min(text.len());
+            while !text.is_char_boundary(end) {
+                end += 1;
+            }
+            let found = self.split_whole(&text[pos..end])?;
+            if end == text.len() || found.len() < 2 {
+                let rest = if end == text.len() { found } else { self.split_whole(&text[pos..])? };
+                pieces.extend(rest.into_iter().map(|p| p.shifted(pos)));
+                break;
+            }
+            let (last, kept) = found.split_last().ok_or("internal: no chunk")?;
+            pieces.extend(kept.iter().map(|p| p.shifted(pos)));
+            pos += last.start;
+        }
+        Ok(pieces)
+    }
+
+    fn split_whole(&self, text: &str) -> Result<Vec<Piece>, String> {
         match self {
             Splitter::Chars(splitter) => Ok(splitter
                 .chunk_indices(text)
@@ -135,6 +170,9 @@ impl Splitter {
 pub struct Chunker {
     spec: ChunkSpec,
     splitter: Splitter,
+    /// Bytes per splitting window: room for `WINDOW_CHUNKS` full chunks (4 bytes per char, or a generous
+    /// 16 bytes per token).
+    window_bytes: usize,
 }
 
 impl std::fmt::Debug for Chunker {
@@ -181,7 +219,9 @@ impl Chunker {
                 Splitter::Tokens { splitter: TextSplitter::new(config.with_sizer(counter.clone())), counter }
             }
         };
-        Ok(Chunker { spec, splitter })
+        let bytes_per_unit = if spec.tokenizer.is_some() { 16 } else { 4 };
+        let window_bytes = spec.max_tokens.saturating_mul(bytes_per_unit).saturating_mul(WINDOW_CHUNKS).max(16 << 10);
+        Ok(Chunker { spec, splitter, window_bytes })
     }
 
     /// The settings this chunker was built with.
@@ -253,7 +293,7 @@ impl Operator for Chunker {
             }
             let doc_id = doc_ids.value(row);
             let text = texts.value(row);
-            let pieces = match self.splitter.split(text) {
+            let pieces = match self.splitter.split(text, self.window_bytes) {
                 Ok(pieces) => pieces,
                 Err(reason) => {
                     rejects.push(Reject { row, reason });
@@ -623,5 +663,26 @@ mod tests {
             Field::new(TEXT, DataType::UInt32, false),
         ]));
         assert!(matches!(op.output_schema(&wrong), Err(OpError::ColumnType { .. })));
+    }
+
+    #[test]
+    fn windowed_splitting_gives_the_chunks_of_a_single_pass() {
+        let mut text = String::new();
+        for p in 0..400 {
+            text.push_str(&format!(
+                "Paragraph {p} has a first sentence. And a second one, a little longer than the first.\n"
+            ));
+            if p % 3 == 0 {
+                text.push('\n');
+            }
+        }
+        for overlap in [0, 15] {
+            let chunker = Chunker::new(ChunkSpec { max_tokens: 120, overlap, ..ChunkSpec::default() }).unwrap();
+            let whole = chunker.splitter.split_whole(&text).unwrap();
+            assert!(whole.len() > 100);
+            for window in [1 << 10, 4 << 10, 64 << 10] {
+                assert_eq!(chunker.splitter.split(&text, window).unwrap(), whole, "window {window}, overlap {overlap}");
+            }
+        }
     }
 }

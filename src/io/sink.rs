@@ -15,6 +15,7 @@ use arrow::datatypes::SchemaRef;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 
 use super::json_rows;
@@ -240,10 +241,17 @@ impl BucketWriter {
         let encoder = match self.settings.format {
             SinkFormat::Parquet => {
                 let level = ZstdLevel::try_new(self.settings.zstd_level).unwrap_or_default();
-                let props = WriterProperties::builder()
+                let mut props = WriterProperties::builder()
                     .set_compression(Compression::ZSTD(level))
-                    .set_max_row_group_row_count(Some(self.settings.row_group_rows))
-                    .build();
+                    .set_max_row_group_row_count(Some(self.settings.row_group_rows));
+                // Ids and texts are (nearly) all distinct: a dictionary only costs time before it is
+                // abandoned. Low-cardinality columns (source_path, format, doc_id) keep theirs.
+                for field in self.schema.fields() {
+                    if matches!(field.name().as_str(), "id" | "text") {
+                        props = props.set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), false);
+                    }
+                }
+                let props = props.build();
                 let writer = ArrowWriter::try_new(file, Arc::clone(&self.schema), Some(props))
                     .map_err(|source| SinkError::Parquet { path: temp.clone(), source })?;
                 Encoder::Parquet(Box::new(writer))

@@ -245,7 +245,9 @@ impl Progress {
         let flag = Arc::clone(&done);
         let thread = std::thread::spawn(move || {
             let started = std::time::Instant::now();
-            while !flag.load(Ordering::Relaxed) {
+            loop {
+                // Read the flag first, so the last refresh shows the final counts.
+                let finished = flag.load(Ordering::Relaxed);
                 let secs = started.elapsed().as_secs_f64().max(1e-3);
                 for (i, bar) in bars.iter().enumerate() {
                     let t = process_totals(&counters, i);
@@ -258,6 +260,9 @@ impl Progress {
                         moved as f64 / secs
                     ));
                     bar.tick();
+                }
+                if finished {
+                    break;
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }

@@ -9,7 +9,6 @@ use arrow::datatypes::{DataType, Field, Schema};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
 
-use sdg::io::formats::FieldMapping;
 use sdg::io::ingest::{FileReader, IngestSpec, discover};
 use sdg::io::sink::{BucketWriter, PartSettings, SinkFormat};
 use sdg_operators::Operator;
@@ -95,16 +94,7 @@ fn ingest_and_chunk(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("corpus");
     let total = write_corpus(&root, 32, 512 << 10);
-    let spec = IngestSpec {
-        paths: vec![root.clone()],
-        include: vec![],
-        exclude: vec![],
-        fields: FieldMapping::default(),
-        follow_links: false,
-        max_file_mb: 64,
-        max_record_mb: 16,
-        base_dir: dir.path().to_path_buf(),
-    };
+    let spec = IngestSpec::for_paths(vec![root.clone()], dir.path());
     let chunk_spec: ChunkSpec = serde_json::from_value(json!({"max_tokens": 1000, "overlap": 100})).unwrap();
     let mut group = c.benchmark_group("spine");
     group.sample_size(10);

@@ -55,6 +55,20 @@ fn default_max_record_mb() -> u64 {
 }
 
 impl IngestSpec {
+    /// An ingest of `paths` with every other setting at its default; `source_path` is relative to `base_dir`.
+    pub fn for_paths(paths: Vec<PathBuf>, base_dir: &Path) -> Self {
+        IngestSpec {
+            paths,
+            include: Vec::new(),
+            exclude: Vec::new(),
+            fields: FieldMapping::default(),
+            follow_links: false,
+            max_file_mb: default_max_file_mb(),
+            max_record_mb: default_max_record_mb(),
+            base_dir: base_dir.to_path_buf(),
+        }
+    }
+
     /// Anchors relative paths at `base_dir`.
     pub fn resolved(mut self, base_dir: &Path) -> Self {
         self.paths = self.paths.iter().map(|p| crate::config::resolve(base_dir, p)).collect();
@@ -328,16 +342,7 @@ mod tests {
     use super::*;
 
     fn spec(root: &Path) -> IngestSpec {
-        IngestSpec {
-            paths: vec![root.to_path_buf()],
-            include: vec![],
-            exclude: vec![],
-            fields: FieldMapping::default(),
-            follow_links: false,
-            max_file_mb: 64,
-            max_record_mb: 16,
-            base_dir: root.parent().unwrap().to_path_buf(),
-        }
+        IngestSpec::for_paths(vec![root.to_path_buf()], root.parent().unwrap())
     }
 
     #[test]

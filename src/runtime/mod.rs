@@ -305,18 +305,24 @@ fn run_worker(
                 }
                 spec => match instantiate(spec) {
                     Ok(Some(op)) => {
+                        let node_op = |op| shells::NodeOperator {
+                            op,
+                            node: i,
+                            node_id: node.id.clone(),
+                            counters: Arc::clone(counters),
+                        };
                         let stream = if op.ordered() {
                             let router =
                                 op.router().unwrap_or_else(|| Box::new(shells::StayRouter { worker: index as u64 }));
                             let routed = shells::route(input(), router, peers, &node.id);
-                            shells::ordered_transform(routed, op, i, node.id.clone(), Arc::clone(counters))
+                            shells::ordered_transform(routed, node_op(op))
                         } else {
                             let input = match op.router() {
                                 Some(router) => shells::route(input(), router, peers, &node.id)
                                     .exchange(|packet: &Packet| packet.dest),
                                 None => input(),
                             };
-                            shells::transform(input, op, i, node.id.clone(), Arc::clone(counters))
+                            shells::transform(input, node_op(op))
                         };
                         Some(stream)
                     }

@@ -10,11 +10,15 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{Array, RecordBatch, StringArray, UInt32Array};
 use arrow::compute::{concat_batches, sort_to_indices, take_record_batch};
+use timely::communication::Pull;
 use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::Message;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::InputHandleCore;
 use timely::dataflow::operators::generic::operator::{Operator as TimelyOperator, source};
 use timely::dataflow::{ProbeHandle, Scope, Stream};
+use timely::progress::frontier::MutableAntichain;
 
 use sdg_operators::columns;
 use sdg_operators::{Operator, Router};
@@ -133,16 +137,23 @@ pub fn ingest_source<'s>(scope: Scope<'s, u64>, settings: SourceSettings) -> Pac
     })
 }
 
-/// Applies `op` to a batch, turning failures of the whole batch into rejects of every row.
-fn apply(
-    op: &mut dyn Operator,
-    node_id: &str,
-    batch: RecordBatch,
-    counters: &WorkerCounters,
-    node: usize,
-) -> Vec<Packet> {
+/// A plan node's operator on one worker, with what it needs to count and name its rejects.
+pub struct NodeOperator {
+    pub op: Box<dyn Operator>,
+    pub node: usize,
+    pub node_id: String,
+    pub counters: Arc<WorkerCounters>,
+}
+
+impl NodeOperator {
+    /// Applies the operator to a batch, turning failures of the whole batch into rejects of every row.
+    fn apply(&mut self, batch: RecordBatch) -> Vec<Packet> {
+        apply(self.op.as_mut(), &self.node_id, batch, &self.counters.nodes[self.node])
+    }
+}
+
+fn apply(op: &mut dyn Operator, node_id: &str, batch: RecordBatch, c: &super::metrics::NodeCounters) -> Vec<Packet> {
     let started = Instant::now();
-    let c = &counters.nodes[node];
     c.add(&c.rows_in, batch.num_rows() as u64);
     c.add(&c.batches, 1);
     let mut out = Vec::with_capacity(2);
@@ -174,19 +185,14 @@ fn apply(
 }
 
 /// A streaming transform: each batch is processed as it arrives, on the worker that holds it.
-pub fn transform<'s>(
-    input: PacketStream<'s>,
-    mut op: Box<dyn Operator>,
-    node: usize,
-    node_id: String,
-    counters: Arc<WorkerCounters>,
-) -> PacketStream<'s> {
-    input.unary::<Builder, _, _, _>(Pipeline, &format!("op:{node_id}"), move |_, _| {
+pub fn transform<'s>(input: PacketStream<'s>, mut node: NodeOperator) -> PacketStream<'s> {
+    let name = format!("op:{}", node.node_id);
+    input.unary::<Builder, _, _, _>(Pipeline, &name, move |_, _| {
         move |input, output| {
             input.for_each(|cap, data| {
                 let mut session = output.session(&cap);
                 for packet in data.drain(..) {
-                    session.give_iterator(apply(op.as_mut(), &node_id, packet.batch, &counters, node).into_iter());
+                    session.give_iterator(node.apply(packet.batch).into_iter());
                 }
             });
         }
@@ -202,41 +208,63 @@ pub fn sorted_by_id(batches: Vec<RecordBatch>) -> Result<Option<RecordBatch>, ar
     Ok(Some(take_record_batch(&merged, &order)?))
 }
 
+/// Batches held per timestamp, each time with a capability so the frontier after the operator does not
+/// pass it until the batches are handled.
+#[derive(Default)]
+struct TimeStash {
+    pending: BTreeMap<u64, (Capability<u64>, Vec<RecordBatch>)>,
+}
+
+impl TimeStash {
+    /// Takes everything waiting at the operator's input.
+    fn absorb<P: Pull<Message<u64, Vec<Packet>>>>(
+        &mut self,
+        input: &mut InputHandleCore<u64, Vec<Packet>, P>,
+        output: usize,
+    ) {
+        input.for_each(|cap, data| {
+            let Some(&time) = cap.least() else { return };
+            if let Some(retained) = cap.retain_least(output) {
+                let entry = self.pending.entry(time).or_insert_with(|| (retained, Vec::new()));
+                entry.1.extend(data.drain(..).map(|p| p.batch));
+            }
+        });
+    }
+
+    /// The earliest held time once the input frontier has passed it, with its batches.
+    fn pop_complete(&mut self, frontier: &MutableAntichain<u64>) -> Option<(Capability<u64>, Vec<RecordBatch>)> {
+        let (&time, _) = self.pending.first_key_value()?;
+        if frontier.frontier().less_equal(&time) {
+            return None;
+        }
+        self.pending.remove(&time)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
 /// A stateful transform that must see timestamps in order: batches wait until their time is complete,
 /// then go through the operator in time order, rows sorted by id.
-pub fn ordered_transform<'s>(
-    input: PacketStream<'s>,
-    mut op: Box<dyn Operator>,
-    node: usize,
-    node_id: String,
-    counters: Arc<WorkerCounters>,
-) -> PacketStream<'s> {
+pub fn ordered_transform<'s>(input: PacketStream<'s>, mut node: NodeOperator) -> PacketStream<'s> {
     let exchange = Exchange::new(|packet: &Packet| packet.dest);
-    input.unary_frontier::<Builder, _, _, _>(exchange, &format!("ordered:{node_id}"), move |_, _| {
-        let mut stash: BTreeMap<u64, (Capability<u64>, Vec<RecordBatch>)> = BTreeMap::new();
+    let name = format!("ordered:{}", node.node_id);
+    input.unary_frontier::<Builder, _, _, _>(exchange, &name, move |_, _| {
+        let mut stash = TimeStash::default();
         move |(input, frontier), output| {
-            input.for_each(|cap, data| {
-                let Some(&time) = cap.least() else { return };
-                if let Some(retained) = cap.retain_least(output.output_index()) {
-                    let entry = stash.entry(time).or_insert_with(|| (retained, Vec::new()));
-                    entry.1.extend(data.drain(..).map(|p| p.batch));
-                }
-            });
-            while let Some((&time, _)) = stash.first_key_value() {
-                if frontier.frontier().less_equal(&time) {
-                    break;
-                }
-                let Some((cap, batches)) = stash.remove(&time) else { break };
+            stash.absorb(input, output.output_index());
+            while let Some((cap, batches)) = stash.pop_complete(frontier) {
                 let merged = match sorted_by_id(batches) {
                     Ok(Some(merged)) => merged,
                     Ok(None) => continue,
                     Err(error) => {
-                        tracing::error!(node = node_id.as_str(), %error, "could not merge batches");
+                        tracing::error!(node = node.node_id.as_str(), %error, "could not merge batches");
                         continue;
                     }
                 };
                 let mut session = output.session(&cap);
-                session.give_iterator(apply(op.as_mut(), &node_id, merged, &counters, node).into_iter());
+                session.give_iterator(node.apply(merged).into_iter());
             }
         }
     })
@@ -345,22 +373,12 @@ pub fn sink<'s>(input: PacketStream<'s>, settings: SinkSettings) -> PacketStream
     let name = format!("sink:{}", settings.node_id);
     input.unary_frontier::<Builder, _, _, _>(exchange, &name, move |_, _| {
         let mut settings = settings;
-        let mut stash: BTreeMap<u64, (Capability<u64>, Vec<RecordBatch>)> = BTreeMap::new();
+        let mut stash = TimeStash::default();
         let mut writers: HashMap<u32, BucketWriter> = HashMap::new();
         let mut finished = false;
         move |(input, frontier), output| {
-            input.for_each(|cap, data| {
-                let Some(&time) = cap.least() else { return };
-                if let Some(retained) = cap.retain_least(output.output_index()) {
-                    let entry = stash.entry(time).or_insert_with(|| (retained, Vec::new()));
-                    entry.1.extend(data.drain(..).map(|p| p.batch));
-                }
-            });
-            while let Some((&time, _)) = stash.first_key_value() {
-                if frontier.frontier().less_equal(&time) {
-                    break;
-                }
-                let Some((_cap, batches)) = stash.remove(&time) else { break };
+            stash.absorb(input, output.output_index());
+            while let Some((_cap, batches)) = stash.pop_complete(frontier) {
                 if let Err(error) = write_time(&mut settings, &mut writers, batches) {
                     fail(&settings, error);
                 }

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod io;
+pub mod models;
 pub mod plan;
 pub mod run;
 pub mod runtime;

@@ -10,11 +10,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use sdg::config::resolve;
 use sdg::config::{Config, ConfigError};
 use sdg::plan::{Plan, render};
 use sdg::run::manifest::{Manifest, RunStatus};
 use sdg::runtime::metrics::{WorkerCounters, process_totals};
-use sdg::runtime::{Engine, RunOptions};
+use sdg::runtime::{Engine, RunOptions, default_cache_dir};
 
 #[derive(Parser)]
 #[command(name = "sdg", version, about = "Synthesizes training data for LLMs from one YAML file")]
@@ -61,6 +62,12 @@ enum Command {
         /// No progress display.
         #[arg(short, long)]
         quiet: bool,
+        /// Folder of the model response cache (default: run.cache_dir, $SDG_CACHE_DIR or ~/.cache/sdg).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// Do not read or write the model response cache.
+        #[arg(long, conflicts_with = "cache_dir")]
+        no_cache: bool,
     },
 }
 
@@ -121,13 +128,29 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             Err(error) => report_config_error(&error),
         }),
-        Command::Run { config, out, workers, processes, process, hostfile, overwrite, quiet } => {
+        Command::Run { config, out, workers, processes, process, hostfile, overwrite, quiet, cache_dir, no_cache } => {
             let plan = match load_plan(config.as_deref()) {
                 Ok(plan) => plan,
                 Err(error) => return Ok(report_config_error(&error)),
             };
-            let options =
-                RunOptions { out, workers: workers.max(1), processes: processes.max(1), process, hostfile, overwrite };
+            let cache_dir = if no_cache {
+                None
+            } else {
+                Some(
+                    cache_dir
+                        .or_else(|| plan.config.run.cache_dir.as_ref().map(|d| resolve(&plan.config.base_dir, d)))
+                        .unwrap_or_else(default_cache_dir),
+                )
+            };
+            let options = RunOptions {
+                out,
+                workers: workers.max(1),
+                processes: processes.max(1),
+                process,
+                hostfile,
+                overwrite,
+                cache_dir,
+            };
             run(plan, options, quiet)
         }
     }
@@ -216,6 +239,21 @@ fn print_summary(manifest: &Manifest, out: &Path) {
         );
     }
     println!("rejects: {} rows under {}", manifest.rejects.rows, out.join(&manifest.rejects.dir).display());
+    for (name, stats) in &manifest.models {
+        println!(
+            "model {name}: {} requests ({} retries, {} failed), cache {} hits / {} misses, tokens {} in / {} out, p50 {:.0} ms, p95 {:.0} ms{}",
+            stats.requests,
+            stats.retries,
+            stats.failures,
+            stats.cache_hits,
+            stats.cache_misses,
+            stats.prompt_tokens,
+            stats.completion_tokens,
+            stats.latency_p50_ms,
+            stats.latency_p95_ms,
+            if stats.cost > 0.0 { format!(", cost {:.4}", stats.cost) } else { String::new() }
+        );
+    }
     for error in &manifest.errors {
         println!("error: {error}");
     }

@@ -24,6 +24,7 @@ pub mod chunk;
 pub mod columns;
 pub mod dedup;
 pub mod filter;
+pub mod model;
 pub mod project;
 
 /// Errors of an operator: at plan time (schema, settings) or on a batch.
@@ -37,6 +38,8 @@ pub enum OpError {
     InvalidSetting { key: String, message: String },
     #[error("arrow: {0}")]
     Arrow(#[from] ArrowError),
+    #[error("engine protocol: {0}")]
+    Protocol(String),
 }
 
 impl OpError {
@@ -71,8 +74,32 @@ pub trait Operator: Send {
     /// The output schema for `input`, or why `input` does not fit this operator.
     fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef, OpError>;
 
-    /// Turns one input batch into output rows and rejects.
-    fn process(&mut self, batch: RecordBatch) -> Result<Output, OpError>;
+    /// Turns one input batch into output rows and rejects (operators that need no model).
+    fn process(&mut self, batch: RecordBatch) -> Result<Output, OpError> {
+        let _ = batch;
+        Err(OpError::Protocol("this operator needs model calls; the engine must use start/resume".into()))
+    }
+
+    /// Starts a batch: emit now, or ask for model calls first. `pending` names the batch in `resume`.
+    fn start(&mut self, pending: model::PendingId, batch: RecordBatch) -> Result<model::Step, OpError> {
+        let _ = pending;
+        self.process(batch).map(model::Step::Emit)
+    }
+
+    /// Continues batch `pending` with one response per request of the last `Call`, in request order.
+    fn resume(
+        &mut self,
+        pending: model::PendingId,
+        responses: Vec<model::ModelResponse>,
+    ) -> Result<model::Step, OpError> {
+        let _ = responses;
+        Err(OpError::Protocol(format!("resume({pending}) on an operator that made no model call")))
+    }
+
+    /// Names of the model endpoints this operator calls (checked against `models:` at plan time).
+    fn endpoints(&self) -> Vec<String> {
+        Vec::new()
+    }
 
     /// `Some` when rows must be exchanged between workers before this operator sees them.
     fn router(&self) -> Option<Box<dyn Router>> {

@@ -12,6 +12,7 @@
 pub mod de;
 pub mod yaml;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -23,6 +24,7 @@ use sdg_operators::filter::FilterSpec;
 
 use crate::io::ingest::IngestSpec;
 use crate::io::sink::SinkSpec;
+use crate::models::ModelSpec;
 pub use de::Diagnostic;
 use yaml::{Node, Value};
 
@@ -49,6 +51,10 @@ pub struct RunSettings {
     /// Seed for everything random.
     #[serde(default)]
     pub seed: u64,
+    /// Folder of the response cache shared across runs (default: the user cache folder, or
+    /// `$SDG_CACHE_DIR`). `sdg run --no-cache` turns it off.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for RunSettings {
@@ -59,6 +65,7 @@ impl Default for RunSettings {
             window: defaults::window(),
             partitions: defaults::partitions(),
             seed: 0,
+            cache_dir: None,
         }
     }
 }
@@ -128,6 +135,8 @@ pub struct Config {
     /// Relative paths in the config are resolved against this folder.
     pub base_dir: PathBuf,
     pub run: RunSettings,
+    /// Named model endpoints.
+    pub models: BTreeMap<String, ModelSpec>,
     pub nodes: Vec<NodeConfig>,
     /// BLAKE3 of the config's content (not its formatting or comments), hex.
     pub hash: String,
@@ -201,7 +210,7 @@ impl Config {
                 format!("a config is a map with `nodes` (and optionally `run`), found {}", root.describe()),
             )]));
         };
-        const TOP: &[&str] = &["run", "nodes"];
+        const TOP: &[&str] = &["run", "models", "nodes"];
         for (key, _) in entries {
             let name = key.as_str().unwrap_or("");
             if !TOP.contains(&name) {
@@ -212,6 +221,28 @@ impl Config {
             Some(node) => de::decode::<RunSettings>(node, "run", &mut diagnostics).unwrap_or_default(),
             None => RunSettings::default(),
         };
+        let mut models = BTreeMap::new();
+        if let Some(section) = root.get("models") {
+            match &section.value {
+                Value::Map(entries) => {
+                    for (key, value) in entries {
+                        let Some(name) = key.as_str() else { continue };
+                        let path = format!("models.{name}");
+                        if let Some(spec) = de::decode::<ModelSpec>(value, &path, &mut diagnostics) {
+                            for (setting, message) in spec.check() {
+                                diagnostics.push(Diagnostic::at(value, &format!("{path}.{setting}"), message));
+                            }
+                            models.insert(name.to_string(), spec);
+                        }
+                    }
+                }
+                _ => diagnostics.push(Diagnostic::at(
+                    section,
+                    "models",
+                    format!("expected a map of named endpoints, found {}", section.describe()),
+                )),
+            }
+        }
         let mut nodes = Vec::new();
         match root.get("nodes") {
             None => diagnostics.push(Diagnostic::at(&root, "nodes", "missing key `nodes` (the graph)")),
@@ -232,6 +263,7 @@ impl Config {
             origin: origin.to_path_buf(),
             base_dir: base_dir.to_path_buf(),
             run,
+            models,
             nodes,
             hash: content_hash(&root),
             text: text.to_string(),

@@ -54,6 +54,9 @@ pub struct Manifest {
     pub rejects: OutputSummary,
     /// Errors that ended the run early (a sink that could not write, ...).
     pub errors: Vec<String>,
+    /// Per model endpoint: requests, retries, cache hits and misses, tokens, latency percentiles, cost.
+    #[serde(default)]
+    pub models: BTreeMap<String, crate::models::EndpointStats>,
 }
 
 impl Manifest {
@@ -95,6 +98,7 @@ mod tests {
             outputs: BTreeMap::new(),
             rejects: OutputSummary::default(),
             errors: vec![],
+            models: BTreeMap::new(),
         };
         let path = dir.path().join("manifest.json");
         manifest.write(&path).unwrap();

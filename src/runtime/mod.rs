@@ -24,6 +24,7 @@ use timely::dataflow::{InputHandle, ProbeHandle};
 use crate::config::NodeSpec;
 use crate::io::ingest::{self, Discovery};
 use crate::io::sink::{CommittedPart, PartSettings, SinkFormat};
+use crate::models::ModelService;
 use crate::plan::{Plan, instantiate};
 use crate::run::manifest::{GraphNode, Manifest, OutputSummary, RunStatus};
 use crate::run::{RunDir, RunDirError};
@@ -45,6 +46,20 @@ pub struct RunOptions {
     pub hostfile: Option<PathBuf>,
     /// Replace the outputs of an earlier run in `out`.
     pub overwrite: bool,
+    /// Where model responses are cached across runs; `None` turns the cache off.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// The response cache folder when none is configured: `$SDG_CACHE_DIR`, else the user cache folder.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SDG_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("sdg")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +78,8 @@ pub enum RunError {
     Timely(String),
     #[error("a worker failed: {0}")]
     Worker(String),
+    #[error("model service: {0}")]
+    Models(String),
     #[error("cannot write the manifest {path}: {source}")]
     Manifest { path: PathBuf, source: std::io::Error },
 }
@@ -134,6 +151,28 @@ impl Engine {
                 })
                 .collect(),
         );
+        let models: Option<Arc<ModelService>> = if self.plan.config.models.is_empty() {
+            None
+        } else {
+            let cache = options.cache_dir.as_ref().map(|dir| dir.join("responses.redb"));
+            Some(Arc::new(ModelService::new(&self.plan.config.models, cache.as_deref()).map_err(RunError::Models)?))
+        };
+        // An endpoint that refuses our credentials stops the run: sources stop reading, calls fail fast.
+        let watch_done = Arc::new(AtomicBool::new(false));
+        let watcher = models.clone().map(|service| {
+            let stop = Arc::clone(&stop);
+            let done = Arc::clone(&watch_done);
+            std::thread::spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    if service.fatal().is_some() {
+                        stop.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        });
+        let service = models.clone();
         let manifest_slot: Arc<Mutex<Option<Manifest>>> = Arc::new(Mutex::new(None));
         let plan = Arc::clone(&self.plan);
         let counters = self.counters.clone();
@@ -145,7 +184,7 @@ impl Engine {
             let index = worker.index();
             let peers = worker.peers();
             let local = Arc::clone(&counters[index % threads]);
-            let report = run_worker(worker, &plan, &discoveries, &local, &options.out, &worker_stop);
+            let report = run_worker(worker, &plan, &discoveries, &local, &options.out, &worker_stop, models.as_ref());
             let reports = gather_reports(worker, report);
             if index == 0 {
                 let status = if reports.iter().any(|r| !r.errors.is_empty()) {
@@ -170,12 +209,23 @@ impl Engine {
             }
         })
         .map_err(RunError::Timely)?;
-        for result in guards.join() {
-            result.map_err(RunError::Worker)?;
+        let joined: Result<Vec<()>, String> = guards.join().into_iter().collect();
+        watch_done.store(true, Ordering::Relaxed);
+        if let Some(watcher) = watcher {
+            let _ = watcher.join();
         }
+        joined.map_err(RunError::Worker)?;
         let manifest = manifest_slot.lock().ok().and_then(|mut m| m.take());
         match manifest {
-            Some(manifest) => {
+            Some(mut manifest) => {
+                if let Some(service) = &service {
+                    service.flush();
+                    manifest.models = service.stats();
+                    if let Some(reason) = service.fatal() {
+                        manifest.status = RunStatus::Failed;
+                        manifest.errors.push(reason);
+                    }
+                }
                 let path = run_dir.manifest();
                 manifest.write(&path).map_err(|source| RunError::Manifest { path, source })?;
                 Ok(manifest)
@@ -220,6 +270,7 @@ fn run_worker(
     counters: &Arc<WorkerCounters>,
     out: &Path,
     stop: &Arc<AtomicBool>,
+    models: Option<&Arc<ModelService>>,
 ) -> WorkerReport {
     let index = worker.index();
     let peers = worker.peers();
@@ -311,7 +362,16 @@ fn run_worker(
                             node_id: node.id.clone(),
                             counters: Arc::clone(counters),
                         };
-                        let stream = if op.ordered() {
+                        let stream = if !op.endpoints().is_empty() {
+                            match models {
+                                Some(service) => shells::model_transform(input(), node_op(op), Arc::clone(service)),
+                                None => {
+                                    build_errors
+                                        .push(format!("node `{}` calls a model, but none is configured", node.id));
+                                    return;
+                                }
+                            }
+                        } else if op.ordered() {
                             let router =
                                 op.router().unwrap_or_else(|| Box::new(shells::StayRouter { worker: index as u64 }));
                             let routed = shells::route(input(), router, peers, &node.id);
@@ -473,5 +533,6 @@ fn build_manifest(
         outputs,
         rejects,
         errors,
+        models: BTreeMap::new(),
     }
 }

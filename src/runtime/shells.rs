@@ -21,6 +21,7 @@ use timely::dataflow::{ProbeHandle, Scope, Stream};
 use timely::progress::frontier::MutableAntichain;
 
 use sdg_operators::columns;
+use sdg_operators::model::{ModelResponse, PendingId, Step};
 use sdg_operators::{Operator, Router};
 
 use super::batch::{Lane, Packet};
@@ -156,8 +157,23 @@ fn apply(op: &mut dyn Operator, node_id: &str, batch: RecordBatch, c: &super::me
     let started = Instant::now();
     c.add(&c.rows_in, batch.num_rows() as u64);
     c.add(&c.batches, 1);
+    let result = op.process(batch.clone());
+    let out = packets_of(node_id, &batch, result, c);
+    c.busy(started.elapsed());
+    out
+}
+
+/// The packets an operator's output makes: rows downstream, rejects (built from the input batch) aside.
+/// A failure of the whole batch rejects every row of it, with the error.
+fn packets_of(
+    node_id: &str,
+    batch: &RecordBatch,
+    result: Result<sdg_operators::Output, sdg_operators::OpError>,
+    c: &super::metrics::NodeCounters,
+) -> Vec<Packet> {
     let mut out = Vec::with_capacity(2);
-    let reject_rows = match op.process(batch.clone()) {
+    let batch = batch.clone();
+    let reject_rows = match result {
         Ok(output) => {
             if output.rows.num_rows() > 0 {
                 c.add(&c.rows_out, output.rows.num_rows() as u64);
@@ -180,8 +196,77 @@ fn apply(op: &mut dyn Operator, node_id: &str, batch: RecordBatch, c: &super::me
         Ok(_) => {}
         Err(error) => tracing::error!(node = node_id, %error, "could not record rejects"),
     }
-    c.busy(started.elapsed());
     out
+}
+
+/// A transform whose operator calls models: `start` may ask for calls, which the model service performs
+/// off the worker thread; the batch's capability is held until `resume` emits, so downstream frontiers
+/// (and the sources' backpressure) account for calls in flight.
+pub fn model_transform<'s>(
+    input: PacketStream<'s>,
+    mut node: NodeOperator,
+    service: Arc<crate::models::ModelService>,
+) -> PacketStream<'s> {
+    let name = format!("model:{}", node.node_id);
+    let worker = input.scope().worker();
+    input.unary::<Builder, _, _, _>(Pipeline, &name, move |_, info| {
+        let activator = Arc::new(worker.sync_activator_for(info.address.to_vec()));
+        let (sender, receiver) = std::sync::mpsc::channel::<(PendingId, Vec<ModelResponse>)>();
+        let mut pending: HashMap<PendingId, (Capability<u64>, RecordBatch)> = HashMap::new();
+        let mut next_id: PendingId = 0;
+        move |input, output| {
+            let mut steps: Vec<(PendingId, Capability<u64>, RecordBatch, Result<Step, sdg_operators::OpError>)> =
+                Vec::new();
+            input.for_each(|cap, data| {
+                for packet in data.drain(..) {
+                    let id = next_id;
+                    next_id += 1;
+                    let c = &node.counters.nodes[node.node];
+                    c.add(&c.rows_in, packet.batch.num_rows() as u64);
+                    c.add(&c.batches, 1);
+                    let started = Instant::now();
+                    let step = node.op.start(id, packet.batch.clone());
+                    c.busy(started.elapsed());
+                    match cap.retain_least(output.output_index()) {
+                        Some(retained) => steps.push((id, retained, packet.batch, step)),
+                        None => tracing::error!(node = node.node_id.as_str(), "batch without a time"),
+                    }
+                }
+            });
+            while let Ok((id, responses)) = receiver.try_recv() {
+                if let Some((cap, batch)) = pending.remove(&id) {
+                    let started = Instant::now();
+                    let step = node.op.resume(id, responses);
+                    node.counters.nodes[node.node].busy(started.elapsed());
+                    steps.push((id, cap, batch, step));
+                }
+            }
+            for (id, cap, batch, step) in steps {
+                let c = &node.counters.nodes[node.node];
+                match step {
+                    Ok(Step::Call(requests)) => {
+                        let sender = sender.clone();
+                        let activator = Arc::clone(&activator);
+                        pending.insert(id, (cap, batch));
+                        service.submit(requests, move |responses| {
+                            // The worker may be gone after a failure; nothing to deliver to then.
+                            if sender.send((id, responses)).is_ok() {
+                                let _ = activator.activate();
+                            }
+                        });
+                    }
+                    Ok(Step::Emit(emitted)) => {
+                        let mut session = output.session(&cap);
+                        session.give_iterator(packets_of(&node.node_id, &batch, Ok(emitted), c).into_iter());
+                    }
+                    Err(error) => {
+                        let mut session = output.session(&cap);
+                        session.give_iterator(packets_of(&node.node_id, &batch, Err(error), c).into_iter());
+                    }
+                }
+            }
+        }
+    })
 }
 
 /// A streaming transform: each batch is processed as it arrives, on the worker that holds it.

@@ -1,0 +1,261 @@
+//! One request to an OpenAI-compatible server, with its failure sorted into retryable or fatal.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use sdg_operators::model::{ModelReply, Prompt, Sampling, Usage};
+
+use super::spec::ModelSpec;
+
+/// Why a call failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallError {
+    /// 429, 5xx, timeout, connection reset, truncated or malformed body: worth another try.
+    Retryable { message: String, retry_after: Option<Duration> },
+    /// 400 (context length, bad request), 404: this request will never succeed.
+    Fatal(String),
+    /// 401/403: no request to this endpoint will succeed; the run stops.
+    Auth(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Retryable { message, .. } | CallError::Fatal(message) | CallError::Auth(message) => {
+                f.write_str(message)
+            }
+        }
+    }
+}
+
+/// An HTTP client for one endpoint. Clones share the connection pool.
+#[derive(Clone)]
+pub struct OpenAiClient {
+    http: reqwest::Client,
+    base_url: String,
+    model: String,
+    api_key: Option<String>,
+}
+
+impl OpenAiClient {
+    pub fn new(spec: &ModelSpec, api_key: Option<String>) -> Result<Self, String> {
+        // Any TLS provider must be installed once per process before the first client is built.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs_f64(spec.timeout_s))
+            .pool_max_idle_per_host(spec.max_concurrency)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(OpenAiClient {
+            http,
+            base_url: spec.base_url.trim_end_matches('/').to_string(),
+            model: spec.model.clone(),
+            api_key,
+        })
+    }
+
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// The request body for `prompt` with `n` samples.
+    fn body(&self, prompt: &Prompt, sampling: &Sampling, n: u32) -> (String, Value) {
+        let mut body = match prompt {
+            Prompt::Chat(messages) => {
+                json!({"model": self.model, "messages": messages})
+            }
+            Prompt::Completion(text) => json!({"model": self.model, "prompt": text}),
+            Prompt::Embed(inputs) => return ("embeddings".into(), json!({"model": self.model, "input": inputs})),
+        };
+        let object = body.as_object_mut().expect("built as an object");
+        if n > 1 {
+            object.insert("n".into(), json!(n));
+        }
+        for (key, value) in [
+            ("temperature", sampling.temperature.map(|v| json!(v))),
+            ("top_p", sampling.top_p.map(|v| json!(v))),
+            ("max_tokens", sampling.max_tokens.map(|v| json!(v))),
+            ("seed", sampling.seed.map(|v| json!(v))),
+        ] {
+            if let Some(value) = value {
+                object.insert(key.into(), value);
+            }
+        }
+        if !sampling.stop.is_empty() {
+            object.insert("stop".into(), json!(sampling.stop));
+        }
+        if let Some(schema) = &sampling.json_schema {
+            object.insert(
+                "response_format".into(),
+                json!({"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": true}}),
+            );
+        }
+        let route = if matches!(prompt, Prompt::Chat(_)) { "chat/completions" } else { "completions" };
+        (route.into(), body)
+    }
+
+    /// Performs one request asking for `n` samples.
+    pub async fn call(&self, prompt: &Prompt, sampling: &Sampling, n: u32) -> Result<ModelReply, CallError> {
+        let (route, body) = self.body(prompt, sampling, n);
+        let started = Instant::now();
+        let mut request = self.http.post(format!("{}/{route}", self.base_url)).json(&body);
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.map_err(|e| CallError::Retryable {
+            message: format!("request failed: {}", describe(e)),
+            retry_after: None,
+        })?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(Duration::from_secs_f64);
+        let bytes = response.bytes().await.map_err(|e| CallError::Retryable {
+            message: format!("body cut short: {}", describe(e)),
+            retry_after: None,
+        })?;
+        if !status.is_success() {
+            let detail = error_detail(&bytes);
+            let message = format!("HTTP {}: {detail}", status.as_u16());
+            return Err(match status.as_u16() {
+                401 | 403 => CallError::Auth(message),
+                429 | 408 | 409 => CallError::Retryable { message, retry_after },
+                code if code >= 500 => CallError::Retryable { message, retry_after },
+                _ => CallError::Fatal(message),
+            });
+        }
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| CallError::Retryable {
+            message: format!("malformed response body: {e}"),
+            retry_after: None,
+        })?;
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        parse_reply(&value, &self.model, latency_ms)
+            .map_err(|message| CallError::Retryable { message, retry_after: None })
+    }
+}
+
+/// The message of an OpenAI-style error body, or the start of the body. Never includes request headers.
+fn error_detail(bytes: &[u8]) -> String {
+    if let Ok(value) = serde_json::from_slice::<Value>(bytes)
+        && let Some(message) = value.pointer("/error/message").and_then(Value::as_str)
+    {
+        return message.to_string();
+    }
+    String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).to_string()
+}
+
+fn describe(error: reqwest::Error) -> String {
+    if error.is_timeout() {
+        "timed out".to_string()
+    } else if error.is_connect() {
+        format!("cannot connect ({})", error.without_url())
+    } else {
+        error.without_url().to_string()
+    }
+}
+
+/// Reads choices, embeddings and usage out of a response.
+fn parse_reply(value: &Value, fallback_model: &str, latency_ms: f64) -> Result<ModelReply, String> {
+    let model = value.get("model").and_then(Value::as_str).unwrap_or(fallback_model).to_string();
+    let usage = Usage {
+        prompt_tokens: value.pointer("/usage/prompt_tokens").and_then(Value::as_u64).unwrap_or(0),
+        completion_tokens: value.pointer("/usage/completion_tokens").and_then(Value::as_u64).unwrap_or(0),
+    };
+    if let Some(data) = value.get("data").and_then(Value::as_array) {
+        let embeddings = data
+            .iter()
+            .map(|item| {
+                item.get("embedding")
+                    .and_then(Value::as_array)
+                    .map(|v| v.iter().filter_map(Value::as_f64).map(|x| x as f32).collect())
+                    .ok_or_else(|| "embedding item without `embedding`".to_string())
+            })
+            .collect::<Result<Vec<Vec<f32>>, String>>()?;
+        return Ok(ModelReply { texts: vec![], embeddings, model, usage, latency_ms, cached: false });
+    }
+    let choices = value.get("choices").and_then(Value::as_array).ok_or("response has no `choices`")?;
+    let mut indexed: Vec<(u64, String)> = choices
+        .iter()
+        .enumerate()
+        .map(|(i, choice)| {
+            let text = choice
+                .pointer("/message/content")
+                .or_else(|| choice.get("text"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| "choice without text".to_string())?;
+            let index = choice.get("index").and_then(Value::as_u64).unwrap_or(i as u64);
+            Ok((index, text.to_string()))
+        })
+        .collect::<Result<_, String>>()?;
+    indexed.sort_by_key(|(index, _)| *index);
+    Ok(ModelReply {
+        texts: indexed.into_iter().map(|(_, t)| t).collect(),
+        embeddings: vec![],
+        model,
+        usage,
+        latency_ms,
+        cached: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_chat_choices_in_index_order_and_usage() {
+        let value = json!({"model": "m1", "choices": [
+            {"index": 1, "message": {"role": "assistant", "content": "b"}},
+            {"index": 0, "message": {"role": "assistant", "content": "a"}}],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 3}});
+        let reply = parse_reply(&value, "x", 1.0).unwrap();
+        assert_eq!(reply.texts, vec!["a", "b"]);
+        assert_eq!(reply.model, "m1");
+        assert_eq!(reply.usage, Usage { prompt_tokens: 7, completion_tokens: 3 });
+    }
+
+    #[test]
+    fn parses_completions_and_embeddings_and_refuses_garbage() {
+        let reply = parse_reply(&json!({"choices": [{"text": "t"}]}), "x", 0.0).unwrap();
+        assert_eq!((reply.texts, reply.model.as_str()), (vec!["t".to_string()], "x"));
+        let reply = parse_reply(&json!({"data": [{"embedding": [0.5, 0.25]}]}), "x", 0.0).unwrap();
+        assert_eq!(reply.embeddings, vec![vec![0.5f32, 0.25]]);
+        assert!(parse_reply(&json!({"nothing": 1}), "x", 0.0).is_err());
+    }
+
+    #[test]
+    fn body_carries_sampling_and_schema() {
+        let spec = ModelSpec {
+            provider: Default::default(),
+            base_url: "http://127.0.0.1:1/v1/".into(),
+            model: "m".into(),
+            api_key_env: None,
+            max_concurrency: 4,
+            timeout_s: 1.0,
+            max_retries: 0,
+            price_prompt_per_1k: None,
+            price_completion_per_1k: None,
+        };
+        let client = OpenAiClient::new(&spec, None).unwrap();
+        let sampling = Sampling {
+            n: 3,
+            temperature: Some(0.5),
+            stop: vec!["\n".into()],
+            seed: Some(9),
+            json_schema: Some(json!({"type": "object"})),
+            ..Default::default()
+        };
+        let (route, body) = client.body(&Prompt::Chat(vec![]), &sampling, 3);
+        assert_eq!(route, "chat/completions");
+        assert_eq!(body["n"], 3);
+        assert_eq!(body["seed"], 9);
+        assert_eq!(body["stop"], json!(["\n"]));
+        assert_eq!(body["response_format"]["type"], "json_schema");
+        assert!(body.get("top_p").is_none());
+    }
+}

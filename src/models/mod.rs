@@ -1,0 +1,10 @@
+//! The model service: one port for every model call. Operators describe requests; this module performs
+//! them with a shared concurrency budget per endpoint, retries, a persistent response cache and accounting.
+
+pub mod cache;
+pub mod client;
+pub mod service;
+pub mod spec;
+
+pub use service::{EndpointStats, ModelService};
+pub use spec::ModelSpec;

@@ -1,0 +1,295 @@
+//! One service per process for every model endpoint: concurrency budget, retries with backoff, the cache
+//! and accounting. It runs on its own tokio runtime beside the timely workers, which hand it requests and
+//! get responses back through a callback (so a worker never blocks on the network).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+use sdg_operators::model::{ModelReply, ModelRequest, ModelResponse, Sampling};
+
+use super::cache::{self, ResponseCache};
+use super::client::{CallError, OpenAiClient};
+use super::spec::ModelSpec;
+
+/// What one endpoint did during a run (in the manifest).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EndpointStats {
+    /// HTTP requests sent (retries included).
+    pub requests: u64,
+    pub retries: u64,
+    /// Requests that finally failed (their rows went to rejects).
+    pub failures: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub latency_p50_ms: f64,
+    pub latency_p95_ms: f64,
+    pub latency_p99_ms: f64,
+    /// From the configured prices; 0 when none.
+    pub cost: f64,
+}
+
+struct Endpoint {
+    spec: ModelSpec,
+    client: OpenAiClient,
+    permits: Arc<Semaphore>,
+    stats: Mutex<EndpointStats>,
+    latencies: Mutex<Vec<f32>>,
+}
+
+/// The model port of a run.
+pub struct ModelService {
+    runtime: tokio::runtime::Runtime,
+    endpoints: HashMap<String, Arc<Endpoint>>,
+    cache: Option<Arc<ResponseCache>>,
+    /// Set when an endpoint refuses our credentials: every later call fails at once and the run stops.
+    fatal: Arc<Mutex<Option<String>>>,
+    jitter: Arc<AtomicU64>,
+}
+
+impl ModelService {
+    /// Builds clients for `specs`; `cache_path` enables the persistent response cache.
+    pub fn new(specs: &BTreeMap<String, ModelSpec>, cache_path: Option<&Path>) -> Result<Self, String> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("sdg-models")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the model runtime: {e}"))?;
+        let mut endpoints = HashMap::new();
+        for (name, spec) in specs {
+            let key = spec.api_key().map_err(|e| format!("model `{name}`: {e}"))?;
+            let client = OpenAiClient::new(spec, key).map_err(|e| format!("model `{name}`: {e}"))?;
+            endpoints.insert(
+                name.clone(),
+                Arc::new(Endpoint {
+                    spec: spec.clone(),
+                    client,
+                    permits: Arc::new(Semaphore::new(spec.max_concurrency)),
+                    stats: Mutex::new(EndpointStats::default()),
+                    latencies: Mutex::new(Vec::new()),
+                }),
+            );
+        }
+        let cache = match cache_path {
+            Some(path) => Some(Arc::new(ResponseCache::open(path).map_err(|e| e.to_string())?)),
+            None => None,
+        };
+        Ok(ModelService {
+            runtime,
+            endpoints,
+            cache,
+            fatal: Arc::new(Mutex::new(None)),
+            jitter: Arc::new(AtomicU64::new(0x9E37_79B9_7F4A_7C15)),
+        })
+    }
+
+    /// Performs `requests` concurrently; `done` gets one response per request, in order.
+    pub fn submit<F>(&self, requests: Vec<ModelRequest>, done: F)
+    where
+        F: FnOnce(Vec<ModelResponse>) + Send + 'static,
+    {
+        let handles: Vec<_> = requests
+            .into_iter()
+            .map(|request| {
+                let endpoint = self.endpoints.get(&request.endpoint).cloned();
+                let cache = self.cache.clone();
+                let fatal = Arc::clone(&self.fatal);
+                let jitter = Arc::clone(&self.jitter);
+                self.runtime.spawn(async move {
+                    match endpoint {
+                        None => Err(format!("no model endpoint named `{}`", request.endpoint)),
+                        Some(endpoint) => perform(&endpoint, &request, cache.as_deref(), &fatal, &jitter).await,
+                    }
+                })
+            })
+            .collect();
+        self.runtime.spawn(async move {
+            let mut responses = Vec::with_capacity(handles.len());
+            for handle in handles {
+                responses.push(handle.await.unwrap_or_else(|e| Err(format!("model task failed: {e}"))));
+            }
+            done(responses);
+        });
+    }
+
+    /// Why the run must stop (an endpoint refused our credentials), if it must.
+    pub fn fatal(&self) -> Option<String> {
+        self.fatal.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// Per-endpoint accounting so far.
+    pub fn stats(&self) -> BTreeMap<String, EndpointStats> {
+        self.endpoints
+            .iter()
+            .map(|(name, endpoint)| {
+                let mut stats = endpoint.stats.lock().map(|s| s.clone()).unwrap_or_default();
+                let mut latencies = endpoint.latencies.lock().map(|l| l.clone()).unwrap_or_default();
+                latencies.sort_by(f32::total_cmp);
+                let pick = |q: f64| {
+                    if latencies.is_empty() {
+                        0.0
+                    } else {
+                        latencies[((latencies.len() - 1) as f64 * q).round() as usize] as f64
+                    }
+                };
+                stats.latency_p50_ms = pick(0.50);
+                stats.latency_p95_ms = pick(0.95);
+                stats.latency_p99_ms = pick(0.99);
+                stats.cost = stats.prompt_tokens as f64 / 1000.0 * endpoint.spec.price_prompt_per_1k.unwrap_or(0.0)
+                    + stats.completion_tokens as f64 / 1000.0 * endpoint.spec.price_completion_per_1k.unwrap_or(0.0);
+                (name.clone(), stats)
+            })
+            .collect()
+    }
+
+    /// Makes every cached reply durable.
+    pub fn flush(&self) {
+        if let Some(cache) = &self.cache
+            && let Err(error) = cache.flush()
+        {
+            tracing::warn!(%error, "could not write the response cache");
+        }
+    }
+}
+
+fn count(endpoint: &Endpoint, update: impl FnOnce(&mut EndpointStats)) {
+    if let Ok(mut stats) = endpoint.stats.lock() {
+        update(&mut stats);
+    }
+}
+
+/// Backoff before retry `attempt` (0-based): exponential from 250 ms to 30 s, jittered 50-150%, or the
+/// server's Retry-After when it gave one.
+fn backoff(attempt: u32, retry_after: Option<Duration>, jitter: &AtomicU64) -> Duration {
+    if let Some(wait) = retry_after {
+        return wait.min(Duration::from_secs(120));
+    }
+    let base = 0.25 * 2f64.powi(attempt.min(7) as i32);
+    // splitmix64 step: cheap, lock-free, good enough to spread retries apart.
+    let mut z = jitter.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    let unit = (z >> 11) as f64 / (1u64 << 53) as f64;
+    Duration::from_secs_f64((base * (0.5 + unit)).min(30.0))
+}
+
+async fn perform(
+    endpoint: &Endpoint,
+    request: &ModelRequest,
+    cache: Option<&ResponseCache>,
+    fatal: &Mutex<Option<String>>,
+    jitter: &AtomicU64,
+) -> ModelResponse {
+    let key = cache::key(endpoint.client.model(), &request.prompt, &request.sampling);
+    if let Some(mut reply) = cache.and_then(|c| c.get(&key)) {
+        count(endpoint, |s| s.cache_hits += 1);
+        reply.cached = true;
+        reply.latency_ms = 0.0;
+        return Ok(reply);
+    }
+    count(endpoint, |s| s.cache_misses += 1);
+    let n = request.sampling.n.max(1);
+    let mut reply = call_with_retries(endpoint, request, &request.sampling, n, fatal, jitter).await?;
+    // A server that ignores `n` gets asked again, one sample at a time, with distinct seeds.
+    let mut extra = 0u64;
+    while (reply.texts.len() as u32) < n && !matches!(request.prompt, sdg_operators::model::Prompt::Embed(_)) {
+        extra += 1;
+        let sampling = Sampling {
+            n: 1,
+            seed: Some(request.sampling.seed.unwrap_or(0).wrapping_add(extra)),
+            ..request.sampling.clone()
+        };
+        let more = call_with_retries(endpoint, request, &sampling, 1, fatal, jitter).await?;
+        reply.texts.extend(more.texts);
+        reply.usage.prompt_tokens += more.usage.prompt_tokens;
+        reply.usage.completion_tokens += more.usage.completion_tokens;
+        reply.latency_ms += more.latency_ms;
+        if extra > n as u64 * 2 {
+            return Err(format!("the server returned fewer than {n} samples"));
+        }
+    }
+    reply.texts.truncate(n as usize);
+    if let Some(cache) = cache {
+        cache.put(key, &reply);
+    }
+    Ok(reply)
+}
+
+async fn call_with_retries(
+    endpoint: &Endpoint,
+    request: &ModelRequest,
+    sampling: &Sampling,
+    n: u32,
+    fatal: &Mutex<Option<String>>,
+    jitter: &AtomicU64,
+) -> Result<ModelReply, String> {
+    let mut attempt = 0;
+    loop {
+        if let Some(reason) = fatal.lock().ok().and_then(|f| f.clone()) {
+            return Err(format!("not sent: {reason}"));
+        }
+        let result = {
+            let _permit = endpoint.permits.acquire().await.map_err(|e| e.to_string())?;
+            count(endpoint, |s| s.requests += 1);
+            endpoint.client.call(&request.prompt, sampling, n).await
+        };
+        match result {
+            Ok(reply) => {
+                count(endpoint, |s| {
+                    s.prompt_tokens += reply.usage.prompt_tokens;
+                    s.completion_tokens += reply.usage.completion_tokens;
+                });
+                if let Ok(mut latencies) = endpoint.latencies.lock() {
+                    latencies.push(reply.latency_ms as f32);
+                }
+                return Ok(reply);
+            }
+            Err(CallError::Retryable { message, retry_after }) if attempt < endpoint.spec.max_retries => {
+                count(endpoint, |s| s.retries += 1);
+                tracing::debug!(attempt, %message, "retrying model call");
+                tokio::time::sleep(backoff(attempt, retry_after, jitter)).await;
+                attempt += 1;
+            }
+            Err(CallError::Auth(message)) => {
+                count(endpoint, |s| s.failures += 1);
+                let reason = format!("model endpoint refused the credentials ({message}); check api_key_env");
+                if let Ok(mut fatal) = fatal.lock() {
+                    fatal.get_or_insert(reason.clone());
+                }
+                return Err(reason);
+            }
+            Err(error) => {
+                count(endpoint, |s| s.failures += 1);
+                let tries = attempt + 1;
+                return Err(match error {
+                    CallError::Retryable { message, .. } => format!("{message} (after {tries} attempts)"),
+                    other => other.to_string(),
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_jittered_and_honours_retry_after() {
+        let jitter = AtomicU64::new(1);
+        let first = backoff(0, None, &jitter);
+        assert!(first >= Duration::from_millis(125) && first <= Duration::from_millis(375), "{first:?}");
+        let later = backoff(5, None, &jitter);
+        assert!(later >= Duration::from_secs(4), "{later:?}");
+        assert!(backoff(30, None, &jitter) <= Duration::from_secs(30));
+        assert_eq!(backoff(0, Some(Duration::from_secs(2)), &jitter), Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,78 @@
+//! `models:` entries of a config.
+
+use serde::{Deserialize, Serialize};
+
+/// Which API an endpoint speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    /// Any OpenAI-compatible server: OpenAI, vLLM, SGLang, Ollama, llama.cpp server.
+    #[default]
+    Openai,
+}
+
+/// One named model endpoint.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    #[serde(default)]
+    pub provider: Provider,
+    /// e.g. `http://127.0.0.1:8000/v1`.
+    pub base_url: String,
+    /// The model name sent to the server.
+    pub model: String,
+    /// Environment variable holding the API key (read at run time, never written anywhere).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Requests in flight at once, shared by every node and worker of the process.
+    #[serde(default = "default_concurrency")]
+    pub max_concurrency: usize,
+    /// Per-request timeout.
+    #[serde(default = "default_timeout")]
+    pub timeout_s: f64,
+    /// Retries of a retryable failure (429, 5xx, timeout, reset, malformed body) before the row is rejected.
+    #[serde(default = "default_retries")]
+    pub max_retries: u32,
+    /// Optional prices, per 1,000 tokens, for cost accounting.
+    #[serde(default)]
+    pub price_prompt_per_1k: Option<f64>,
+    #[serde(default)]
+    pub price_completion_per_1k: Option<f64>,
+}
+
+fn default_concurrency() -> usize {
+    64
+}
+fn default_timeout() -> f64 {
+    120.0
+}
+fn default_retries() -> u32 {
+    6
+}
+
+impl ModelSpec {
+    /// Settings problems, as (key, message).
+    pub fn check(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        if !(self.base_url.starts_with("http://") || self.base_url.starts_with("https://")) {
+            problems.push(("base_url".into(), format!("`{}` is not an http(s) URL", self.base_url)));
+        }
+        if self.max_concurrency == 0 {
+            problems.push(("max_concurrency".into(), "must be at least 1".into()));
+        }
+        if !(self.timeout_s > 0.0 && self.timeout_s.is_finite()) {
+            problems.push(("timeout_s".into(), "must be a positive number of seconds".into()));
+        }
+        problems
+    }
+
+    /// The API key from the environment, if one is configured.
+    pub fn api_key(&self) -> Result<Option<String>, String> {
+        match &self.api_key_env {
+            None => Ok(None),
+            Some(var) => {
+                std::env::var(var).map(Some).map_err(|_| format!("environment variable {var} (api_key_env) is not set"))
+            }
+        }
+    }
+}

@@ -24,6 +24,7 @@ pub mod chunk;
 pub mod columns;
 pub mod dedup;
 pub mod filter;
+pub mod generate;
 pub mod model;
 pub mod project;
 

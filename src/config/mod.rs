@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use sdg_operators::chunk::ChunkSpec;
 use sdg_operators::dedup::DedupSpec;
 use sdg_operators::filter::FilterSpec;
+use sdg_operators::generate::{GenerateSpec, parse_demos_jsonl};
 
 use crate::io::ingest::IngestSpec;
 use crate::io::sink::SinkSpec;
@@ -92,11 +93,19 @@ pub enum NodeSpec {
     Chunk(ChunkSpec),
     Filter(FilterSpec),
     Dedup(DedupSpec),
+    Generate(GenerateNode),
     Sink(SinkSpec),
 }
 
+/// A `generate` node: its settings and the few-shot demos read from `demos` (a JSONL file).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateNode {
+    pub spec: GenerateSpec,
+    pub demos: Vec<serde_json::Map<String, serde_json::Value>>,
+}
+
 /// Every kind a node may have.
-pub const KINDS: &[&str] = &["ingest", "chunk", "filter", "dedup", "sink"];
+pub const KINDS: &[&str] = &["ingest", "chunk", "filter", "dedup", "generate", "sink"];
 
 /// One node of the graph as written.
 #[derive(Debug, Clone, PartialEq)]
@@ -354,6 +363,29 @@ fn node_config(item: &Node, index: usize, base_dir: &Path, diagnostics: &mut Vec
         Some("filter") => de::decode::<FilterSpec>(&settings, &path, diagnostics).map(NodeSpec::Filter),
         Some("dedup") => de::decode::<DedupSpec>(&settings, &path, diagnostics).map(NodeSpec::Dedup),
         Some("sink") => de::decode::<SinkSpec>(&settings, &path, diagnostics).map(NodeSpec::Sink),
+        Some("generate") => de::decode::<GenerateSpec>(&settings, &path, diagnostics).and_then(|mut spec| {
+            let demos = match &spec.demos {
+                None => Vec::new(),
+                Some(file) => {
+                    let file = resolve(base_dir, file);
+                    let at = item.get("demos").unwrap_or(item);
+                    let loaded = std::fs::read_to_string(&file)
+                        .map_err(|e| format!("cannot read demos {}: {e}", file.display()))
+                        .and_then(|text| {
+                            parse_demos_jsonl(&text).map_err(|e| format!("demos {}: {e}", file.display()))
+                        });
+                    spec.demos = Some(file);
+                    match loaded {
+                        Ok(demos) => demos,
+                        Err(message) => {
+                            diagnostics.push(Diagnostic::at(at, &format!("{path}.demos"), message));
+                            return None;
+                        }
+                    }
+                }
+            };
+            Some(NodeSpec::Generate(GenerateNode { spec, demos }))
+        }),
         Some(other) => {
             let at = item.get("kind").unwrap_or(item);
             diagnostics.push(Diagnostic::at(

@@ -13,6 +13,7 @@ use sdg_operators::Operator;
 use sdg_operators::chunk::Chunker;
 use sdg_operators::dedup::Dedup;
 use sdg_operators::filter::RowFilter;
+use sdg_operators::generate::Generate;
 use sdg_operators::project::Project;
 
 use crate::config::{Config, ConfigError, Diagnostic, NodeConfig, NodeSpec, de};
@@ -48,11 +49,12 @@ impl Plan {
     /// Checks `config`, adding graph problems to those already found while parsing.
     pub fn build(config: Config, mut diagnostics: Vec<Diagnostic>) -> Result<Plan, ConfigError> {
         let order = graph_order(&config, &mut diagnostics);
+        let models: Vec<&str> = config.models.keys().map(String::as_str).collect();
         let mut nodes: Vec<PlanNode> = Vec::new();
         let mut index_of: HashMap<&str, usize> = HashMap::new();
         for &i in &order {
             let node = &config.nodes[i];
-            settings_problems(node, &mut diagnostics);
+            settings_problems(node, &models, &mut diagnostics);
             let Some(spec) = node.spec.clone() else { continue };
             let inputs: Option<Vec<usize>> = node.inputs.iter().map(|id| index_of.get(id.as_str()).copied()).collect();
             // An upstream that failed is already reported; its schema is unknown, so skip this one.
@@ -120,6 +122,7 @@ pub fn instantiate(spec: &NodeSpec) -> Result<Option<Box<dyn Operator>>, String>
         NodeSpec::Chunk(s) => Box::new(Chunker::new(s.clone()).map_err(|e| e.to_string())?),
         NodeSpec::Filter(s) => Box::new(RowFilter::new(s.clone()).map_err(|e| e.to_string())?),
         NodeSpec::Dedup(s) => Box::new(Dedup::new(s.clone()).map_err(|e| e.to_string())?),
+        NodeSpec::Generate(g) => Box::new(Generate::new(g.spec.clone(), g.demos.clone()).map_err(|e| e.to_string())?),
     };
     Ok(Some(op))
 }
@@ -135,12 +138,25 @@ fn output_schema(spec: &NodeSpec, input: Option<&SchemaRef>) -> Result<SchemaRef
     }
 }
 
-fn settings_problems(node: &NodeConfig, diagnostics: &mut Vec<Diagnostic>) {
+fn settings_problems(node: &NodeConfig, models: &[&str], diagnostics: &mut Vec<Diagnostic>) {
     let problems = match &node.spec {
         Some(NodeSpec::Ingest(spec)) => spec.check(),
         Some(NodeSpec::Sink(spec)) => spec.check(),
         Some(spec) => match instantiate(spec) {
-            Ok(_) => Vec::new(),
+            Ok(Some(op)) => op
+                .endpoints()
+                .into_iter()
+                .filter(|name| !models.contains(&name.as_str()))
+                .map(|name| {
+                    let message = if models.is_empty() {
+                        format!("model `{name}` is not defined: add it under `models:`")
+                    } else {
+                        de::unknown_message("model", &name, models)
+                    };
+                    ("model".to_string(), message)
+                })
+                .collect(),
+            Ok(None) => Vec::new(),
             Err(message) => vec![(String::new(), message)],
         },
         None => Vec::new(),

@@ -199,6 +199,9 @@ fn packets_of(
     out
 }
 
+/// A batch's next step, with the capability and input it belongs to.
+type PendingStep = (PendingId, Capability<u64>, RecordBatch, Result<Step, sdg_operators::OpError>);
+
 /// A transform whose operator calls models: `start` may ask for calls, which the model service performs
 /// off the worker thread; the batch's capability is held until `resume` emits, so downstream frontiers
 /// (and the sources' backpressure) account for calls in flight.
@@ -215,8 +218,7 @@ pub fn model_transform<'s>(
         let mut pending: HashMap<PendingId, (Capability<u64>, RecordBatch)> = HashMap::new();
         let mut next_id: PendingId = 0;
         move |input, output| {
-            let mut steps: Vec<(PendingId, Capability<u64>, RecordBatch, Result<Step, sdg_operators::OpError>)> =
-                Vec::new();
+            let mut steps: Vec<PendingStep> = Vec::new();
             input.for_each(|cap, data| {
                 for packet in data.drain(..) {
                     let id = next_id;

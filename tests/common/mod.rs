@@ -134,3 +134,46 @@ pub fn text_corpus(dir: &Path, files: usize, paragraphs: usize) {
         write(dir, &format!("doc-{f:03}.txt"), &text);
     }
 }
+
+/// The OpenAI-compatible test server (`sdg-test-server`), killed on drop.
+pub struct TestServer {
+    pub url: String,
+    child: std::process::Child,
+}
+
+impl TestServer {
+    /// Starts the server with extra flags (`--latency-ms`, `--fail-500`, ...) on a free port.
+    pub fn start(args: &[&str]) -> TestServer {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sdg-test-server"))
+            .args(["--bind", "127.0.0.1:0"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("test server starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line).expect("first line");
+        let base = line.trim().strip_prefix("listening on ").expect("listening line").to_string();
+        TestServer { url: format!("{base}/v1"), child }
+    }
+
+    /// `GET /stats` as JSON.
+    pub fn stats(&self) -> serde_json::Value {
+        use std::io::{Read, Write};
+        let address = self.url.trim_start_matches("http://").trim_end_matches("/v1");
+        let mut stream = std::net::TcpStream::connect(address).expect("connect");
+        write!(stream, "GET /stats HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let body = response.split("\r\n\r\n").nth(1).expect("body");
+        serde_json::from_str(body).expect("stats JSON")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,130 @@
+//! The model service against a real local OpenAI-compatible server: cache, faults, credentials, secrets.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{TestServer, manifest, read_parquet_dir, stderr, stdout, strings, write};
+
+const KEY: &str = "sk-test-0123456789abcdef-secret";
+
+fn questions(root: &Path, n: usize) {
+    let lines: String = (0..n).map(|i| format!("{{\"text\": \"What is {i} plus {i}?\"}}\n")).collect();
+    write(root, "corpus/questions.jsonl", &lines);
+}
+
+fn graph(root: &Path, server: &TestServer, extra_model: &str) {
+    write(
+        root,
+        "graph.yaml",
+        &format!(
+            "run: {{batch_rows: 8, partitions: 2}}\nmodels:\n  teacher: {{base_url: \"{}\", model: test-model, max_concurrency: 32, api_key_env: SDG_TEST_KEY{extra_model}}}\nnodes:\n  - {{id: docs, kind: ingest, paths: [corpus]}}\n  - id: answers\n    kind: generate\n    input: docs\n    model: teacher\n    system: You are a careful math tutor.\n    prompt: \"Answer step by step: {{{{ text }}}}\"\n    temperature: 0.7\n    output: {{text: {{column: answer}}}}\n  - {{id: out, kind: sink, input: answers}}\n",
+            server.url
+        ),
+    );
+}
+
+fn run(root: &Path, out: &str, cache: &Path, key: &str) -> std::process::Output {
+    common::sdg()
+        .current_dir(root)
+        .env("SDG_TEST_KEY", key)
+        .env("SDG_LOG", "info")
+        .args(["run", "graph.yaml", "-o", out, "--quiet", "--workers", "2", "--cache-dir"])
+        .arg(cache)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_second_run_is_answered_from_the_cache_with_zero_requests() {
+    let server = TestServer::start(&["--latency-ms", "20", "--api-key", KEY]);
+    let dir = tempfile::tempdir().unwrap();
+    questions(dir.path(), 40);
+    graph(dir.path(), &server, "");
+    let cache = dir.path().join("cache");
+    let first = run(dir.path(), "first", &cache, KEY);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let after_first = server.stats()["requests"].as_u64().unwrap();
+    assert_eq!(after_first, 40, "one request per question");
+
+    let second = run(dir.path(), "second", &cache, KEY);
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert_eq!(server.stats()["requests"].as_u64().unwrap(), after_first, "the re-run made no request");
+    let m = manifest(&dir.path().join("second"));
+    assert_eq!(m["models"]["teacher"]["cache_hits"], 40);
+    assert_eq!(m["models"]["teacher"]["requests"], 0);
+
+    let a = read_parquet_dir(&dir.path().join("first/data"));
+    let b = read_parquet_dir(&dir.path().join("second/data"));
+    assert_eq!(strings(&a, "answer"), strings(&b, "answer"));
+    assert_eq!(strings(&a, "answer").len(), 40);
+    assert!(strings(&a, "answer").iter().flatten().all(|t| t.contains("####")), "answers come from the model");
+    assert!(strings(&b, "gen_model").iter().flatten().all(|m| m == "test-model"));
+}
+
+#[test]
+fn faults_are_retried_or_rejected_and_every_record_is_accounted_for() {
+    let server = TestServer::start(&[
+        "--latency-ms",
+        "5",
+        "--fail-500",
+        "0.2",
+        "--fail-429",
+        "0.1",
+        "--retry-after-s",
+        "0",
+        "--malformed",
+        "0.05",
+        "--fault-seed",
+        "7",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    questions(dir.path(), 120);
+    graph(dir.path(), &server, ", max_retries: 2");
+    let output = run(dir.path(), "out", &dir.path().join("cache"), KEY);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let m = manifest(&dir.path().join("out"));
+    let kept = m["outputs"]["out"]["rows"].as_u64().unwrap();
+    let rejected = m["nodes"]["answers"]["rejected"].as_u64().unwrap();
+    assert_eq!(kept + rejected, 120, "every question is in data/ or rejects/");
+    assert!(kept > 90, "most succeed after retries: {kept}");
+    assert!(m["models"]["teacher"]["retries"].as_u64().unwrap() > 10);
+    let rejects = read_parquet_dir(&dir.path().join("out/rejects"));
+    for reason in strings(&rejects, "reason").into_iter().flatten() {
+        assert!(reason.starts_with("model call failed:") && reason.contains("after 3 attempts"), "{reason}");
+    }
+}
+
+#[test]
+fn a_wrong_key_stops_the_run_quickly_with_one_clear_error() {
+    let server = TestServer::start(&["--latency-ms", "5", "--api-key", KEY]);
+    let dir = tempfile::tempdir().unwrap();
+    questions(dir.path(), 500);
+    graph(dir.path(), &server, "");
+    let started = Instant::now();
+    let output = run(dir.path(), "out", &dir.path().join("cache"), "sk-wrong-key");
+    assert!(started.elapsed() < Duration::from_secs(20), "stopped early");
+    assert!(!output.status.success());
+    let text = stdout(&output);
+    assert!(text.contains("refused the credentials"), "{text}");
+    assert!(server.stats()["requests"].as_u64().unwrap() < 200, "no storm of requests after the first 401s");
+    assert_eq!(manifest(&dir.path().join("out"))["status"], "failed");
+}
+
+#[test]
+fn the_api_key_never_reaches_outputs_caches_or_logs() {
+    let server = TestServer::start(&["--latency-ms", "5", "--api-key", KEY, "--fail-500", "0.3"]);
+    let dir = tempfile::tempdir().unwrap();
+    questions(dir.path(), 30);
+    graph(dir.path(), &server, "");
+    let output = run(dir.path(), "out", &dir.path().join("cache"), KEY);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(!stdout(&output).contains(KEY) && !stderr(&output).contains(KEY));
+    for folder in ["out", "cache"] {
+        for (path, bytes) in common::tree_bytes(&dir.path().join(folder)) {
+            let found = bytes.windows(KEY.len()).any(|w| w == KEY.as_bytes());
+            assert!(!found, "the key leaked into {folder}/{path}");
+        }
+    }
+}

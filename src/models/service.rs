@@ -188,8 +188,9 @@ async fn perform(
     fatal: &Mutex<Option<String>>,
     jitter: &AtomicU64,
 ) -> ModelResponse {
-    let key = cache::key(endpoint.client.model(), &request.prompt, &request.sampling);
-    if let Some(mut reply) = cache.and_then(|c| c.get(&key)) {
+    // Hashing the canonical request costs a serialization: only when there is a cache to ask.
+    let key = cache.map(|_| cache::key(endpoint.client.model(), &request.prompt, &request.sampling));
+    if let Some(mut reply) = cache.zip(key.as_ref()).and_then(|(c, k)| c.get(k)) {
         count(endpoint, |s| s.cache_hits += 1);
         reply.cached = true;
         reply.latency_ms = 0.0;
@@ -217,7 +218,7 @@ async fn perform(
         }
     }
     reply.texts.truncate(n as usize);
-    if let Some(cache) = cache {
+    if let Some((cache, key)) = cache.zip(key) {
         cache.put(key, &reply);
     }
     Ok(reply)

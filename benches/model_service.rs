@@ -55,7 +55,9 @@ fn main() {
     std::fs::create_dir_all(dir.path().join("corpus")).unwrap();
     let rows: String = (0..requests).map(|i| format!("{{\"text\": \"Question number {i}?\"}}\n")).collect();
     std::fs::write(dir.path().join("corpus/q.jsonl"), rows).unwrap();
-    println!("{requests} generate requests at {latency_ms} ms latency (sdg: 2 workers; test server in another process)");
+    println!(
+        "{requests} generate requests at {latency_ms} ms latency (sdg: 2 workers; test server in another process)"
+    );
     println!("{:>6} {:>10} {:>10} {:>8} {:>16}", "C", "req/s", "C/L", "ratio", "CPU ms / 1k req");
     for concurrency in [64u64, 256, 1024] {
         let graph = format!(

@@ -17,6 +17,10 @@ use sdg::run::manifest::{Manifest, RunStatus};
 use sdg::runtime::metrics::{WorkerCounters, process_totals};
 use sdg::runtime::{Engine, RunOptions, default_cache_dir};
 
+/// glibc's malloc contends across the timely, tokio and HTTP threads; mimalloc keeps per-thread heaps.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "sdg", version, about = "Synthesizes training data for LLMs from one YAML file")]
 struct Cli {

@@ -72,6 +72,10 @@ use clap::Parser;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// The server shares 2 cores with the engine under test: keep allocation cheap.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Requests per window that the server claims to allow (only reported in headers).
 const RATE_LIMIT_REQUESTS: u64 = 10_000;
 /// Largest `n` a request may ask for.

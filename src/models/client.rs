@@ -33,7 +33,10 @@ impl std::fmt::Display for CallError {
 #[derive(Clone)]
 pub struct OpenAiClient {
     http: reqwest::Client,
-    base_url: String,
+    /// Parsed once: parsing a URL per request shows up in profiles at thousands of requests per second.
+    chat_url: reqwest::Url,
+    completions_url: reqwest::Url,
+    embeddings_url: reqwest::Url,
     model: String,
     api_key: Option<String>,
 }
@@ -48,9 +51,15 @@ impl OpenAiClient {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let base = spec.base_url.trim_end_matches('/');
+        let url = |route: &str| {
+            reqwest::Url::parse(&format!("{base}/{route}")).map_err(|e| format!("bad base_url `{base}`: {e}"))
+        };
         Ok(OpenAiClient {
             http,
-            base_url: spec.base_url.trim_end_matches('/').to_string(),
+            chat_url: url("chat/completions")?,
+            completions_url: url("completions")?,
+            embeddings_url: url("embeddings")?,
             model: spec.model.clone(),
             api_key,
         })
@@ -100,7 +109,12 @@ impl OpenAiClient {
     pub async fn call(&self, prompt: &Prompt, sampling: &Sampling, n: u32) -> Result<ModelReply, CallError> {
         let (route, body) = self.body(prompt, sampling, n);
         let started = Instant::now();
-        let mut request = self.http.post(format!("{}/{route}", self.base_url)).json(&body);
+        let url = match route.as_str() {
+            "chat/completions" => &self.chat_url,
+            "embeddings" => &self.embeddings_url,
+            _ => &self.completions_url,
+        };
+        let mut request = self.http.post(url.clone()).json(&body);
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key);
         }

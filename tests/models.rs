@@ -128,3 +128,30 @@ fn the_api_key_never_reaches_outputs_caches_or_logs() {
         }
     }
 }
+
+#[test]
+fn rate_limits_shrink_the_concurrency_and_a_dead_endpoint_opens_the_breaker() {
+    let dir = tempfile::tempdir().unwrap();
+    questions(dir.path(), 200);
+
+    let busy = TestServer::start(&["--latency-ms", "20", "--fail-429", "0.3", "--retry-after-s", "0"]);
+    graph(dir.path(), &busy, ", max_retries: 10");
+    let output = run(dir.path(), "busy", &dir.path().join("cache-busy"), KEY);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let m = manifest(&dir.path().join("busy"));
+    let lowest = m["models"]["teacher"]["concurrency_lowest"].as_u64().unwrap();
+    assert!(lowest < 32, "429s shrank the limit below max_concurrency 32: {lowest}");
+    assert_eq!(
+        m["outputs"]["out"]["rows"].as_u64().unwrap() + m["nodes"]["answers"]["rejected"].as_u64().unwrap(),
+        200
+    );
+
+    let dead = TestServer::start(&["--fail-500", "1.0"]);
+    questions(dir.path(), 20);
+    graph(dir.path(), &dead, ", max_retries: 1");
+    let output = run(dir.path(), "dead", &dir.path().join("cache-dead"), KEY);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let m = manifest(&dir.path().join("dead"));
+    assert!(m["models"]["teacher"]["breaker_opened"].as_u64().unwrap() >= 1, "{}", m["models"]);
+    assert_eq!(m["nodes"]["answers"]["rejected"], 20, "every row is rejected, none lost");
+}

@@ -12,7 +12,8 @@ use super::spec::ModelSpec;
 #[derive(Debug, Clone, PartialEq)]
 pub enum CallError {
     /// 429, 5xx, timeout, connection reset, truncated or malformed body: worth another try.
-    Retryable { message: String, retry_after: Option<Duration> },
+    /// `overload` marks the failures that say "slow down" (429, timeouts), which shrink the concurrency.
+    Retryable { message: String, retry_after: Option<Duration>, overload: bool },
     /// 400 (context length, bad request), 404: this request will never succeed.
     Fatal(String),
     /// 401/403: no request to this endpoint will succeed; the run stops.
@@ -119,6 +120,7 @@ impl OpenAiClient {
             request = request.bearer_auth(key);
         }
         let response = request.send().await.map_err(|e| CallError::Retryable {
+            overload: e.is_timeout(),
             message: format!("request failed: {}", describe(e)),
             retry_after: None,
         })?;
@@ -130,6 +132,7 @@ impl OpenAiClient {
             .and_then(|v| v.trim().parse::<f64>().ok())
             .map(Duration::from_secs_f64);
         let bytes = response.bytes().await.map_err(|e| CallError::Retryable {
+            overload: e.is_timeout(),
             message: format!("body cut short: {}", describe(e)),
             retry_after: None,
         })?;
@@ -138,18 +141,23 @@ impl OpenAiClient {
             let message = format!("HTTP {}: {detail}", status.as_u16());
             return Err(match status.as_u16() {
                 401 | 403 => CallError::Auth(message),
-                429 | 408 | 409 => CallError::Retryable { message, retry_after },
-                code if code >= 500 => CallError::Retryable { message, retry_after },
+                429 | 408 => CallError::Retryable { message, retry_after, overload: true },
+                409 => CallError::Retryable { message, retry_after, overload: false },
+                code if code >= 500 => CallError::Retryable { message, retry_after, overload: false },
                 _ => CallError::Fatal(message),
             });
         }
         let value: Value = serde_json::from_slice(&bytes).map_err(|e| CallError::Retryable {
             message: format!("malformed response body: {e}"),
             retry_after: None,
+            overload: false,
         })?;
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-        parse_reply(&value, &self.model, latency_ms)
-            .map_err(|message| CallError::Retryable { message, retry_after: None })
+        parse_reply(&value, &self.model, latency_ms).map_err(|message| CallError::Retryable {
+            message,
+            retry_after: None,
+            overload: false,
+        })
     }
 }
 
@@ -252,6 +260,8 @@ mod tests {
             max_concurrency: 4,
             timeout_s: 1.0,
             max_retries: 0,
+            rpm: None,
+            tpm: None,
             price_prompt_per_1k: None,
             price_completion_per_1k: None,
         };

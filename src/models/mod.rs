@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod client;
+pub mod limiter;
 pub mod service;
 pub mod spec;
 

@@ -9,12 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
 
 use sdg_operators::model::{ModelReply, ModelRequest, ModelResponse, Sampling};
 
 use super::cache::{self, ResponseCache};
 use super::client::{CallError, OpenAiClient};
+use super::limiter::{AdaptiveLimit, CircuitBreaker, RateBudget};
 use super::spec::ModelSpec;
 
 /// What one endpoint did during a run (in the manifest).
@@ -34,12 +34,20 @@ pub struct EndpointStats {
     pub latency_p99_ms: f64,
     /// From the configured prices; 0 when none.
     pub cost: f64,
+    /// The lowest concurrency the adaptive limit went down to (it starts at `max_concurrency`).
+    #[serde(default)]
+    pub concurrency_lowest: u64,
+    /// Times the circuit breaker paused calls after a run of failures.
+    #[serde(default)]
+    pub breaker_opened: u64,
 }
 
 struct Endpoint {
     spec: ModelSpec,
     client: OpenAiClient,
-    permits: Arc<Semaphore>,
+    limit: AdaptiveLimit,
+    breaker: CircuitBreaker,
+    budget: RateBudget,
     stats: Mutex<EndpointStats>,
     latencies: Mutex<Vec<f32>>,
 }
@@ -72,7 +80,9 @@ impl ModelService {
                 Arc::new(Endpoint {
                     spec: spec.clone(),
                     client,
-                    permits: Arc::new(Semaphore::new(spec.max_concurrency)),
+                    limit: AdaptiveLimit::new(spec.max_concurrency),
+                    breaker: CircuitBreaker::default(),
+                    budget: RateBudget::new(spec.rpm, spec.tpm),
                     stats: Mutex::new(EndpointStats::default()),
                     latencies: Mutex::new(Vec::new()),
                 }),
@@ -143,6 +153,8 @@ impl ModelService {
                 stats.latency_p50_ms = pick(0.50);
                 stats.latency_p95_ms = pick(0.95);
                 stats.latency_p99_ms = pick(0.99);
+                stats.concurrency_lowest = endpoint.limit.lowest() as u64;
+                stats.breaker_opened = endpoint.breaker.opened();
                 stats.cost = stats.prompt_tokens as f64 / 1000.0 * endpoint.spec.price_prompt_per_1k.unwrap_or(0.0)
                     + stats.completion_tokens as f64 / 1000.0 * endpoint.spec.price_completion_per_1k.unwrap_or(0.0);
                 (name.clone(), stats)
@@ -224,6 +236,17 @@ async fn perform(
     Ok(reply)
 }
 
+/// Tokens a request may use, for the TPM budget: prompt characters / 4 plus the completion allowance.
+fn estimate_tokens(request: &ModelRequest, sampling: &Sampling, n: u32) -> u32 {
+    let chars: usize = match &request.prompt {
+        sdg_operators::model::Prompt::Chat(messages) => messages.iter().map(|m| m.content.len()).sum(),
+        sdg_operators::model::Prompt::Completion(text) => text.len(),
+        sdg_operators::model::Prompt::Embed(inputs) => inputs.iter().map(String::len).sum(),
+    };
+    let completion = sampling.max_tokens.unwrap_or(256) as usize * n as usize;
+    u32::try_from(chars / 4 + completion).unwrap_or(u32::MAX)
+}
+
 async fn call_with_retries(
     endpoint: &Endpoint,
     request: &ModelRequest,
@@ -237,11 +260,29 @@ async fn call_with_retries(
         if let Some(reason) = fatal.lock().ok().and_then(|f| f.clone()) {
             return Err(format!("not sent: {reason}"));
         }
+        let paused = endpoint.breaker.wait();
+        if !paused.is_zero() {
+            tokio::time::sleep(paused).await;
+        }
+        endpoint.budget.admit(estimate_tokens(request, sampling, n)).await;
         let result = {
-            let _permit = endpoint.permits.acquire().await.map_err(|e| e.to_string())?;
+            let _slot = endpoint.limit.acquire().await?;
             count(endpoint, |s| s.requests += 1);
             endpoint.client.call(&request.prompt, sampling, n).await
         };
+        match &result {
+            Ok(_) => {
+                endpoint.limit.succeeded();
+                endpoint.breaker.succeeded();
+            }
+            Err(CallError::Retryable { overload, .. }) => {
+                endpoint.breaker.failed();
+                if *overload {
+                    endpoint.limit.overloaded();
+                }
+            }
+            Err(_) => {}
+        }
         match result {
             Ok(reply) => {
                 count(endpoint, |s| {
@@ -253,7 +294,7 @@ async fn call_with_retries(
                 }
                 return Ok(reply);
             }
-            Err(CallError::Retryable { message, retry_after }) if attempt < endpoint.spec.max_retries => {
+            Err(CallError::Retryable { message, retry_after, .. }) if attempt < endpoint.spec.max_retries => {
                 count(endpoint, |s| s.retries += 1);
                 tracing::debug!(attempt, %message, "retrying model call");
                 tokio::time::sleep(backoff(attempt, retry_after, jitter)).await;

@@ -33,6 +33,12 @@ pub struct ModelSpec {
     /// Retries of a retryable failure (429, 5xx, timeout, reset, malformed body) before the row is rejected.
     #[serde(default = "default_retries")]
     pub max_retries: u32,
+    /// Requests per minute, shared by every node (optional).
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    /// Tokens per minute (prompt estimate + max_tokens), shared by every node (optional).
+    #[serde(default)]
+    pub tpm: Option<u32>,
     /// Optional prices, per 1,000 tokens, for cost accounting.
     #[serde(default)]
     pub price_prompt_per_1k: Option<f64>,

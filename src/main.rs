@@ -294,8 +294,16 @@ impl Progress {
                 for (i, bar) in bars.iter().enumerate() {
                     let t = process_totals(&counters, i);
                     let moved = t.rows_in.max(t.rows_out);
+                    let calls = if t.model_calls > 0 {
+                        format!(
+                            "  calls {} ({} cached)  tokens {}/{}",
+                            t.model_calls, t.cache_hits, t.prompt_tokens, t.completion_tokens
+                        )
+                    } else {
+                        String::new()
+                    };
                     bar.set_message(format!(
-                        "in {:>10}  out {:>10}  rejected {:>8}  {:>9.0} rows/s",
+                        "in {:>10}  out {:>10}  rejected {:>8}  {:>9.0} rows/s{calls}",
                         t.rows_in,
                         t.rows_out,
                         t.rejected,

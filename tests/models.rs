@@ -54,6 +54,14 @@ fn a_second_run_is_answered_from_the_cache_with_zero_requests() {
     let m = manifest(&dir.path().join("second"));
     assert_eq!(m["models"]["teacher"]["cache_hits"], 40);
     assert_eq!(m["models"]["teacher"]["requests"], 0);
+    assert_eq!(m["nodes"]["answers"]["model_calls"], 40, "per-node accounting");
+    assert_eq!(m["nodes"]["answers"]["cache_hits"], 40);
+    assert_eq!(m["nodes"]["answers"]["prompt_tokens"], 0, "cached answers spend nothing");
+    let first_tokens = manifest(&dir.path().join("first"))["nodes"]["answers"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(
+        first_tokens,
+        manifest(&dir.path().join("first"))["models"]["teacher"]["prompt_tokens"].as_u64().unwrap()
+    );
 
     let a = read_parquet_dir(&dir.path().join("first/data"));
     let b = read_parquet_dir(&dir.path().join("second/data"));

@@ -15,6 +15,10 @@ pub struct NodeCounters {
     pub batches: AtomicU64,
     pub busy_nanos: AtomicU64,
     pub text_bytes_in: AtomicU64,
+    pub model_calls: AtomicU64,
+    pub cache_hits: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub completion_tokens: AtomicU64,
 }
 
 impl NodeCounters {
@@ -35,6 +39,10 @@ impl NodeCounters {
             batches: self.batches.load(Ordering::Relaxed),
             busy_s: self.busy_nanos.load(Ordering::Relaxed) as f64 / 1e9,
             text_bytes_in: self.text_bytes_in.load(Ordering::Relaxed),
+            model_calls: self.model_calls.load(Ordering::Relaxed),
+            cache_hits: self.cache_hits.load(Ordering::Relaxed),
+            prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),
+            completion_tokens: self.completion_tokens.load(Ordering::Relaxed),
         }
     }
 }
@@ -61,6 +69,16 @@ pub struct NodeStats {
     /// Time spent inside the node's operator, summed over workers.
     pub busy_s: f64,
     pub text_bytes_in: u64,
+    /// Model requests this node made (answered from the cache or not) and the tokens spent on it
+    /// (cached answers cost nothing this run).
+    #[serde(default)]
+    pub model_calls: u64,
+    #[serde(default)]
+    pub cache_hits: u64,
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
 }
 
 impl NodeStats {
@@ -71,6 +89,10 @@ impl NodeStats {
         self.batches += other.batches;
         self.busy_s += other.busy_s;
         self.text_bytes_in += other.text_bytes_in;
+        self.model_calls += other.model_calls;
+        self.cache_hits += other.cache_hits;
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
     }
 }
 

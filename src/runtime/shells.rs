@@ -236,6 +236,17 @@ pub fn model_transform<'s>(
                 }
             });
             while let Ok((id, responses)) = receiver.try_recv() {
+                let c = &node.counters.nodes[node.node];
+                for reply in responses.iter().flatten() {
+                    c.add(&c.model_calls, 1);
+                    if reply.cached {
+                        c.add(&c.cache_hits, 1);
+                    } else {
+                        c.add(&c.prompt_tokens, reply.usage.prompt_tokens);
+                        c.add(&c.completion_tokens, reply.usage.completion_tokens);
+                    }
+                }
+                c.add(&c.model_calls, responses.iter().filter(|r| r.is_err()).count() as u64);
                 if let Some((cap, batch)) = pending.remove(&id) {
                     let started = Instant::now();
                     let step = node.op.resume(id, responses);

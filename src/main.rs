@@ -72,6 +72,10 @@ enum Command {
         /// Do not read or write the model response cache.
         #[arg(long, conflicts_with = "cache_dir")]
         no_cache: bool,
+        /// Send no model request: run the graph up to its model calls and print the requests, tokens and
+        /// cost they would take. Nothing is written to OUT.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -132,7 +136,19 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             Err(error) => report_config_error(&error),
         }),
-        Command::Run { config, out, workers, processes, process, hostfile, overwrite, quiet, cache_dir, no_cache } => {
+        Command::Run {
+            config,
+            out,
+            workers,
+            processes,
+            process,
+            hostfile,
+            overwrite,
+            quiet,
+            cache_dir,
+            no_cache,
+            dry_run,
+        } => {
             let plan = match load_plan(config.as_deref()) {
                 Ok(plan) => plan,
                 Err(error) => return Ok(report_config_error(&error)),
@@ -146,8 +162,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                         .unwrap_or_else(default_cache_dir),
                 )
             };
+            // A dry run writes into a scratch folder that is removed afterwards.
+            let scratch = if dry_run { Some(tempfile_dir()?) } else { None };
+            let out = scratch.as_ref().map_or(out, |dir| dir.clone());
             let options = RunOptions {
                 out,
+                dry_run,
                 workers: workers.max(1),
                 processes: processes.max(1),
                 process,
@@ -155,9 +175,20 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 overwrite,
                 cache_dir,
             };
-            run(plan, options, quiet)
+            let result = run(plan, options, quiet);
+            if let Some(dir) = scratch {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            result
         }
     }
+}
+
+/// A fresh, private scratch folder.
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("sdg-dry-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
 }
 
 fn load_plan(config: Option<&Path>) -> Result<Plan, ConfigError> {
@@ -178,6 +209,7 @@ fn report_config_error(error: &ConfigError) -> ExitCode {
 }
 
 fn run(plan: Plan, options: RunOptions, quiet: bool) -> anyhow::Result<ExitCode> {
+    let dry_run = options.dry_run;
     let stop = Arc::new(AtomicBool::new(false));
     install_signal_handler(Arc::clone(&stop))?;
     let out = options.out.clone();
@@ -189,12 +221,42 @@ fn run(plan: Plan, options: RunOptions, quiet: bool) -> anyhow::Result<ExitCode>
         progress.finish();
     }
     let manifest = result.with_context(|| format!("run into {} failed", out.display()))?;
+    if dry_run {
+        print_estimate(&manifest);
+        return Ok(ExitCode::SUCCESS);
+    }
     print_summary(&manifest, &out);
     Ok(match manifest.status {
         RunStatus::Completed => ExitCode::SUCCESS,
         RunStatus::Interrupted => ExitCode::from(130),
         RunStatus::Failed | RunStatus::Running => ExitCode::FAILURE,
     })
+}
+
+fn print_estimate(manifest: &Manifest) {
+    println!("dry run: no model request was sent; estimates for the inputs as they are now");
+    println!(
+        "{:<16} {:>10} {:>10} {:>14} {:>14} {:>10}",
+        "model", "requests", "cached", "prompt tok", "max compl tok", "cost"
+    );
+    for (name, stats) in &manifest.models {
+        println!(
+            "{name:<16} {:>10} {:>10} {:>14} {:>14} {:>10.4}",
+            stats.requests, stats.cache_hits, stats.prompt_tokens, stats.completion_tokens, stats.cost
+        );
+    }
+    let downstream: Vec<&str> = manifest
+        .graph
+        .iter()
+        .filter(|n| manifest.nodes.get(&n.id).is_some_and(|s| s.model_calls > 0))
+        .map(|n| n.id.as_str())
+        .collect();
+    if !downstream.is_empty() {
+        println!(
+            "(model calls of nodes downstream of {} are not included: they need real answers)",
+            downstream.join(", ")
+        );
+    }
 }
 
 fn install_signal_handler(stop: Arc<AtomicBool>) -> anyhow::Result<()> {

@@ -163,3 +163,30 @@ fn rate_limits_shrink_the_concurrency_and_a_dead_endpoint_opens_the_breaker() {
     assert!(m["models"]["teacher"]["breaker_opened"].as_u64().unwrap() >= 1, "{}", m["models"]);
     assert_eq!(m["nodes"]["answers"]["rejected"], 20, "every row is rejected, none lost");
 }
+
+#[test]
+fn dry_run_estimates_without_sending_or_writing() {
+    let server = TestServer::start(&["--latency-ms", "5"]);
+    let dir = tempfile::tempdir().unwrap();
+    questions(dir.path(), 25);
+    graph(dir.path(), &server, ", price_prompt_per_1k: 1.0, price_completion_per_1k: 2.0");
+    let output = common::sdg()
+        .current_dir(dir.path())
+        .env("SDG_TEST_KEY", KEY)
+        .args(["run", "graph.yaml", "-o", "out", "--quiet", "--dry-run", "--no-cache"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.starts_with("dry run: no model request was sent"), "{text}");
+    let row = text.lines().find(|l| l.starts_with("teacher")).unwrap_or_else(|| panic!("{text}"));
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(fields[1], "25", "one request per question: {row}");
+    let prompt_tokens: u64 = fields[3].parse().unwrap();
+    assert!(prompt_tokens > 25 * 10, "system + prompt text counted: {row}");
+    assert_eq!(fields[4], (25 * 256).to_string(), "max completion tokens: {row}");
+    let cost: f64 = fields[5].parse().unwrap();
+    assert!((cost - (prompt_tokens as f64 / 1000.0 + 25.0 * 256.0 * 2.0 / 1000.0)).abs() < 0.01, "{row}");
+    assert_eq!(server.stats()["requests"], 0, "nothing sent");
+    assert!(!dir.path().join("out").exists(), "nothing written");
+}

@@ -237,7 +237,8 @@ impl Config {
                     for (key, value) in entries {
                         let Some(name) = key.as_str() else { continue };
                         let path = format!("models.{name}");
-                        if let Some(spec) = de::decode::<ModelSpec>(value, &path, &mut diagnostics) {
+                        if let Some(mut spec) = de::decode::<ModelSpec>(value, &path, &mut diagnostics) {
+                            spec.tokenizer = spec.tokenizer.map(|file| resolve(base_dir, &file));
                             for (setting, message) in spec.check() {
                                 diagnostics.push(Diagnostic::at(value, &format!("{path}.{setting}"), message));
                             }

@@ -262,6 +262,7 @@ mod tests {
             max_retries: 0,
             rpm: None,
             tpm: None,
+            tokenizer: None,
             price_prompt_per_1k: None,
             price_completion_per_1k: None,
         };

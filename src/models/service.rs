@@ -44,6 +44,8 @@ pub struct EndpointStats {
 
 struct Endpoint {
     spec: ModelSpec,
+    /// Counts prompt tokens for dry-run estimates.
+    tokenizer: Option<tokenizers::Tokenizer>,
     client: OpenAiClient,
     limit: AdaptiveLimit,
     breaker: CircuitBreaker,
@@ -75,10 +77,18 @@ impl ModelService {
         for (name, spec) in specs {
             let key = spec.api_key().map_err(|e| format!("model `{name}`: {e}"))?;
             let client = OpenAiClient::new(spec, key).map_err(|e| format!("model `{name}`: {e}"))?;
+            let tokenizer = match &spec.tokenizer {
+                None => None,
+                Some(file) => Some(
+                    tokenizers::Tokenizer::from_file(file)
+                        .map_err(|e| format!("model `{name}`: cannot load tokenizer {}: {e}", file.display()))?,
+                ),
+            };
             endpoints.insert(
                 name.clone(),
                 Arc::new(Endpoint {
                     spec: spec.clone(),
+                    tokenizer,
                     client,
                     limit: AdaptiveLimit::new(spec.max_concurrency),
                     breaker: CircuitBreaker::default(),
@@ -128,6 +138,41 @@ impl ModelService {
             }
             done(responses);
         });
+    }
+
+    /// Records what `requests` would cost, without sending anything (`--dry-run`): cached ones are free,
+    /// the others one request each,
+    /// prompt tokens counted with the endpoint's tokenizer (else characters / 4), completion tokens at
+    /// `max_tokens` (else 256) per sample.
+    pub fn estimate(&self, requests: &[ModelRequest]) {
+        for request in requests {
+            let Some(endpoint) = self.endpoints.get(&request.endpoint) else { continue };
+            if let Some(cache) = &self.cache
+                && cache.get(&cache::key(endpoint.client.model(), &request.prompt, &request.sampling)).is_some()
+            {
+                count(endpoint, |s| s.cache_hits += 1);
+                continue;
+            }
+            let text: Vec<&str> = match &request.prompt {
+                sdg_operators::model::Prompt::Chat(messages) => messages.iter().map(|m| m.content.as_str()).collect(),
+                sdg_operators::model::Prompt::Completion(text) => vec![text.as_str()],
+                sdg_operators::model::Prompt::Embed(inputs) => inputs.iter().map(String::as_str).collect(),
+            };
+            let prompt_tokens: u64 = text
+                .iter()
+                .map(|t| match &endpoint.tokenizer {
+                    Some(tokenizer) => tokenizer.encode_fast(*t, true).map_or(t.len() / 4, |e| e.len()) as u64,
+                    None => (t.chars().count() / 4).max(1) as u64,
+                })
+                .sum();
+            let completion_tokens =
+                request.sampling.max_tokens.unwrap_or(256) as u64 * request.sampling.n.max(1) as u64;
+            count(endpoint, |s| {
+                s.requests += 1;
+                s.prompt_tokens += prompt_tokens;
+                s.completion_tokens += completion_tokens;
+            });
+        }
     }
 
     /// Why the run must stop (an endpoint refused our credentials), if it must.

@@ -39,6 +39,9 @@ pub struct ModelSpec {
     /// Tokens per minute (prompt estimate + max_tokens), shared by every node (optional).
     #[serde(default)]
     pub tpm: Option<u32>,
+    /// A `tokenizer.json` for this model, used by `--dry-run` to count prompt tokens (else characters / 4).
+    #[serde(default)]
+    pub tokenizer: Option<std::path::PathBuf>,
     /// Optional prices, per 1,000 tokens, for cost accounting.
     #[serde(default)]
     pub price_prompt_per_1k: Option<f64>,

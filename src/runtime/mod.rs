@@ -48,6 +48,8 @@ pub struct RunOptions {
     pub overwrite: bool,
     /// Where model responses are cached across runs; `None` turns the cache off.
     pub cache_dir: Option<PathBuf>,
+    /// Send no model request: count what would be sent (requests, tokens, cost) instead.
+    pub dry_run: bool,
 }
 
 /// The response cache folder when none is configured: `$SDG_CACHE_DIR`, else the user cache folder.
@@ -184,7 +186,15 @@ impl Engine {
             let index = worker.index();
             let peers = worker.peers();
             let local = Arc::clone(&counters[index % threads]);
-            let report = run_worker(worker, &plan, &discoveries, &local, &options.out, &worker_stop, models.as_ref());
+            let shared = WorkerShared {
+                plan: &plan,
+                discoveries: &discoveries,
+                out: &options.out,
+                stop: &worker_stop,
+                models: models.as_ref(),
+                dry_run: options.dry_run,
+            };
+            let report = run_worker(worker, &shared, &local);
             let reports = gather_reports(worker, report);
             if index == 0 {
                 let status = if reports.iter().any(|r| !r.errors.is_empty()) {
@@ -263,15 +273,22 @@ fn communication(options: &RunOptions) -> Result<CommunicationConfig, RunError> 
 }
 
 /// Builds and runs this worker's dataflow; returns what it did.
+/// What every worker of a process shares.
+struct WorkerShared<'a> {
+    plan: &'a Plan,
+    discoveries: &'a [Option<Discovery>],
+    out: &'a Path,
+    stop: &'a Arc<AtomicBool>,
+    models: Option<&'a Arc<ModelService>>,
+    dry_run: bool,
+}
+
 fn run_worker(
     worker: &mut timely::worker::Worker,
-    plan: &Plan,
-    discoveries: &[Option<Discovery>],
+    shared: &WorkerShared<'_>,
     counters: &Arc<WorkerCounters>,
-    out: &Path,
-    stop: &Arc<AtomicBool>,
-    models: Option<&Arc<ModelService>>,
 ) -> WorkerReport {
+    let WorkerShared { plan, discoveries, out, stop, models, dry_run } = *shared;
     let index = worker.index();
     let peers = worker.peers();
     let probe: ProbeHandle<u64> = ProbeHandle::new();
@@ -364,7 +381,9 @@ fn run_worker(
                         };
                         let stream = if !op.endpoints().is_empty() {
                             match models {
-                                Some(service) => shells::model_transform(input(), node_op(op), Arc::clone(service)),
+                                Some(service) => {
+                                    shells::model_transform(input(), node_op(op), Arc::clone(service), dry_run)
+                                }
                                 None => {
                                     build_errors
                                         .push(format!("node `{}` calls a model, but none is configured", node.id));

@@ -209,6 +209,7 @@ pub fn model_transform<'s>(
     input: PacketStream<'s>,
     mut node: NodeOperator,
     service: Arc<crate::models::ModelService>,
+    dry_run: bool,
 ) -> PacketStream<'s> {
     let name = format!("model:{}", node.node_id);
     let worker = input.scope().worker();
@@ -257,6 +258,12 @@ pub fn model_transform<'s>(
             for (id, cap, batch, step) in steps {
                 let c = &node.counters.nodes[node.node];
                 match step {
+                    Ok(Step::Call(requests)) if dry_run => {
+                        // Count what would be asked; the batch goes no further (no answers to continue with).
+                        c.add(&c.model_calls, requests.len() as u64);
+                        service.estimate(&requests);
+                        drop(cap);
+                    }
                     Ok(Step::Call(requests)) => {
                         let sender = sender.clone();
                         let activator = Arc::clone(&activator);

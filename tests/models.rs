@@ -190,3 +190,20 @@ fn dry_run_estimates_without_sending_or_writing() {
     assert_eq!(server.stats()["requests"], 0, "nothing sent");
     assert!(!dir.path().join("out").exists(), "nothing written");
 }
+
+#[test]
+fn the_key_can_come_from_a_dotenv_file() {
+    let server = TestServer::start(&["--latency-ms", "5", "--api-key", KEY]);
+    let dir = tempfile::tempdir().unwrap();
+    questions(dir.path(), 5);
+    graph(dir.path(), &server, "");
+    write(dir.path(), ".env", &format!("# secrets\nexport SDG_TEST_KEY=\"{KEY}\"\n"));
+    let output = common::sdg()
+        .current_dir(dir.path())
+        .env_remove("SDG_TEST_KEY")
+        .args(["run", "graph.yaml", "-o", "out", "--quiet", "--no-cache"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(manifest(&dir.path().join("out"))["outputs"]["out"]["rows"], 5);
+}

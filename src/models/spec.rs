@@ -75,13 +75,49 @@ impl ModelSpec {
         problems
     }
 
-    /// The API key from the environment, if one is configured.
+    /// The API key from the environment, or else from a `.env` file in the current folder.
     pub fn api_key(&self) -> Result<Option<String>, String> {
-        match &self.api_key_env {
-            None => Ok(None),
-            Some(var) => {
-                std::env::var(var).map(Some).map_err(|_| format!("environment variable {var} (api_key_env) is not set"))
-            }
+        let Some(var) = &self.api_key_env else { return Ok(None) };
+        if let Ok(value) = std::env::var(var) {
+            return Ok(Some(value));
         }
+        let from_file = std::fs::read_to_string(".env").ok().and_then(|text| dotenv_value(&text, var));
+        from_file.map(Some).ok_or_else(|| format!("environment variable {var} (api_key_env) is not set, nor in ./.env"))
+    }
+}
+
+/// The value of `name` in `.env` text: `NAME=value` lines, optional `export`, optional quotes, `#` comments.
+fn dotenv_value(text: &str, name: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        let line = line.trim();
+        if line.starts_with('#') {
+            return None;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let (key, value) = line.split_once('=')?;
+        if key.trim() != name {
+            return None;
+        }
+        let value = value.trim();
+        let unquoted = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+            .unwrap_or(value);
+        Some(unquoted.to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dotenv_lines_are_read_with_export_quotes_and_comments() {
+        let text = "# keys\nOTHER=1\nexport OPENAI_API_KEY=\"sk-abc\"\nPLAIN = v2 \n";
+        assert_eq!(dotenv_value(text, "OPENAI_API_KEY").as_deref(), Some("sk-abc"));
+        assert_eq!(dotenv_value(text, "PLAIN").as_deref(), Some("v2"));
+        assert_eq!(dotenv_value(text, "MISSING"), None);
+        assert_eq!(dotenv_value("#OPENAI_API_KEY=x", "OPENAI_API_KEY"), None);
     }
 }

@@ -370,11 +370,7 @@ fn node_config(item: &Node, index: usize, base_dir: &Path, diagnostics: &mut Vec
                 Some(file) => {
                     let file = resolve(base_dir, file);
                     let at = item.get("demos").unwrap_or(item);
-                    let loaded = std::fs::read_to_string(&file)
-                        .map_err(|e| format!("cannot read demos {}: {e}", file.display()))
-                        .and_then(|text| {
-                            parse_demos_jsonl(&text).map_err(|e| format!("demos {}: {e}", file.display()))
-                        });
+                    let loaded = load_demos(&file);
                     spec.demos = Some(file);
                     match loaded {
                         Ok(demos) => demos,
@@ -411,6 +407,30 @@ fn node_config(item: &Node, index: usize, base_dir: &Path, diagnostics: &mut Vec
             .filter_map(|(k, _)| k.as_str().map(|name| (name.to_string(), k.line, k.col)))
             .collect(),
     })
+}
+
+/// Few-shot demos from a JSONL file (one object per line) or a Parquet file (one object per row).
+fn load_demos(file: &Path) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, String> {
+    let context = |e: String| format!("demos {}: {e}", file.display());
+    if file.extension().is_some_and(|x| x.eq_ignore_ascii_case("parquet")) {
+        let handle = std::fs::File::open(file).map_err(|e| context(e.to_string()))?;
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(handle)
+            .and_then(|b| b.build())
+            .map_err(|e| context(e.to_string()))?;
+        let mut demos = Vec::new();
+        for batch in reader {
+            let batch = batch.map_err(|e| context(e.to_string()))?;
+            for row in 0..batch.num_rows() {
+                match crate::io::json_rows::row_to_json(&batch, row).map_err(|e| context(e.to_string()))? {
+                    serde_json::Value::Object(map) => demos.push(map),
+                    _ => return Err(context(format!("row {} is not an object", row + 1))),
+                }
+            }
+        }
+        return Ok(demos);
+    }
+    let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read demos {}: {e}", file.display()))?;
+    parse_demos_jsonl(&text).map_err(|e| context(e.to_string()))
 }
 
 /// `path` anchored at `base_dir` unless it is absolute.
@@ -486,6 +506,29 @@ mod tests {
             "{messages:?}"
         );
         assert!(messages.iter().any(|(line, m)| *line == 4 && m.contains("expected an integer")), "{messages:?}");
+    }
+
+    #[test]
+    fn demos_load_from_jsonl_and_parquet_and_bad_lines_are_located() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("d.jsonl"), "{\"q\": \"a\"}\n[1]\n").unwrap();
+        crate::testkit::write_parquet(&dir.path().join("d.parquet"), &[("q", vec![Some("x"), Some("y")])]).unwrap();
+        let node = |file: &str| {
+            format!("nodes:\n  - {{id: g, kind: generate, input: x, model: m, prompt: hi, demos: {file}}}\n")
+        };
+        let (config, diags) = Config::parse(&node("d.parquet"), Path::new("t.yaml"), dir.path()).unwrap();
+        assert!(diags.is_empty(), "{diags:?}");
+        match &config.nodes[0].spec {
+            Some(NodeSpec::Generate(g)) => {
+                assert_eq!(g.demos.len(), 2);
+                assert_eq!(g.demos[1]["q"], "y");
+            }
+            other => panic!("{other:?}"),
+        }
+        let (_, diags) = Config::parse(&node("d.jsonl"), Path::new("t.yaml"), dir.path()).unwrap();
+        assert_eq!(diags.len(), 1);
+        assert_eq!(diags[0].path, "nodes[0].demos");
+        assert!(diags[0].message.contains("line 2"), "{}", diags[0].message);
     }
 
     #[test]

@@ -215,7 +215,9 @@ fn run(plan: Plan, options: RunOptions, quiet: bool) -> anyhow::Result<ExitCode>
     let out = options.out.clone();
     let node_ids: Vec<(String, String)> = plan.nodes.iter().map(|n| (n.id.clone(), n.kind.clone())).collect();
     let engine = Engine::new(plan, options);
-    let progress = (!quiet && std::io::stderr().is_terminal()).then(|| Progress::start(&node_ids, engine.counters()));
+    let files = engine.files_to_read();
+    let progress =
+        (!quiet && std::io::stderr().is_terminal()).then(|| Progress::start(&node_ids, engine.counters(), files));
     let result = engine.run(Arc::clone(&stop));
     if let Some(progress) = progress {
         progress.finish();
@@ -332,7 +334,7 @@ struct Progress {
 }
 
 impl Progress {
-    fn start(nodes: &[(String, String)], counters: Vec<Arc<WorkerCounters>>) -> Progress {
+    fn start(nodes: &[(String, String)], counters: Vec<Arc<WorkerCounters>>, files: Vec<u64>) -> Progress {
         let multi = indicatif::MultiProgress::new();
         let style = indicatif::ProgressStyle::with_template("{spinner} {prefix:<24} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
@@ -356,6 +358,18 @@ impl Progress {
                 for (i, bar) in bars.iter().enumerate() {
                     let t = process_totals(&counters, i);
                     let moved = t.rows_in.max(t.rows_out);
+                    let total_files = files.get(i).copied().unwrap_or(0);
+                    let eta = if total_files > 0 {
+                        let done = t.files_done.min(total_files);
+                        let left = if done == 0 {
+                            String::from("?")
+                        } else {
+                            format!("{:.0}s", secs * (total_files - done) as f64 / done as f64)
+                        };
+                        format!("  files {done}/{total_files}  ETA {left}")
+                    } else {
+                        String::new()
+                    };
                     let calls = if t.model_calls > 0 {
                         format!(
                             "  calls {} ({} cached)  tokens {}/{}",
@@ -365,7 +379,7 @@ impl Progress {
                         String::new()
                     };
                     bar.set_message(format!(
-                        "in {:>10}  out {:>10}  rejected {:>8}  {:>9.0} rows/s{calls}",
+                        "in {:>10}  out {:>10}  rejected {:>8}  {:>9.0} rows/s{calls}{eta}",
                         t.rows_in,
                         t.rows_out,
                         t.rejected,

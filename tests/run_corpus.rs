@@ -106,6 +106,7 @@ fn a_mixed_corpus_lands_in_parquet_and_bad_files_in_rejects() {
     assert_eq!(m["status"], "completed");
     assert_eq!(m["nodes"]["docs"]["rows_out"], 10);
     assert_eq!(m["nodes"]["docs"]["rejected"], 4);
+    assert_eq!(m["nodes"]["docs"]["files_done"], 10, "every file read to the end, bad ones included");
     assert_eq!(m["nodes"]["out"]["rows_out"], 10);
     assert_eq!(m["outputs"]["out"]["rows"], 10);
     assert_eq!(m["rejects"]["rows"], 4);

@@ -19,6 +19,8 @@ pub struct NodeCounters {
     pub cache_hits: AtomicU64,
     pub prompt_tokens: AtomicU64,
     pub completion_tokens: AtomicU64,
+    /// Source files finished (sources only).
+    pub files_done: AtomicU64,
 }
 
 impl NodeCounters {
@@ -43,6 +45,7 @@ impl NodeCounters {
             cache_hits: self.cache_hits.load(Ordering::Relaxed),
             prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),
             completion_tokens: self.completion_tokens.load(Ordering::Relaxed),
+            files_done: self.files_done.load(Ordering::Relaxed),
         }
     }
 }
@@ -79,6 +82,9 @@ pub struct NodeStats {
     pub prompt_tokens: u64,
     #[serde(default)]
     pub completion_tokens: u64,
+    /// Source files read to the end (sources only).
+    #[serde(default)]
+    pub files_done: u64,
 }
 
 impl NodeStats {
@@ -93,6 +99,7 @@ impl NodeStats {
         self.cache_hits += other.cache_hits;
         self.prompt_tokens += other.prompt_tokens;
         self.completion_tokens += other.completion_tokens;
+        self.files_done += other.files_done;
     }
 }
 

@@ -99,16 +99,33 @@ pub struct Engine {
     plan: Arc<Plan>,
     options: RunOptions,
     counters: Vec<Arc<WorkerCounters>>,
+    discoveries: Arc<Vec<Option<Discovery>>>,
 }
 
 /// The id of the pseudo-sink that writes rejects.
 pub const REJECTS: &str = "rejects";
 
 impl Engine {
+    /// Prepares a run: counters, and discovery of the input files (once per process; every process walks
+    /// the same sorted tree).
     pub fn new(plan: Plan, options: RunOptions) -> Engine {
         let workers = options.workers.max(1);
         let counters = (0..workers).map(|_| WorkerCounters::new(plan.nodes.len())).collect();
-        Engine { plan: Arc::new(plan), options, counters }
+        let discoveries = Arc::new(
+            plan.nodes
+                .iter()
+                .map(|n| match &n.spec {
+                    NodeSpec::Ingest(spec) => Some(ingest::discover(spec, &n.id)),
+                    _ => None,
+                })
+                .collect(),
+        );
+        Engine { plan: Arc::new(plan), options, counters, discoveries }
+    }
+
+    /// Files each node will read (0 for nodes that are not sources), for progress and ETA.
+    pub fn files_to_read(&self) -> Vec<u64> {
+        self.discoveries.iter().map(|d| d.as_ref().map_or(0, |d| d.files.len() as u64)).collect()
     }
 
     pub fn plan(&self) -> &Plan {
@@ -143,16 +160,7 @@ impl Engine {
         }
         let communication = communication(&options)?;
         // Discovery once per process; every process walks the same sorted tree.
-        let discoveries: Arc<Vec<Option<Discovery>>> = Arc::new(
-            self.plan
-                .nodes
-                .iter()
-                .map(|n| match &n.spec {
-                    NodeSpec::Ingest(spec) => Some(ingest::discover(spec, &n.id)),
-                    _ => None,
-                })
-                .collect(),
-        );
+        let discoveries = Arc::clone(&self.discoveries);
         let models: Option<Arc<ModelService>> = if self.plan.config.models.is_empty() {
             None
         } else {

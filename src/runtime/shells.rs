@@ -105,7 +105,10 @@ pub fn ingest_source<'s>(scope: Scope<'s, u64>, settings: SourceSettings) -> Pac
                 }
                 let Some((ordinal, file_reader, batch_index)) = reader.as_mut() else { return };
                 match file_reader.next_batch(settings.batch_rows, settings.batch_bytes) {
-                    None => reader = None,
+                    None => {
+                        reader = None;
+                        c.add(&c.files_done, 1);
+                    }
                     Some(read) => {
                         let time = ((*ordinal as u64) << FILE_SHIFT) | (*batch_index).min((1 << FILE_SHIFT) - 1);
                         *batch_index += 1;

@@ -30,6 +30,13 @@ impl std::fmt::Display for CallError {
     }
 }
 
+/// A successful call: the reply, and whether the server asked us to slow down.
+#[derive(Debug)]
+pub struct Answer {
+    pub reply: ModelReply,
+    pub slow_down: bool,
+}
+
 /// An HTTP client for one endpoint. Clones share the connection pool.
 #[derive(Clone)]
 pub struct OpenAiClient {
@@ -107,7 +114,9 @@ impl OpenAiClient {
     }
 
     /// Performs one request asking for `n` samples.
-    pub async fn call(&self, prompt: &Prompt, sampling: &Sampling, n: u32) -> Result<ModelReply, CallError> {
+    /// Performs one request asking for `n` samples. `Answer::slow_down` is set when the server's
+    /// `x-ratelimit-remaining-requests` header says its request budget is spent.
+    pub async fn call(&self, prompt: &Prompt, sampling: &Sampling, n: u32) -> Result<Answer, CallError> {
         let (route, body) = self.body(prompt, sampling, n);
         let started = Instant::now();
         let url = match route.as_str() {
@@ -131,6 +140,11 @@ impl OpenAiClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<f64>().ok())
             .map(Duration::from_secs_f64);
+        let slow_down = response
+            .headers()
+            .get("x-ratelimit-remaining-requests")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() == "0");
         let bytes = response.bytes().await.map_err(|e| CallError::Retryable {
             overload: e.is_timeout(),
             message: format!("body cut short: {}", describe(e)),
@@ -153,11 +167,12 @@ impl OpenAiClient {
             overload: false,
         })?;
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-        parse_reply(&value, &self.model, latency_ms).map_err(|message| CallError::Retryable {
+        let reply = parse_reply(&value, &self.model, latency_ms).map_err(|message| CallError::Retryable {
             message,
             retry_after: None,
             overload: false,
-        })
+        })?;
+        Ok(Answer { reply, slow_down })
     }
 }
 
@@ -252,20 +267,7 @@ mod tests {
 
     #[test]
     fn body_carries_sampling_and_schema() {
-        let spec = ModelSpec {
-            provider: Default::default(),
-            base_url: "http://127.0.0.1:1/v1/".into(),
-            model: "m".into(),
-            api_key_env: None,
-            max_concurrency: 4,
-            timeout_s: 1.0,
-            max_retries: 0,
-            rpm: None,
-            tpm: None,
-            tokenizer: None,
-            price_prompt_per_1k: None,
-            price_completion_per_1k: None,
-        };
+        let spec = spec_for("http://127.0.0.1:1/v1/".into());
         let client = OpenAiClient::new(&spec, None).unwrap();
         let sampling = Sampling {
             n: 3,
@@ -282,5 +284,78 @@ mod tests {
         assert_eq!(body["stop"], json!(["\n"]));
         assert_eq!(body["response_format"]["type"], "json_schema");
         assert!(body.get("top_p").is_none());
+    }
+
+    /// A one-shot HTTP server on a std socket: answers the first request with `response`.
+    fn one_shot(response: &'static str) -> String {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut buffer = [0u8; 4096];
+            let _ = stream.read(&mut buffer);
+            stream.write_all(response.as_bytes()).unwrap();
+        });
+        format!("http://{address}/v1")
+    }
+
+    fn spec_for(base_url: String) -> ModelSpec {
+        ModelSpec {
+            provider: Default::default(),
+            base_url,
+            model: "m".into(),
+            api_key_env: None,
+            max_concurrency: 1,
+            timeout_s: 5.0,
+            max_retries: 0,
+            rpm: None,
+            tpm: None,
+            tokenizer: None,
+            price_prompt_per_1k: None,
+            price_completion_per_1k: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_exhausted_request_budget_header_asks_to_slow_down() {
+        let body = r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"ok"}}]}"#;
+        let response = Box::leak(
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-ratelimit-remaining-requests: 0\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_boxed_str(),
+        );
+        let client = OpenAiClient::new(&spec_for(one_shot(response)), None).unwrap();
+        let answer = client.call(&Prompt::Chat(vec![]), &Sampling::default(), 1).await.unwrap();
+        assert!(answer.slow_down);
+        assert_eq!(answer.reply.texts, vec!["ok"]);
+    }
+
+    #[tokio::test]
+    async fn statuses_are_sorted_into_retryable_fatal_and_auth() {
+        for (status, expect) in [
+            ("429 Too Many Requests", "retry"),
+            ("503 Unavailable", "retry"),
+            ("400 Bad Request", "fatal"),
+            ("401 Unauthorized", "auth"),
+        ] {
+            let response = Box::leak(
+                format!("HTTP/1.1 {status}\r\nretry-after: 2\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .into_boxed_str(),
+            );
+            let client = OpenAiClient::new(&spec_for(one_shot(response)), Some("sk-never-shown".into())).unwrap();
+            let error = client.call(&Prompt::Chat(vec![]), &Sampling::default(), 1).await.unwrap_err();
+            match (expect, &error) {
+                ("retry", CallError::Retryable { retry_after, overload, .. }) => {
+                    assert_eq!(*retry_after, Some(Duration::from_secs(2)));
+                    assert_eq!(*overload, status.starts_with("429"));
+                }
+                ("fatal", CallError::Fatal(_)) | ("auth", CallError::Auth(_)) => {}
+                _ => panic!("{status}: {error:?}"),
+            }
+            assert!(!error.to_string().contains("sk-never-shown"));
+        }
     }
 }

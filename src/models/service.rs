@@ -316,8 +316,12 @@ async fn call_with_retries(
             endpoint.client.call(&request.prompt, sampling, n).await
         };
         match &result {
-            Ok(_) => {
-                endpoint.limit.succeeded();
+            Ok(answer) => {
+                if answer.slow_down {
+                    endpoint.limit.overloaded();
+                } else {
+                    endpoint.limit.succeeded();
+                }
                 endpoint.breaker.succeeded();
             }
             Err(CallError::Retryable { overload, .. }) => {
@@ -328,7 +332,7 @@ async fn call_with_retries(
             }
             Err(_) => {}
         }
-        match result {
+        match result.map(|answer| answer.reply) {
             Ok(reply) => {
                 count(endpoint, |s| {
                     s.prompt_tokens += reply.usage.prompt_tokens;

@@ -42,6 +42,28 @@ pub struct EndpointStats {
     pub breaker_opened: u64,
 }
 
+impl EndpointStats {
+    /// Adds another process's figures. Percentiles cannot be merged exactly: the larger is kept.
+    pub fn merge(&mut self, other: &EndpointStats) {
+        self.requests += other.requests;
+        self.retries += other.retries;
+        self.failures += other.failures;
+        self.cache_hits += other.cache_hits;
+        self.cache_misses += other.cache_misses;
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.cost += other.cost;
+        self.latency_p50_ms = self.latency_p50_ms.max(other.latency_p50_ms);
+        self.latency_p95_ms = self.latency_p95_ms.max(other.latency_p95_ms);
+        self.latency_p99_ms = self.latency_p99_ms.max(other.latency_p99_ms);
+        self.concurrency_lowest = match (self.concurrency_lowest, other.concurrency_lowest) {
+            (0, x) | (x, 0) => x,
+            (a, b) => a.min(b),
+        };
+        self.breaker_opened += other.breaker_opened;
+    }
+}
+
 struct Endpoint {
     spec: ModelSpec,
     /// Counts prompt tokens for dry-run estimates.

@@ -24,7 +24,7 @@ use timely::dataflow::{InputHandle, ProbeHandle};
 use crate::config::NodeSpec;
 use crate::io::ingest::{self, Discovery};
 use crate::io::sink::{CommittedPart, PartSettings, SinkFormat};
-use crate::models::ModelService;
+use crate::models::{EndpointStats, ModelService};
 use crate::plan::{Plan, instantiate};
 use crate::run::manifest::{GraphNode, Manifest, OutputSummary, RunStatus};
 use crate::run::{RunDir, RunDirError};
@@ -92,6 +92,9 @@ struct WorkerReport {
     nodes: Vec<NodeStats>,
     parts: BTreeMap<String, Vec<CommittedPart>>,
     errors: Vec<String>,
+    /// The process's model service accounting (sent by one worker per process).
+    #[serde(default)]
+    models: BTreeMap<String, EndpointStats>,
 }
 
 /// A run about to start. Its counters can be watched (progress display) while `run` works.
@@ -202,7 +205,13 @@ impl Engine {
                 models: models.as_ref(),
                 dry_run: options.dry_run,
             };
-            let report = run_worker(worker, &shared, &local);
+            let mut report = run_worker(worker, &shared, &local);
+            if index % threads == 0
+                && let Some(service) = &models
+            {
+                report.models = service.stats();
+                report.errors.extend(service.fatal());
+            }
             let reports = gather_reports(worker, report);
             if index == 0 {
                 let status = if reports.iter().any(|r| !r.errors.is_empty()) {
@@ -235,14 +244,10 @@ impl Engine {
         joined.map_err(RunError::Worker)?;
         let manifest = manifest_slot.lock().ok().and_then(|mut m| m.take());
         match manifest {
-            Some(mut manifest) => {
+            Some(manifest) => {
+                // A refused credential was reported by the workers (errors, status failed).
                 if let Some(service) = &service {
                     service.flush();
-                    manifest.models = service.stats();
-                    if let Some(reason) = service.fatal() {
-                        manifest.status = RunStatus::Failed;
-                        manifest.errors.push(reason);
-                    }
                 }
                 let path = run_dir.manifest();
                 manifest.write(&path).map_err(|source| RunError::Manifest { path, source })?;
@@ -461,6 +466,7 @@ fn run_worker(
         nodes: counters.nodes.iter().map(|c| c.snapshot()).collect(),
         parts: sink_report.parts,
         errors: sink_report.errors,
+        models: BTreeMap::new(),
     }
 }
 
@@ -518,6 +524,7 @@ fn build_manifest(
         }
     }
     let mut errors = Vec::new();
+    let mut models: BTreeMap<String, EndpointStats> = BTreeMap::new();
     for report in reports {
         for (node, stats) in plan.nodes.iter().zip(&report.nodes) {
             if let Some(total) = nodes.get_mut(&node.id) {
@@ -533,6 +540,9 @@ fn build_manifest(
             }
         }
         errors.extend(report.errors.iter().cloned());
+        for (name, stats) in &report.models {
+            models.entry(name.clone()).or_default().merge(stats);
+        }
     }
     for summary in outputs.values_mut().chain(std::iter::once(&mut rejects)) {
         summary.parts.sort_by(|a, b| a.path.cmp(&b.path));
@@ -560,6 +570,6 @@ fn build_manifest(
         outputs,
         rejects,
         errors,
-        models: BTreeMap::new(),
+        models,
     }
 }

@@ -57,7 +57,11 @@ fn a_second_run_is_answered_from_the_cache_with_zero_requests() {
     assert_eq!(m["nodes"]["answers"]["model_calls"], 40, "per-node accounting");
     assert_eq!(m["nodes"]["answers"]["cache_hits"], 40);
     assert_eq!(m["nodes"]["answers"]["prompt_tokens"], 0, "cached answers spend nothing");
-    let first_tokens = manifest(&dir.path().join("first"))["nodes"]["answers"]["prompt_tokens"].as_u64().unwrap();
+    let first = manifest(&dir.path().join("first"));
+    let p50 = first["nodes"]["answers"]["latency_p50_ms"].as_f64().unwrap();
+    assert!((20.0..200.0).contains(&p50), "per-node latency from the 20 ms server: {p50}");
+    assert!(first["nodes"]["answers"].get("latency_histogram").is_none(), "the histogram stays internal");
+    let first_tokens = first["nodes"]["answers"]["prompt_tokens"].as_u64().unwrap();
     assert_eq!(
         first_tokens,
         manifest(&dir.path().join("first"))["models"]["teacher"]["prompt_tokens"].as_u64().unwrap()

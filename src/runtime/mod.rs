@@ -544,6 +544,9 @@ fn build_manifest(
             models.entry(name.clone()).or_default().merge(stats);
         }
     }
+    for stats in nodes.values_mut() {
+        stats.latency_histogram.clear();
+    }
     for summary in outputs.values_mut().chain(std::iter::once(&mut rejects)) {
         summary.parts.sort_by(|a, b| a.path.cmp(&b.path));
     }

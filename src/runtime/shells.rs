@@ -248,6 +248,7 @@ pub fn model_transform<'s>(
                     } else {
                         c.add(&c.prompt_tokens, reply.usage.prompt_tokens);
                         c.add(&c.completion_tokens, reply.usage.completion_tokens);
+                        c.add(&c.latency_buckets[super::metrics::latency_bucket(reply.latency_ms)], 1);
                     }
                 }
                 c.add(&c.model_calls, responses.iter().filter(|r| r.is_err()).count() as u64);

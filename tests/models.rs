@@ -211,3 +211,51 @@ fn the_key_can_come_from_a_dotenv_file() {
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(manifest(&dir.path().join("out"))["outputs"]["out"]["rows"], 5);
 }
+
+#[test]
+fn a_server_that_ignores_n_is_asked_once_per_sample() {
+    let server = TestServer::start(&["--latency-ms", "5", "--ignore-n"]);
+    let dir = tempfile::tempdir().unwrap();
+    questions(dir.path(), 10);
+    graph(dir.path(), &server, "");
+    let text = std::fs::read_to_string(dir.path().join("graph.yaml")).unwrap();
+    write(dir.path(), "graph.yaml", &text.replace("    temperature: 0.7\n", "    temperature: 0.7\n    n: 3\n"));
+    let output = run(dir.path(), "out", &dir.path().join("cache"), KEY);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(server.stats()["requests"], 30, "one request for n=3, then two single-sample requests");
+    let data = read_parquet_dir(&dir.path().join("out/data"));
+    let answers = strings(&data, "answer");
+    assert_eq!(answers.len(), 30, "three samples per question");
+    // The extra samples carry new seeds, so a question's samples differ (two may collide on the test
+    // server's two-digit answers, all three practically never).
+    let mut per_question: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
+    for (parent, answer) in strings(&data, "parent_id").into_iter().zip(answers) {
+        per_question.entry(parent.unwrap()).or_default().insert(answer.unwrap());
+    }
+    assert_eq!(per_question.len(), 10);
+    assert!(per_question.values().all(|samples| samples.len() >= 2), "{per_question:?}");
+}
+
+#[test]
+fn editing_one_node_reissues_only_its_calls() {
+    let server = TestServer::start(&["--latency-ms", "5"]);
+    let dir = tempfile::tempdir().unwrap();
+    questions(dir.path(), 12);
+    let two_stage = |second_prompt: &str| {
+        format!(
+            "models:\n  teacher: {{base_url: \"{}\", model: test-model}}\nnodes:\n  - {{id: docs, kind: ingest, paths: [corpus]}}\n  - {{id: first, kind: generate, input: docs, model: teacher, prompt: \"Answer: {{{{ text }}}}\", output: {{text: {{column: answer}}}}}}\n  - {{id: second, kind: generate, input: first, model: teacher, prompt: \"{second_prompt} {{{{ answer }}}}\", output: {{text: {{column: critique}}}}}}\n  - {{id: out, kind: sink, input: second}}\n",
+            server.url
+        )
+    };
+    let cache = dir.path().join("cache");
+    write(dir.path(), "graph.yaml", &two_stage("Check:"));
+    assert!(run(dir.path(), "a", &cache, KEY).status.success());
+    assert_eq!(server.stats()["requests"], 24);
+    write(dir.path(), "graph.yaml", &two_stage("Double-check:"));
+    let output = run(dir.path(), "b", &cache, KEY);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(server.stats()["requests"], 36, "only the edited node's 12 calls are sent again");
+    let m = manifest(&dir.path().join("b"));
+    assert_eq!(m["nodes"]["first"]["cache_hits"], 12);
+    assert_eq!(m["nodes"]["second"]["cache_hits"], 0);
+}

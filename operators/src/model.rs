@@ -31,6 +31,17 @@ pub enum Prompt {
     Embed(Vec<String>),
 }
 
+impl Prompt {
+    /// The texts sent to the model: message contents, the completion prompt, or the inputs to embed.
+    pub fn texts(&self) -> Vec<&str> {
+        match self {
+            Prompt::Chat(messages) => messages.iter().map(|m| m.content.as_str()).collect(),
+            Prompt::Completion(text) => vec![text.as_str()],
+            Prompt::Embed(inputs) => inputs.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
 /// Sampling parameters. `None` leaves the server's default.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Sampling {

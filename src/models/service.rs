@@ -175,20 +175,16 @@ impl ModelService {
                 count(endpoint, |s| s.cache_hits += 1);
                 continue;
             }
-            let text: Vec<&str> = match &request.prompt {
-                sdg_operators::model::Prompt::Chat(messages) => messages.iter().map(|m| m.content.as_str()).collect(),
-                sdg_operators::model::Prompt::Completion(text) => vec![text.as_str()],
-                sdg_operators::model::Prompt::Embed(inputs) => inputs.iter().map(String::as_str).collect(),
-            };
-            let prompt_tokens: u64 = text
+            let prompt_tokens: u64 = request
+                .prompt
+                .texts()
                 .iter()
                 .map(|t| match &endpoint.tokenizer {
                     Some(tokenizer) => tokenizer.encode_fast(*t, true).map_or(t.len() / 4, |e| e.len()) as u64,
                     None => (t.chars().count() / 4).max(1) as u64,
                 })
                 .sum();
-            let completion_tokens =
-                request.sampling.max_tokens.unwrap_or(256) as u64 * request.sampling.n.max(1) as u64;
+            let completion_tokens = completion_allowance(&request.sampling, request.sampling.n.max(1));
             count(endpoint, |s| {
                 s.requests += 1;
                 s.prompt_tokens += prompt_tokens;
@@ -305,13 +301,13 @@ async fn perform(
 
 /// Tokens a request may use, for the TPM budget: prompt characters / 4 plus the completion allowance.
 fn estimate_tokens(request: &ModelRequest, sampling: &Sampling, n: u32) -> u32 {
-    let chars: usize = match &request.prompt {
-        sdg_operators::model::Prompt::Chat(messages) => messages.iter().map(|m| m.content.len()).sum(),
-        sdg_operators::model::Prompt::Completion(text) => text.len(),
-        sdg_operators::model::Prompt::Embed(inputs) => inputs.iter().map(String::len).sum(),
-    };
-    let completion = sampling.max_tokens.unwrap_or(256) as usize * n as usize;
-    u32::try_from(chars / 4 + completion).unwrap_or(u32::MAX)
+    let chars: usize = request.prompt.texts().iter().map(|t| t.len()).sum();
+    u32::try_from(chars as u64 / 4 + completion_allowance(sampling, n)).unwrap_or(u32::MAX)
+}
+
+/// Completion tokens a request may use: `max_tokens` (else 256) per sample.
+fn completion_allowance(sampling: &Sampling, n: u32) -> u64 {
+    sampling.max_tokens.unwrap_or(256) as u64 * n as u64
 }
 
 async fn call_with_retries(

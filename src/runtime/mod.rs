@@ -113,7 +113,8 @@ impl Engine {
     /// the same sorted tree).
     pub fn new(plan: Plan, options: RunOptions) -> Engine {
         let workers = options.workers.max(1);
-        let counters = (0..workers).map(|_| WorkerCounters::new(plan.nodes.len())).collect();
+        // One slot per plan node, plus one for the rejects sink.
+        let counters = (0..workers).map(|_| WorkerCounters::new(plan.nodes.len() + 1)).collect();
         let discoveries = Arc::new(
             plan.nodes
                 .iter()
@@ -438,7 +439,7 @@ fn run_worker(
         shells::sink(
             routed,
             shells::SinkSettings {
-                node: usize::MAX,
+                node: plan.nodes.len(),
                 node_id: REJECTS.to_string(),
                 run_dir: out.to_path_buf(),
                 dir: REJECTS.to_string(),

@@ -175,20 +175,19 @@ fn packets_of(
     c: &super::metrics::NodeCounters,
 ) -> Vec<Packet> {
     let mut out = Vec::with_capacity(2);
-    let batch = batch.clone();
     let reject_rows = match result {
         Ok(output) => {
             if output.rows.num_rows() > 0 {
                 c.add(&c.rows_out, output.rows.num_rows() as u64);
                 out.push(Packet::rows(output.rows));
             }
-            rejects::from_operator(node_id, &batch, &output.rejects)
+            rejects::from_operator(node_id, batch, &output.rejects)
         }
         Err(error) => {
             let all: Vec<sdg_operators::Reject> = (0..batch.num_rows())
                 .map(|row| sdg_operators::Reject { row, reason: format!("batch failed: {error}") })
                 .collect();
-            rejects::from_operator(node_id, &batch, &all)
+            rejects::from_operator(node_id, batch, &all)
         }
     };
     match reject_rows {
@@ -526,9 +525,7 @@ fn write_time(
 ) -> Result<(), String> {
     let started = Instant::now();
     let Some(merged) = sorted_by_id(batches).map_err(|e| e.to_string())? else { return Ok(()) };
-    // The rejects sink is not a plan node and has no counters of its own.
-    let spare = super::metrics::NodeCounters::default();
-    let c = settings.counters.nodes.get(settings.node).unwrap_or(&spare);
+    let c = &settings.counters.nodes[settings.node];
     c.add(&c.rows_in, merged.num_rows() as u64);
     c.add(&c.batches, 1);
     if !settings.report.borrow().errors.is_empty() {

@@ -77,6 +77,26 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// The local model store ($SDG_HOME/models): list what is there, fetch models into it.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Show the catalog and every model in the store: name, kind, size, source, path.
+    List,
+    /// Fetch catalog models or Hub repos (`owner/name`) into the store; prints each one's path and source.
+    Fetch {
+        /// Catalog names or Hub repo ids.
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// A file to fetch from the Hub repo NAME (repeatable); without it a repo gets the embedder files.
+        #[arg(long = "file", value_name = "FILE")]
+        files: Vec<String>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -181,6 +201,59 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             result
         }
+        Command::Models { command } => models(command),
+    }
+}
+
+fn models(command: ModelsCommand) -> anyhow::Result<ExitCode> {
+    use sdg::models::store::ModelStore;
+
+    let store = ModelStore::from_env()?;
+    match command {
+        ModelsCommand::List => {
+            let size = |bytes: u64| {
+                let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+                let exponent = (bytes.max(1).ilog2() / 10).min(4);
+                if exponent == 0 {
+                    format!("{bytes} B")
+                } else {
+                    format!("{:.1} {}", bytes as f64 / (1u64 << (10 * exponent)) as f64, units[exponent as usize])
+                }
+            };
+            println!("{:<40} {:<9} {:>10}  {:<12} path", "name", "kind", "size", "source");
+            for model in store.list() {
+                let kind = model.kind.map_or_else(|| String::from("?"), |kind| kind.to_string());
+                let (size, source) = match model.source {
+                    Some(source) => (size(model.bytes), source.to_string()),
+                    None => (String::from("-"), String::from("not fetched")),
+                };
+                println!("{:<40} {kind:<9} {size:>10}  {source:<12} {}", model.name, model.path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ModelsCommand::Fetch { names, files } => {
+            if !files.is_empty() && names.len() != 1 {
+                anyhow::bail!("--file needs exactly one NAME, the Hub repo id the files are in");
+            }
+            let files: Vec<&str> = files.iter().map(String::as_str).collect();
+            let mut failed = false;
+            for name in &names {
+                let fetched = if files.is_empty() { store.fetch(name) } else { store.fetch_repo(name, &files) };
+                match fetched {
+                    Ok(fetched) if fetched.fresh => {
+                        println!("{name}: {} (fetched from {})", fetched.path.display(), fetched.source)
+                    }
+                    Ok(fetched) => {
+                        println!("{name}: {} (already in the store, {})", fetched.path.display(), fetched.source)
+                    }
+                    Err(error) => {
+                        eprintln!("error: {error}");
+                        failed = true;
+                    }
+                }
+            }
+            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
     }
 }
 
@@ -210,6 +283,11 @@ fn report_config_error(error: &ConfigError) -> ExitCode {
 
 fn run(plan: Plan, options: RunOptions, quiet: bool) -> anyhow::Result<ExitCode> {
     let dry_run = options.dry_run;
+    // Before any thread starts: candle sizes its matmul pool from the environment at first use.
+    let local_threads = plan.config.models.values().filter(|m| m.provider == sdg::models::spec::Provider::Local);
+    if let Some(threads) = local_threads.map(|m| m.threads.unwrap_or_else(sdg::models::local::default_threads)).max() {
+        sdg::models::local::configure_threads(threads);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     install_signal_handler(Arc::clone(&stop))?;
     let out = options.out.clone();

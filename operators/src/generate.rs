@@ -96,7 +96,7 @@ const MAX_JSON_CANDIDATES: usize = 64;
 ///   demos: demos.jsonl              # optional; JSONL of objects, read by the engine
 ///   demos_k: 3                      # default 0; demos sampled per prompt (seeded by `seed` and the row id)
 ///   n: 2                            # default 1; samples per prompt
-///   temperature: 0.7                # optional; also top_p, max_tokens
+///   temperature: 0.7                # optional; also top_p, top_k, max_tokens
 ///   stop: ["\n\n"]                  # default []
 ///   seed: 42                        # optional; each row gets seed + hash(row id)
 ///   output: {json: {columns: [question, answer]}}   # or {text: {column: generated}} (default),
@@ -129,6 +129,8 @@ pub struct GenerateSpec {
     pub temperature: Option<f32>,
     #[serde(default)]
     pub top_p: Option<f32>,
+    #[serde(default)]
+    pub top_k: Option<u32>,
     #[serde(default)]
     pub max_tokens: Option<u32>,
     #[serde(default)]
@@ -615,6 +617,7 @@ impl Generate {
             n,
             temperature: self.spec.temperature,
             top_p: self.spec.top_p,
+            top_k: self.spec.top_k,
             max_tokens: self.spec.max_tokens,
             stop: self.spec.stop.clone(),
             seed,

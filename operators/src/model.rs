@@ -49,6 +49,9 @@ pub struct Sampling {
     pub n: u32,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
+    /// Sample among the k most likely tokens (local models; HTTP servers that accept it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u32>,
     pub max_tokens: Option<u32>,
     #[serde(default)]
     pub stop: Vec<String>,

@@ -239,6 +239,15 @@ impl Config {
                         let path = format!("models.{name}");
                         if let Some(mut spec) = de::decode::<ModelSpec>(value, &path, &mut diagnostics) {
                             spec.tokenizer = spec.tokenizer.map(|file| resolve(base_dir, &file));
+                            spec.chat_template = spec.chat_template.map(|file| resolve(base_dir, &file));
+                            // A local model named by a path relative to the config.
+                            let relative = resolve(base_dir, Path::new(&spec.model));
+                            if spec.provider == crate::models::spec::Provider::Local
+                                && !Path::new(&spec.model).is_absolute()
+                                && relative.exists()
+                            {
+                                spec.model = relative.to_string_lossy().into_owned();
+                            }
                             for (setting, message) in spec.check() {
                                 diagnostics.push(Diagnostic::at(value, &format!("{path}.{setting}"), message));
                             }

@@ -93,6 +93,7 @@ impl OpenAiClient {
         for (key, value) in [
             ("temperature", sampling.temperature.map(|v| json!(v))),
             ("top_p", sampling.top_p.map(|v| json!(v))),
+            ("top_k", sampling.top_k.map(|v| json!(v))),
             ("max_tokens", sampling.max_tokens.map(|v| json!(v))),
             ("seed", sampling.seed.map(|v| json!(v))),
         ] {
@@ -301,20 +302,10 @@ mod tests {
     }
 
     fn spec_for(base_url: String) -> ModelSpec {
-        ModelSpec {
-            provider: Default::default(),
-            base_url,
-            model: "m".into(),
-            api_key_env: None,
-            max_concurrency: 1,
-            timeout_s: 5.0,
-            max_retries: 0,
-            rpm: None,
-            tpm: None,
-            tokenizer: None,
-            price_prompt_per_1k: None,
-            price_completion_per_1k: None,
-        }
+        serde_json::from_value(
+            json!({"base_url": base_url, "model": "m", "max_concurrency": 1, "timeout_s": 5.0, "max_retries": 0}),
+        )
+        .unwrap()
     }
 
     #[tokio::test]

@@ -4,8 +4,10 @@
 pub mod cache;
 pub mod client;
 pub mod limiter;
+pub mod local;
 pub mod service;
 pub mod spec;
+pub mod store;
 
 pub use service::{EndpointStats, ModelService};
 pub use spec::ModelSpec;

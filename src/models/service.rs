@@ -10,12 +10,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use sdg_operators::model::{ModelReply, ModelRequest, ModelResponse, Sampling};
+use sdg_operators::model::{ModelReply, ModelRequest, ModelResponse, Prompt, Sampling};
 
 use super::cache::{self, ResponseCache};
-use super::client::{CallError, OpenAiClient};
+use super::client::{Answer, CallError, OpenAiClient};
 use super::limiter::{AdaptiveLimit, CircuitBreaker, RateBudget};
-use super::spec::ModelSpec;
+use super::local::embed::Embedder;
+use super::local::{LlmOptions, LocalLlm};
+use super::spec::{ModelSpec, Provider};
 
 /// What one endpoint did during a run (in the manifest).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -64,11 +66,104 @@ impl EndpointStats {
     }
 }
 
+/// What performs an endpoint's calls.
+enum Backend {
+    Http(Box<OpenAiClient>),
+    Llm {
+        llm: Arc<LocalLlm>,
+        identity: String,
+    },
+    Embedder {
+        embedder: Arc<Embedder>,
+        identity: String,
+    },
+    /// A local model not loaded because nothing will be asked of it (`--dry-run`).
+    Unloaded(String),
+}
+
+impl Backend {
+    /// Names the model in cache keys: the served model name, or the local file with its size, so that
+    /// swapping the weights never serves stale answers.
+    fn model(&self) -> &str {
+        match self {
+            Backend::Http(client) => client.model(),
+            Backend::Llm { identity, .. } | Backend::Embedder { identity, .. } | Backend::Unloaded(identity) => {
+                identity
+            }
+        }
+    }
+
+    async fn call(&self, prompt: &Prompt, sampling: &Sampling, n: u32) -> Result<Answer, CallError> {
+        match self {
+            Backend::Http(client) => client.call(prompt, sampling, n).await,
+            Backend::Llm { llm, .. } => match llm.generate(prompt, sampling, n).await {
+                Ok(reply) => Ok(Answer { reply, slow_down: false }),
+                Err(error) => Err(CallError::Fatal(error.to_string())),
+            },
+            Backend::Embedder { embedder, identity } => {
+                let Prompt::Embed(inputs) = prompt else {
+                    return Err(CallError::Fatal("this model embeds text; use a chat or completion model".into()));
+                };
+                let (embedder, inputs, started) = (Arc::clone(embedder), inputs.clone(), std::time::Instant::now());
+                // Model code never runs on the runtime's threads.
+                let vectors = tokio::task::spawn_blocking(move || {
+                    let texts: Vec<&str> = inputs.iter().map(String::as_str).collect();
+                    embedder.embed(&texts)
+                })
+                .await
+                .map_err(|e| CallError::Fatal(format!("embedding task failed: {e}")))?
+                .map_err(|e| CallError::Fatal(e.to_string()))?;
+                let reply = ModelReply {
+                    texts: Vec::new(),
+                    embeddings: vectors,
+                    model: identity.clone(),
+                    usage: Default::default(),
+                    latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+                    cached: false,
+                };
+                Ok(Answer { reply, slow_down: false })
+            }
+            Backend::Unloaded(identity) => Err(CallError::Fatal(format!("{identity} is not loaded"))),
+        }
+    }
+}
+
+/// Loads the local model `spec` names, fetching it into the model store when it is missing.
+fn load_local(name: &str, spec: &ModelSpec) -> Result<Backend, String> {
+    let path = super::store::resolve(&spec.model, spec.file.as_deref()).map_err(|e| format!("model `{name}`: {e}"))?;
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let identity =
+        format!("local:{}:{size}", path.file_name().map_or_else(String::new, |f| f.to_string_lossy().into_owned()));
+    if path.is_dir() {
+        let embedder = Embedder::load(&path).map_err(|e| format!("model `{name}`: {e}"))?;
+        return Ok(Backend::Embedder { embedder: Arc::new(embedder), identity });
+    }
+    let options = LlmOptions {
+        threads: spec.threads.unwrap_or_else(super::local::default_threads),
+        max_batch: spec.max_batch,
+        context: spec.context,
+        chat_template: spec.chat_template.clone(),
+        tokenizer: spec.tokenizer.clone(),
+    };
+    let started = std::time::Instant::now();
+    let llm = LocalLlm::load(&path, &options).map_err(|e| format!("model `{name}` ({}): {e}", path.display()))?;
+    tracing::info!(
+        model = name,
+        path = %path.display(),
+        architecture = %llm.architecture,
+        context = llm.context,
+        weights_mib = llm.weight_bytes / (1 << 20),
+        seconds = started.elapsed().as_secs_f64(),
+        "local model loaded"
+    );
+    Ok(Backend::Llm { llm: Arc::new(llm), identity })
+}
+
 struct Endpoint {
     spec: ModelSpec,
     /// Counts prompt tokens for dry-run estimates.
     tokenizer: Option<tokenizers::Tokenizer>,
-    client: OpenAiClient,
+    client: Backend,
     limit: AdaptiveLimit,
     breaker: CircuitBreaker,
     budget: RateBudget,
@@ -87,8 +182,17 @@ pub struct ModelService {
 }
 
 impl ModelService {
-    /// Builds clients for `specs`; `cache_path` enables the persistent response cache.
+    /// Builds clients for `specs` and loads local models; `cache_path` enables the persistent response cache.
     pub fn new(specs: &BTreeMap<String, ModelSpec>, cache_path: Option<&Path>) -> Result<Self, String> {
+        Self::build(specs, cache_path, true)
+    }
+
+    /// As [`new`](Self::new) for `--dry-run`: local models are not loaded (nor fetched).
+    pub fn new_for_estimates(specs: &BTreeMap<String, ModelSpec>, cache_path: Option<&Path>) -> Result<Self, String> {
+        Self::build(specs, cache_path, false)
+    }
+
+    fn build(specs: &BTreeMap<String, ModelSpec>, cache_path: Option<&Path>, load: bool) -> Result<Self, String> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("sdg-models")
@@ -97,8 +201,14 @@ impl ModelService {
             .map_err(|e| format!("cannot start the model runtime: {e}"))?;
         let mut endpoints = HashMap::new();
         for (name, spec) in specs {
-            let key = spec.api_key().map_err(|e| format!("model `{name}`: {e}"))?;
-            let client = OpenAiClient::new(spec, key).map_err(|e| format!("model `{name}`: {e}"))?;
+            let client = match spec.provider {
+                Provider::Openai => {
+                    let key = spec.api_key().map_err(|e| format!("model `{name}`: {e}"))?;
+                    Backend::Http(Box::new(OpenAiClient::new(spec, key).map_err(|e| format!("model `{name}`: {e}"))?))
+                }
+                Provider::Local if load => load_local(name, spec)?,
+                Provider::Local => Backend::Unloaded(format!("local:{}", spec.model)),
+            };
             let tokenizer = match &spec.tokenizer {
                 None => None,
                 Some(file) => Some(

@@ -9,6 +9,18 @@ pub enum Provider {
     /// Any OpenAI-compatible server: OpenAI, vLLM, SGLang, Ollama, llama.cpp server.
     #[default]
     Openai,
+    /// A model run in-process with candle: a GGUF LLM or a BERT-family embedder.
+    Local,
+}
+
+/// Where a local model computes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Device {
+    #[default]
+    Cpu,
+    /// An NVIDIA GPU; needs sdg built with `--features cuda`.
+    Cuda,
 }
 
 /// One named model endpoint.
@@ -17,10 +29,29 @@ pub enum Provider {
 pub struct ModelSpec {
     #[serde(default)]
     pub provider: Provider,
-    /// e.g. `http://127.0.0.1:8000/v1`.
+    /// e.g. `http://127.0.0.1:8000/v1` (`provider: openai`).
+    #[serde(default)]
     pub base_url: String,
-    /// The model name sent to the server.
+    /// The model name sent to the server; for `provider: local`, a catalog name (`sdg models list`), a path
+    /// to a `.gguf` file or an embedder folder, or a Hugging Face repo id (`owner/name`, with `file`).
     pub model: String,
+    /// The file to take from a Hugging Face repo (`provider: local`).
+    #[serde(default)]
+    pub file: Option<String>,
+    /// Threads of a local model (default: every core).
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// Sequences a local LLM decodes together.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// Context length of a local LLM (capped at the model's own).
+    #[serde(default = "default_context")]
+    pub context: usize,
+    /// A Jinja chat template file replacing the model's own (local LLMs).
+    #[serde(default)]
+    pub chat_template: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub device: Device,
     /// Environment variable holding the API key (read at run time, never written anywhere).
     #[serde(default)]
     pub api_key_env: Option<String>,
@@ -49,6 +80,12 @@ pub struct ModelSpec {
     pub price_completion_per_1k: Option<f64>,
 }
 
+fn default_max_batch() -> usize {
+    16
+}
+fn default_context() -> usize {
+    4096
+}
 fn default_concurrency() -> usize {
     64
 }
@@ -63,8 +100,32 @@ impl ModelSpec {
     /// Settings problems, as (key, message).
     pub fn check(&self) -> Vec<(String, String)> {
         let mut problems = Vec::new();
-        if !(self.base_url.starts_with("http://") || self.base_url.starts_with("https://")) {
-            problems.push(("base_url".into(), format!("`{}` is not an http(s) URL", self.base_url)));
+        match self.provider {
+            Provider::Openai => {
+                if !(self.base_url.starts_with("http://") || self.base_url.starts_with("https://")) {
+                    problems.push(("base_url".into(), format!("`{}` is not an http(s) URL", self.base_url)));
+                }
+            }
+            Provider::Local => {
+                if !self.base_url.is_empty() {
+                    problems.push(("base_url".into(), "a local model has no base_url".into()));
+                }
+                if let Err(message) = super::store::check_model_reference(&self.model, self.file.as_deref()) {
+                    problems.push(("model".into(), message));
+                }
+                if self.max_batch == 0 {
+                    problems.push(("max_batch".into(), "must be at least 1".into()));
+                }
+                if self.context < 16 {
+                    problems.push(("context".into(), "must be at least 16 tokens".into()));
+                }
+                if self.threads == Some(0) {
+                    problems.push(("threads".into(), "must be at least 1".into()));
+                }
+                if self.device == Device::Cuda && !cfg!(feature = "cuda") {
+                    problems.push(("device".into(), "this sdg was built without CUDA (`--features cuda`)".into()));
+                }
+            }
         }
         if self.max_concurrency == 0 {
             problems.push(("max_concurrency".into(), "must be at least 1".into()));

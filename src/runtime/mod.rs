@@ -169,7 +169,13 @@ impl Engine {
             None
         } else {
             let cache = options.cache_dir.as_ref().map(|dir| dir.join("responses.redb"));
-            Some(Arc::new(ModelService::new(&self.plan.config.models, cache.as_deref()).map_err(RunError::Models)?))
+            let specs = &self.plan.config.models;
+            let service = if options.dry_run {
+                ModelService::new_for_estimates(specs, cache.as_deref())
+            } else {
+                ModelService::new(specs, cache.as_deref())
+            };
+            Some(Arc::new(service.map_err(RunError::Models)?))
         };
         // An endpoint that refuses our credentials stops the run: sources stop reading, calls fail fast.
         let watch_done = Arc::new(AtomicBool::new(false));

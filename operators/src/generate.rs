@@ -13,25 +13,22 @@
 //! provenance columns) replaces an input column of the same name, so generate nodes chain: the provenance
 //! then describes the last generation, and `parent_id` points at the previous node's output row.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Float64Array, ListBuilder, RecordBatch, StringArray, StringBuilder,
-    UInt32Array, UInt64Array,
+    Array, ArrayRef, BooleanArray, Float64Array, ListBuilder, RecordBatch, StringArray, StringBuilder, UInt32Array,
+    UInt64Array,
 };
-use arrow::datatypes::{
-    DataType, Field, FieldRef, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, Schema, SchemaRef,
-    UInt8Type, UInt16Type, UInt32Type, UInt64Type,
-};
+use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use minijinja::value::{Serde, Value};
-use minijinja::{Environment, UndefinedBehavior};
 use serde::Deserialize;
 use serde_json::Map;
 
 use crate::columns::{ID, stable_id};
 use crate::model::{ChatMessage, ModelReply, ModelRequest, ModelResponse, PendingId, Prompt, Sampling, Step};
+use crate::prompt::ChatTemplate;
 use crate::{OpError, Operator, Output, Reject, require_column, string_column};
 
 /// The input row's id.
@@ -72,10 +69,6 @@ const PROVENANCE: [&str; 10] = [
 /// Template variables that are not input columns.
 const DEMOS_VAR: &str = "demos";
 const ROW_VAR: &str = "row";
-
-/// Names of the compiled templates (also the setting keys in errors).
-const SYSTEM_TEMPLATE: &str = "system";
-const PROMPT_TEMPLATE: &str = "prompt";
 
 /// How many characters of an unparseable reply a reject reason quotes.
 const RAW_PREVIEW_CHARS: usize = 200;
@@ -344,38 +337,6 @@ fn sample_indices(len: usize, k: usize, state: u64) -> Vec<usize> {
     indices
 }
 
-/// One cell as a template value: strings, numbers, booleans and lists as themselves, null as `none`, other
-/// types as their Arrow display string.
-fn cell_value(array: &dyn Array, row: usize) -> Result<Value, String> {
-    if array.is_null(row) {
-        return Ok(Value::from(()));
-    }
-    Ok(match array.data_type() {
-        DataType::Utf8 => Value::from(array.as_string::<i32>().value(row)),
-        DataType::LargeUtf8 => Value::from(array.as_string::<i64>().value(row)),
-        DataType::Utf8View => Value::from(array.as_string_view().value(row)),
-        DataType::Boolean => Value::from(array.as_boolean().value(row)),
-        DataType::Int8 => Value::from(array.as_primitive::<Int8Type>().value(row)),
-        DataType::Int16 => Value::from(array.as_primitive::<Int16Type>().value(row)),
-        DataType::Int32 => Value::from(array.as_primitive::<Int32Type>().value(row)),
-        DataType::Int64 => Value::from(array.as_primitive::<Int64Type>().value(row)),
-        DataType::UInt8 => Value::from(array.as_primitive::<UInt8Type>().value(row)),
-        DataType::UInt16 => Value::from(array.as_primitive::<UInt16Type>().value(row)),
-        DataType::UInt32 => Value::from(array.as_primitive::<UInt32Type>().value(row)),
-        DataType::UInt64 => Value::from(array.as_primitive::<UInt64Type>().value(row)),
-        DataType::Float32 => Value::from(array.as_primitive::<Float32Type>().value(row)),
-        DataType::Float64 => Value::from(array.as_primitive::<Float64Type>().value(row)),
-        DataType::List(_) => list_value(array.as_list::<i32>().value(row).as_ref())?,
-        DataType::LargeList(_) => list_value(array.as_list::<i64>().value(row).as_ref())?,
-        _ => Value::from(arrow::util::display::array_value_to_string(array, row).map_err(|e| e.to_string())?),
-    })
-}
-
-fn list_value(values: &dyn Array) -> Result<Value, String> {
-    let items = (0..values.len()).map(|i| cell_value(values, i)).collect::<Result<Vec<_>, _>>()?;
-    Ok(Value::from(items))
-}
-
 /// What one reply (to one request) tells about the rows it produced.
 #[derive(Debug)]
 struct ReplyInfo {
@@ -451,10 +412,8 @@ struct PendingBatch {
 /// The `generate` operator. See the module docs.
 pub struct Generate {
     spec: GenerateSpec,
-    env: Environment<'static>,
+    templates: ChatTemplate,
     demos: Vec<Value>,
-    /// Variables the templates read that are not `demos`, `row` or a global: input columns.
-    column_vars: Vec<String>,
     /// Names of the generated columns (the text column, or the JSON keys).
     generated: Vec<String>,
     /// `<column>_samples` in list mode.
@@ -529,29 +488,9 @@ impl Generate {
             }
         }
 
-        let mut env = Environment::new();
-        env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
-        if let Some(system) = &spec.system {
-            env.add_template_owned(SYSTEM_TEMPLATE, system.clone())
-                .map_err(|e| OpError::setting(SYSTEM_TEMPLATE, format!("invalid template: {e}")))?;
-        }
-        env.add_template_owned(PROMPT_TEMPLATE, spec.prompt.clone())
-            .map_err(|e| OpError::setting(PROMPT_TEMPLATE, format!("invalid template: {e}")))?;
-
-        let globals: HashSet<String> = env.globals().map(|(name, _)| name.to_string()).collect();
-        let mut column_vars = Vec::new();
-        for name in [SYSTEM_TEMPLATE, PROMPT_TEMPLATE] {
-            let Ok(template) = env.get_template(name) else { continue };
-            for var in template.undeclared_variables(false) {
-                if var != DEMOS_VAR && var != ROW_VAR && !globals.contains(&var) && !column_vars.contains(&var) {
-                    column_vars.push(var);
-                }
-            }
-        }
-        column_vars.sort();
-
+        let templates = ChatTemplate::new(spec.system.as_deref(), &spec.prompt, &[DEMOS_VAR, ROW_VAR], "")?;
         let demos = demos.iter().map(|d| Value::from(Serde(d))).collect();
-        Ok(Generate { spec, env, demos, column_vars, generated, list_column, pending: HashMap::new() })
+        Ok(Generate { spec, templates, demos, generated, list_column, pending: HashMap::new() })
     }
 
     /// The settings this operator was built from.
@@ -579,29 +518,8 @@ impl Generate {
 
     /// Renders the chat messages of one row.
     fn render(&self, batch: &RecordBatch, row: usize, id: &str) -> Result<Vec<ChatMessage>, String> {
-        let mut context = BTreeMap::new();
-        for var in &self.column_vars {
-            if let Some(column) = batch.column_by_name(var) {
-                let value =
-                    cell_value(column.as_ref(), row).map_err(|e| format!("could not read column `{var}`: {e}"))?;
-                context.insert(var.clone(), value);
-            }
-        }
-        context.insert(DEMOS_VAR.to_string(), Value::from(self.demos_for(id)));
-        context.insert(ROW_VAR.to_string(), Value::from(row));
-        let context = Value::from(context);
-
-        let mut messages = Vec::with_capacity(2);
-        for (name, role) in [(SYSTEM_TEMPLATE, "system"), (PROMPT_TEMPLATE, "user")] {
-            if name == SYSTEM_TEMPLATE && self.spec.system.is_none() {
-                continue;
-            }
-            let template = self.env.get_template(name).map_err(|e| format!("the `{name}` template is missing: {e}"))?;
-            let content =
-                template.render(&context).map_err(|e| format!("could not render the `{name}` template: {e}"))?;
-            messages.push(ChatMessage::new(role, content));
-        }
-        Ok(messages)
+        self.templates
+            .render(Some((batch, row)), &[(DEMOS_VAR, Value::from(self.demos_for(id))), (ROW_VAR, Value::from(row))])
     }
 
     /// The sampling of a request for `work` asking `n` samples. Retries bump the seed by the attempt number;
@@ -931,14 +849,7 @@ impl OutputRows {
 impl Operator for Generate {
     fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef, OpError> {
         require_column(input, ID, &DataType::Utf8)?;
-        for var in &self.column_vars {
-            if input.column_with_name(var).is_none() {
-                return Err(OpError::MissingColumn {
-                    column: var.clone(),
-                    expected: "a variable of the `prompt` or `system` template".to_string(),
-                });
-            }
-        }
+        self.templates.check_schema(input, "a variable of the `prompt` or `system` template")?;
         let written: HashSet<&str> = self.written().collect();
         let mut fields: Vec<Field> = Vec::with_capacity(input.fields().len() + self.generated.len() + PROVENANCE.len());
         for field in input.fields() {
@@ -1055,7 +966,9 @@ impl Operator for Generate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::AsArray;
     use arrow::array::{Int64Array, ListArray};
+    use arrow::datatypes::{Float64Type, UInt32Type, UInt64Type};
     use serde_json::json;
 
     use crate::model::Usage;

@@ -20,13 +20,24 @@ use arrow::array::{Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::error::ArrowError;
 
+pub mod answer;
 pub mod chunk;
 pub mod columns;
+pub mod compare;
 pub mod dedup;
 pub mod filter;
 pub mod generate;
 pub mod model;
 pub mod project;
+pub mod prompt;
+pub mod protect;
+pub mod rewrite;
+pub mod score;
+pub mod task;
+#[cfg(test)]
+pub(crate) mod testing;
+pub mod translate;
+pub mod vote;
 
 /// Errors of an operator: at plan time (schema, settings) or on a batch.
 #[derive(Debug, thiserror::Error)]

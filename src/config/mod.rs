@@ -22,6 +22,10 @@ use sdg_operators::chunk::ChunkSpec;
 use sdg_operators::dedup::DedupSpec;
 use sdg_operators::filter::FilterSpec;
 use sdg_operators::generate::{GenerateSpec, parse_demos_jsonl};
+use sdg_operators::rewrite::RewriteSpec;
+use sdg_operators::score::ScoreSpec;
+use sdg_operators::translate::TranslateSpec;
+use sdg_operators::vote::VoteSpec;
 
 use crate::io::ingest::IngestSpec;
 use crate::io::sink::SinkSpec;
@@ -94,6 +98,10 @@ pub enum NodeSpec {
     Filter(FilterSpec),
     Dedup(DedupSpec),
     Generate(GenerateNode),
+    Vote(VoteSpec),
+    Score(ScoreSpec),
+    Rewrite(Box<RewriteSpec>),
+    Translate(TranslateSpec),
     Sink(SinkSpec),
 }
 
@@ -105,7 +113,8 @@ pub struct GenerateNode {
 }
 
 /// Every kind a node may have.
-pub const KINDS: &[&str] = &["ingest", "chunk", "filter", "dedup", "generate", "sink"];
+pub const KINDS: &[&str] =
+    &["ingest", "chunk", "filter", "dedup", "generate", "vote", "score", "rewrite", "translate", "sink"];
 
 /// One node of the graph as written.
 #[derive(Debug, Clone, PartialEq)]
@@ -373,6 +382,12 @@ fn node_config(item: &Node, index: usize, base_dir: &Path, diagnostics: &mut Vec
         Some("filter") => de::decode::<FilterSpec>(&settings, &path, diagnostics).map(NodeSpec::Filter),
         Some("dedup") => de::decode::<DedupSpec>(&settings, &path, diagnostics).map(NodeSpec::Dedup),
         Some("sink") => de::decode::<SinkSpec>(&settings, &path, diagnostics).map(NodeSpec::Sink),
+        Some("vote") => de::decode::<VoteSpec>(&settings, &path, diagnostics).map(NodeSpec::Vote),
+        Some("score") => de::decode::<ScoreSpec>(&settings, &path, diagnostics).map(NodeSpec::Score),
+        Some("rewrite") => {
+            de::decode::<RewriteSpec>(&settings, &path, diagnostics).map(|s| NodeSpec::Rewrite(Box::new(s)))
+        }
+        Some("translate") => de::decode::<TranslateSpec>(&settings, &path, diagnostics).map(NodeSpec::Translate),
         Some("generate") => de::decode::<GenerateSpec>(&settings, &path, diagnostics).and_then(|mut spec| {
             let demos = match &spec.demos {
                 None => Vec::new(),

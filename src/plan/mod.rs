@@ -15,6 +15,10 @@ use sdg_operators::dedup::Dedup;
 use sdg_operators::filter::RowFilter;
 use sdg_operators::generate::Generate;
 use sdg_operators::project::Project;
+use sdg_operators::rewrite::Rewrite;
+use sdg_operators::score::Score;
+use sdg_operators::translate::Translate;
+use sdg_operators::vote::Vote;
 
 use crate::config::{Config, ConfigError, Diagnostic, NodeConfig, NodeSpec, de};
 
@@ -123,6 +127,10 @@ pub fn instantiate(spec: &NodeSpec) -> Result<Option<Box<dyn Operator>>, String>
         NodeSpec::Filter(s) => Box::new(RowFilter::new(s.clone()).map_err(|e| e.to_string())?),
         NodeSpec::Dedup(s) => Box::new(Dedup::new(s.clone()).map_err(|e| e.to_string())?),
         NodeSpec::Generate(g) => Box::new(Generate::new(g.spec.clone(), g.demos.clone()).map_err(|e| e.to_string())?),
+        NodeSpec::Vote(s) => Box::new(Vote::new(s.clone()).map_err(|e| e.to_string())?),
+        NodeSpec::Score(s) => Box::new(Score::new(s.clone()).map_err(|e| e.to_string())?),
+        NodeSpec::Rewrite(s) => Box::new(Rewrite::new(s.as_ref().clone()).map_err(|e| e.to_string())?),
+        NodeSpec::Translate(s) => Box::new(Translate::new(s.clone()).map_err(|e| e.to_string())?),
     };
     Ok(Some(op))
 }

@@ -221,7 +221,8 @@ fn generate_graph_with_a_local_model_writes_parquet_with_provenance() {
     .unwrap();
     let out = dir.path().join("out");
     let status = Command::new(env!("CARGO_BIN_EXE_sdg"))
-        .args(["run", config.to_str().unwrap(), "-o", out.to_str().unwrap()])
+        .args(["run", config.to_str().unwrap(), "-o", out.to_str().unwrap(), "--cache-dir"])
+        .arg(dir.path().join("cache"))
         .status()
         .unwrap();
     assert!(status.success());

@@ -41,6 +41,42 @@
 //! messages' texts; `completion_tokens` = the sum over choices of `max(1, content_chars / 4)`.
 //! A prompt longer than `--max-context` characters gets 400 with code `context_length_exceeded`.
 //!
+//! # Answer-key mode (`--skill MODEL=P`)
+//! With at least one `--skill`, the server is in answer-key mode: the `<digits>` of rules 2 and 3 (chat
+//! and legacy completions alike) follow an answer key instead of `h`, so that samples can agree and a
+//! model has a pass rate. The shapes, `HASH`, `<i>` and the json_schema values (rule 1) do not change.
+//! For sample `i`:
+//! - `q` (the question): the first 8 bytes of `blake3(L)` read as a big-endian `u64`, with `L` the UTF-8
+//!   bytes of the last user message's text (for legacy completions: the prompt string). It does not
+//!   depend on the seed, the temperature, the other messages or the model.
+//! - The right answer is `r = q % 100`.
+//! - `M` (the model): the request's `model` string; when absent or `null`, the server's `--model`.
+//! - The skill `p` of `M`: from `--skill M=P` (a later `--skill` for the same name wins), where `P` is
+//!   a number in `[0, 1]`, or the word `mixed`: a per-question skill, `p = [0.0, 0.5, 1.0][(q >> 8) % 3]`.
+//!   A model without `--skill` has `p = 1.0`.
+//! - The draw: `j = i` when the temperature is `> 0`, else `j = 0` (all samples agree); `s` = the seed,
+//!   or 0 when absent. `d = blake3(q.to_be_bytes() ++ s.to_be_bytes() ++ (j as u64).to_be_bytes() ++ M)`
+//!   (three 8-byte big-endian integers, then the UTF-8 bytes of `M`, nothing in between). `x` = bytes
+//!   `0..8` of `d` and `w` = bytes `8..16` of `d`, each read as a big-endian `u64`;
+//!   `u = (x >> 11) as f64 / 2^53` in `[0, 1)`.
+//! - The digits: `r` when `u < p` (right), else `(r + 1 + w % 4) % 100` (wrong: one of the 4 values
+//!   after `r`, never `r`). So `p = 1.0` is always right and `p = 0.0` always wrong.
+//!
+//! A `--skill` value without `=`, with an empty name, or with a `P` that is neither a number in `[0, 1]`
+//! nor `mixed` is a command-line error (exit status 2).
+//!
+//! # Scripted replies (`--script FILE`)
+//! `FILE` is a JSON array of rules `{"contains": STRING, "reply": STRING, "model": STRING}` (`model`
+//! optional; other keys are an error). It is read at start: an unreadable or invalid file makes the
+//! server print a message on stderr and exit with status 2 before it listens. For a chat request, the
+//! rules are tried in file order; the first whose `contains` is a substring of the last user message's
+//! text (case-sensitive; `""` matches every request) and whose `model`, when given, equals `M` (the
+//! request's `model`, else `--model`) decides the content of every choice: its `reply`, verbatim. This
+//! comes before rules 1-3 (json_schema included) and before the answer key. For legacy completions each
+//! prompt is matched on its own, with the prompt string as the last user message. Usage is counted as
+//! for any other content. `/stats` counts in `scripted` the requests where at least one choice was
+//! scripted (faulted ones included, as in `requests`).
+//!
 //! Embeddings: the 64-byte blake3 XOF output of the input's UTF-8 bytes gives 16 little-endian `u32`s,
 //! each mapped to `u / u32::MAX * 2 - 1`, and the vector is scaled to unit length.
 //!
@@ -55,7 +91,9 @@
 //! most 1. Faults answer at once; every other answer waits `--latency-ms` first. Normal answers carry
 //! `x-ratelimit-limit-requests: 10000` and `x-ratelimit-remaining-requests: 10000 - in_flight`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -133,6 +171,120 @@ struct Args {
     /// Longest prompt accepted, in characters; longer prompts get 400 `context_length_exceeded`.
     #[arg(long, default_value_t = 8000)]
     max_context: usize,
+    /// `MODEL=P`: the pass rate of MODEL in answer-key mode, a number in [0, 1] or `mixed` (repeatable).
+    #[arg(long, value_name = "MODEL=P", value_parser = parse_skill)]
+    skill: Vec<SkillArg>,
+    /// JSON file of scripted replies: `[{"contains": ..., "reply": ..., "model": ...}]`.
+    #[arg(long, value_name = "FILE")]
+    script: Option<PathBuf>,
+}
+
+/// How often a model answers right in answer-key mode.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Skill {
+    /// Right with this probability on every question.
+    Fixed(f64),
+    /// Per question: 0.0, 0.5 or 1.0 by `(q >> 8) % 3`.
+    Mixed,
+}
+
+impl Skill {
+    /// The probability of a right answer to question `q`.
+    fn pass_rate(self, q: u64) -> f64 {
+        match self {
+            Skill::Fixed(p) => p,
+            Skill::Mixed => [0.0, 0.5, 1.0][(q >> 8) as usize % 3],
+        }
+    }
+}
+
+/// One `--skill MODEL=P`.
+#[derive(Clone, Debug)]
+struct SkillArg {
+    model: String,
+    skill: Skill,
+}
+
+fn parse_skill(text: &str) -> Result<SkillArg, String> {
+    let (model, value) = text.rsplit_once('=').ok_or_else(|| format!("`{text}` is not MODEL=P"))?;
+    if model.is_empty() {
+        return Err(format!("`{text}` names no model"));
+    }
+    let skill = if value == "mixed" {
+        Skill::Mixed
+    } else {
+        let p: f64 = value.parse().map_err(|_| format!("`{value}` is neither a number in [0, 1] nor `mixed`"))?;
+        if !(0.0..=1.0).contains(&p) {
+            return Err(format!("`{value}` is not a pass rate in [0, 1]"));
+        }
+        Skill::Fixed(p)
+    };
+    Ok(SkillArg { model: model.to_owned(), skill })
+}
+
+/// One rule of the `--script` file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScriptRule {
+    contains: String,
+    reply: String,
+    #[serde(default)]
+    model: Option<String>,
+}
+
+fn load_script(path: &Path) -> Result<Vec<ScriptRule>, String> {
+    let text = std::fs::read(path).map_err(|e| format!("cannot read the script {}: {e}", path.display()))?;
+    serde_json::from_slice(&text).map_err(|e| format!("invalid script {}: {e}", path.display()))
+}
+
+/// The content rules that come from the command line: scripted replies and the answer key.
+struct Rules {
+    script: Vec<ScriptRule>,
+    /// `None` outside answer-key mode; else the skills by model name (a later `--skill` wins).
+    skills: Option<HashMap<String, Skill>>,
+}
+
+impl Rules {
+    /// The reply of the first script rule matching `last_user` for `model`.
+    fn scripted(&self, last_user: &str, model: &str) -> Option<&str> {
+        self.script
+            .iter()
+            .find(|rule| last_user.contains(&rule.contains) && rule.model.as_deref().is_none_or(|m| m == model))
+            .map(|rule| rule.reply.as_str())
+    }
+
+    /// The answer key of `last_user` for `model`, in answer-key mode.
+    fn answer_key(&self, last_user: &str, model: &str, seed: Option<u64>, sampled: bool) -> Option<AnswerKey> {
+        let skills = self.skills.as_ref()?;
+        let q = first_u64(blake3::hash(last_user.as_bytes()).as_bytes());
+        let p = skills.get(model).map_or(1.0, |skill| skill.pass_rate(q));
+        Some(AnswerKey { q, p, seed: seed.unwrap_or(0), sampled, model: model.to_owned() })
+    }
+}
+
+/// The answer key of one prompt for one model (see the module docs).
+struct AnswerKey {
+    q: u64,
+    p: f64,
+    seed: u64,
+    sampled: bool,
+    model: String,
+}
+
+impl AnswerKey {
+    fn digits(&self, index: u32) -> u64 {
+        let right = self.q % 100;
+        let j = if self.sampled { u64::from(index) } else { 0 };
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&self.q.to_be_bytes());
+        hasher.update(&self.seed.to_be_bytes());
+        hasher.update(&j.to_be_bytes());
+        hasher.update(self.model.as_bytes());
+        let digest = hasher.finalize();
+        let x = first_u64(digest.as_bytes());
+        let w = first_u64(&digest.as_bytes()[8..]);
+        if unit_interval(x) < self.p { right } else { (right + 1 + w % 4) % 100 }
+    }
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
@@ -156,6 +308,8 @@ struct Stats {
     hang: AtomicU64,
     fault_401: AtomicU64,
     fault_400: AtomicU64,
+    /// Requests with at least one scripted choice (`--script`).
+    scripted: AtomicU64,
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
     /// Index of the next fault-eligible request (position in the splitmix64 sequence).
@@ -171,6 +325,7 @@ struct StatsView {
     faults: FaultsView,
     in_flight: u64,
     max_in_flight: u64,
+    scripted: u64,
 }
 
 #[derive(Serialize)]
@@ -207,6 +362,7 @@ impl Stats {
             },
             in_flight: load(&self.in_flight),
             max_in_flight: load(&self.max_in_flight),
+            scripted: load(&self.scripted),
         }
     }
 
@@ -223,6 +379,7 @@ impl Stats {
             &self.hang,
             &self.fault_401,
             &self.fault_400,
+            &self.scripted,
             &self.fault_draws,
         ] {
             counter.store(0, Ordering::Relaxed);
@@ -264,6 +421,8 @@ struct Server {
     args: Args,
     /// `Bearer KEY`, when a key is required.
     expected_authorization: Option<Vec<u8>>,
+    /// `--script` and `--skill`.
+    rules: Rules,
     stats: Stats,
 }
 
@@ -474,9 +633,13 @@ fn request_hash(messages: &Value, temperature: Option<f64>, seed: Option<u64>) -
     canon.extend_from_slice(br#","temperature":"#);
     canon.extend_from_slice(&to_json(&temperature));
     canon.push(b'}');
-    let digest = blake3::hash(&canon);
+    first_u64(blake3::hash(&canon).as_bytes())
+}
+
+/// The first 8 bytes of `bytes` (at least 8) as a big-endian `u64`.
+fn first_u64(bytes: &[u8]) -> u64 {
     let mut first = [0u8; 8];
-    first.copy_from_slice(&digest.as_bytes()[..8]);
+    first.copy_from_slice(&bytes[..8]);
     u64::from_be_bytes(first)
 }
 
@@ -491,6 +654,8 @@ fn message_text(content: Option<&Value>) -> String {
 
 /// How the content of every choice of one request is shaped.
 enum ContentShape {
+    /// The reply of a `--script` rule, verbatim.
+    Scripted(String),
     /// Keys of the requested JSON schema's `properties`.
     Schema(Vec<String>),
     QuestionAnswer,
@@ -504,18 +669,25 @@ struct Prompt {
     hash: u64,
     sampled: bool,
     shape: ContentShape,
+    /// The answer key, in answer-key mode.
+    key: Option<AnswerKey>,
 }
 
 impl Prompt {
+    /// `model` is the request's model, or the server's when the request names none.
     fn new(
+        rules: &Rules,
+        model: &str,
         messages: &Value,
         last_user: &str,
         temperature: Option<f64>,
         seed: Option<u64>,
         response_format: Option<&Value>,
     ) -> Self {
+        let sampled = temperature.is_some_and(|t| t > 0.0);
         let format_type = response_format.and_then(|f| f.get("type")).and_then(Value::as_str);
-        let shape = match format_type {
+        let scripted = rules.scripted(last_user, model).map(|reply| ContentShape::Scripted(reply.to_owned()));
+        let shape = scripted.unwrap_or_else(|| match format_type {
             Some("json_schema") => {
                 let keys = response_format
                     .and_then(|f| f.pointer("/json_schema/schema/properties"))
@@ -527,11 +699,24 @@ impl Prompt {
             Some("json_object") => ContentShape::QuestionAnswer,
             _ if last_user.contains("JSON") => ContentShape::QuestionAnswer,
             _ => ContentShape::Plain { excerpt: last_user.chars().take(40).collect() },
+        });
+        let key = match shape {
+            ContentShape::QuestionAnswer | ContentShape::Plain { .. } => {
+                rules.answer_key(last_user, model, seed, sampled)
+            }
+            ContentShape::Scripted(_) | ContentShape::Schema(_) => None,
         };
-        Self { hash: request_hash(messages, temperature, seed), sampled: temperature.is_some_and(|t| t > 0.0), shape }
+        Self { hash: request_hash(messages, temperature, seed), sampled, shape, key }
+    }
+
+    fn is_scripted(&self) -> bool {
+        matches!(self.shape, ContentShape::Scripted(_))
     }
 
     fn digits(&self, index: u32) -> u64 {
+        if let Some(key) = &self.key {
+            return key.digits(index);
+        }
         let base = self.hash % 100;
         if self.sampled { (base + u64::from(index)) % 100 } else { base }
     }
@@ -539,6 +724,7 @@ impl Prompt {
     fn content(&self, index: u32) -> String {
         let hash = self.hash;
         match &self.shape {
+            ContentShape::Scripted(reply) => reply.clone(),
             ContentShape::Schema(keys) => {
                 let object: serde_json::Map<String, Value> =
                     keys.iter().map(|key| (key.clone(), Value::String(format!("{key}-{hash:016x}-{index}")))).collect();
@@ -711,8 +897,19 @@ fn chat_body(server: &Server, body: &[u8], id: u64) -> Result<Vec<u8>, BadReques
         return Err(BadRequest::context_length(prompt_chars, server.args.max_context));
     }
     let n = samples(request.n, server.args.ignore_n)?;
-    let prompt =
-        Prompt::new(&request.messages, &last_user, request.temperature, request.seed, request.response_format.as_ref());
+    let model = request.model.as_deref().unwrap_or(&server.args.model);
+    let prompt = Prompt::new(
+        &server.rules,
+        model,
+        &request.messages,
+        &last_user,
+        request.temperature,
+        request.seed,
+        request.response_format.as_ref(),
+    );
+    if prompt.is_scripted() {
+        server.stats.scripted.fetch_add(1, Ordering::Relaxed);
+    }
     let mut completion_tokens = 0;
     let choices = (0..n)
         .map(|index| {
@@ -726,7 +923,7 @@ fn chat_body(server: &Server, body: &[u8], id: u64) -> Result<Vec<u8>, BadReques
         id: format!("chatcmpl-{id}"),
         object: "chat.completion",
         created: now_unix(),
-        model: request.model.as_deref().unwrap_or(&server.args.model),
+        model,
         choices,
         usage: Usage { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens },
     }))
@@ -739,6 +936,8 @@ fn completion_body(server: &Server, body: &[u8], id: u64) -> Result<Vec<u8>, Bad
     }
     let prompts = string_list(&request.prompt, "prompt")?;
     let n = samples(request.n, server.args.ignore_n)?;
+    let model = request.model.as_deref().unwrap_or(&server.args.model);
+    let mut scripted = false;
     let mut prompt_tokens = 0;
     let mut completion_tokens = 0;
     let mut choices = Vec::with_capacity(prompts.len() * n as usize);
@@ -749,18 +948,22 @@ fn completion_body(server: &Server, body: &[u8], id: u64) -> Result<Vec<u8>, Bad
         }
         prompt_tokens += tokens(chars);
         let messages = serde_json::json!([{ "role": "user", "content": text }]);
-        let prompt = Prompt::new(&messages, &text, request.temperature, request.seed, None);
+        let prompt = Prompt::new(&server.rules, model, &messages, &text, request.temperature, request.seed, None);
+        scripted |= prompt.is_scripted();
         for i in 0..n {
             let text = prompt.content(i);
             completion_tokens += tokens(text.chars().count());
             choices.push(CompletionChoice { index: p as u32 * n + i, text, finish_reason: "stop" });
         }
     }
+    if scripted {
+        server.stats.scripted.fetch_add(1, Ordering::Relaxed);
+    }
     Ok(to_json(&CompletionResponse {
         id: format!("cmpl-{id}"),
         object: "text_completion",
         created: now_unix(),
-        model: request.model.as_deref().unwrap_or(&server.args.model),
+        model,
         choices,
         usage: Usage { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens },
     }))
@@ -948,8 +1151,17 @@ fn main() -> std::process::ExitCode {
         eprintln!("sdg-test-server: the fault rates sum to {total}, more than 1");
         return std::process::ExitCode::from(2);
     }
+    let script = match args.script.as_deref().map(load_script).transpose() {
+        Ok(script) => script.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("sdg-test-server: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let skills = (!args.skill.is_empty()).then(|| args.skill.iter().map(|s| (s.model.clone(), s.skill)).collect());
+    let rules = Rules { script, skills };
     let expected_authorization = args.api_key.as_ref().map(|key| format!("Bearer {key}").into_bytes());
-    let server = Arc::new(Server { args, expected_authorization, stats: Stats::default() });
+    let server = Arc::new(Server { args, expected_authorization, rules, stats: Stats::default() });
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {

@@ -10,9 +10,14 @@ use arrow::array::{Array, RecordBatch, StringArray};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 /// The `sdg` binary built for these tests.
+/// Each call gets its own response cache, so no test is answered from another's (or a developer's) cache;
+/// tests about the cache pass `--cache-dir` themselves.
 pub fn sdg() -> Command {
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let cache = std::env::temp_dir().join(format!("sdg-test-cache-{}-{call}", std::process::id()));
     let mut command = Command::new(env!("CARGO_BIN_EXE_sdg"));
-    command.env("SDG_LOG", "error");
+    command.env("SDG_LOG", "error").env("SDG_CACHE_DIR", cache);
     command
 }
 

@@ -6,6 +6,7 @@
 
 pub mod embed;
 pub mod engine;
+pub mod qmatmul;
 pub mod sampler;
 pub mod simd;
 pub mod template;

@@ -12,6 +12,7 @@ use candle_core::{Device, Module, Tensor};
 use rayon::prelude::*;
 
 use super::LocalError;
+use super::qmatmul::Q8Matrix;
 use super::simd;
 
 /// The model families this engine runs.
@@ -168,32 +169,45 @@ fn meta_f32(ct: &gguf_file::Content, key: &str) -> Result<f32, LocalError> {
 
 /// A weight matrix `[out, in]`, kept quantized.
 struct Linear {
-    weight: QMatMul,
+    weight: Weight,
     inputs: usize,
     outputs: usize,
+}
+
+enum Weight {
+    /// Q8_0, Q4_1, Q5_0, Q5_1: our int8 kernel (candle runs the last three with scalar code).
+    Int8(Q8Matrix),
+    /// Q4_0, the K-quants and float tensors: candle's kernels.
+    Candle(QMatMul),
 }
 
 impl Linear {
     fn new(tensor: Arc<QTensor>) -> Result<Linear, LocalError> {
         let (outputs, inputs) = tensor.shape().dims2()?;
-        // candle has SIMD kernels for Q4_0, Q8_0 and the K-quants but runs Q4_1/Q5_0/Q5_1 with scalar code,
-        // ten times slower: those weights are requantized to Q8_0 (finer steps, so nothing is lost).
-        let tensor = match tensor.dtype() {
-            GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 if inputs % 32 == 0 => {
-                Arc::new(QTensor::quantize(&tensor.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)?)
-            }
-            _ => tensor,
+        // Int8 blocks hold Q4_1/Q5_0/Q5_1 values with finer steps, so the requantization loses nothing.
+        let int8 = match tensor.dtype() {
+            GgmlDType::Q8_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => Q8Matrix::from_qtensor(&tensor)?,
+            _ => None,
         };
-        Ok(Linear { weight: QMatMul::from_arc(tensor)?, inputs, outputs })
+        let weight = match int8 {
+            Some(matrix) => Weight::Int8(matrix),
+            None => Weight::Candle(QMatMul::from_arc(tensor)?),
+        };
+        Ok(Linear { weight, inputs, outputs })
     }
 
     /// `x` is `[rows, inputs]`, the result `[rows, outputs]`.
-    fn forward(&self, x: &[f32], rows: usize) -> Result<Vec<f32>, LocalError> {
+    fn forward(&self, x: &[f32], rows: usize, pool: &rayon::ThreadPool) -> Result<Vec<f32>, LocalError> {
         debug_assert_eq!(x.len(), rows * self.inputs);
-        let input = Tensor::from_slice(x, (rows, self.inputs), &Device::Cpu)?;
-        let output = self.weight.forward(&input)?;
-        debug_assert_eq!(output.dims(), [rows, self.outputs]);
-        Ok(output.flatten_all()?.to_vec1::<f32>()?)
+        match &self.weight {
+            Weight::Int8(matrix) => Ok(matrix.forward(x, rows, Some(pool))),
+            Weight::Candle(weight) => {
+                let input = Tensor::from_slice(x, (rows, self.inputs), &Device::Cpu)?;
+                let output = weight.forward(&input)?;
+                debug_assert_eq!(output.dims(), [rows, self.outputs]);
+                Ok(output.flatten_all()?.to_vec1::<f32>()?)
+            }
+        }
     }
 }
 
@@ -461,9 +475,9 @@ impl Transformer {
         let mut normed = vec![0.0f32; m * h];
         for (index, layer) in self.layers.iter().enumerate() {
             rms_norm_rows(&hidden, &layer.attn_norm, config.eps, &mut normed);
-            let mut q = layer.q.forward(&normed, m)?;
-            let mut k = layer.k.forward(&normed, m)?;
-            let mut v = layer.v.forward(&normed, m)?;
+            let mut q = layer.q.forward(&normed, m, &self.pool)?;
+            let mut k = layer.k.forward(&normed, m, &self.pool)?;
+            let mut v = layer.v.forward(&normed, m, &self.pool)?;
             add_bias(&mut q, layer.q_bias.as_deref());
             add_bias(&mut k, layer.k_bias.as_deref());
             add_bias(&mut v, layer.v_bias.as_deref());
@@ -488,20 +502,20 @@ impl Transformer {
                 );
             }
             let attended = self.attention(rows, &q, caches, index, layer.window);
-            let mut out = layer.o.forward(&attended, m)?;
+            let mut out = layer.o.forward(&attended, m, &self.pool)?;
             if let Some(norm) = &layer.post_attn_norm {
                 rms_norm_rows_in_place(&mut out, norm, config.eps);
             }
             simd::add_assign(&mut hidden, &out);
 
             rms_norm_rows(&hidden, &layer.ffn_norm, config.eps, &mut normed);
-            let mut gate = layer.gate.forward(&normed, m)?;
-            let up = layer.up.forward(&normed, m)?;
+            let mut gate = layer.gate.forward(&normed, m, &self.pool)?;
+            let up = layer.up.forward(&normed, m, &self.pool)?;
             match config.arch {
                 Arch::Gemma3 => gate.iter_mut().zip(&up).for_each(|(g, u)| *g = gelu_tanh(*g) * u),
                 _ => gate.iter_mut().zip(&up).for_each(|(g, u)| *g = silu(*g) * u),
             }
-            let mut down = layer.down.forward(&gate, m)?;
+            let mut down = layer.down.forward(&gate, m, &self.pool)?;
             if let Some(norm) = &layer.post_ffn_norm {
                 rms_norm_rows_in_place(&mut down, norm, config.eps);
             }
@@ -516,7 +530,7 @@ impl Transformer {
             last.extend_from_slice(&hidden[r * h..(r + 1) * h]);
         }
         rms_norm_rows_in_place(&mut last, &self.output_norm, config.eps);
-        let logits = self.output.forward(&last, wanted.len())?;
+        let logits = self.output.forward(&last, wanted.len(), &self.pool)?;
         Ok(logits.chunks_exact(config.vocab).map(<[f32]>::to_vec).collect())
     }
 
@@ -576,8 +590,9 @@ impl Transformer {
 
 fn linear_bytes(linear: &Linear) -> usize {
     match &linear.weight {
-        QMatMul::QTensor(t) => t.storage_size_in_bytes(),
-        QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.elem_count() * t.dtype().size_in_bytes(),
+        Weight::Int8(matrix) => matrix.bytes(),
+        Weight::Candle(QMatMul::QTensor(t)) => t.storage_size_in_bytes(),
+        Weight::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.elem_count() * t.dtype().size_in_bytes(),
     }
 }
 

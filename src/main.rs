@@ -40,6 +40,9 @@ enum Command {
         config: PathBuf,
         #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
         format: PlanFormat,
+        /// Write the graph a `task:` recipe expands to into this file, as an editable config.
+        #[arg(long, value_name = "FILE")]
+        eject: Option<PathBuf>,
     },
     /// Run a graph and write the run directory (data/, rejects/, manifest.json).
     Run {
@@ -144,7 +147,26 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             Err(error) => report_config_error(&error),
         }),
-        Command::Plan { config, format } => Ok(match Plan::from_file(&config) {
+        Command::Plan { config, format, eject } => Ok(match Plan::from_file(&config) {
+            Ok(plan) if eject.is_some() => {
+                let target = eject.unwrap_or_default();
+                match plan.config.ejected() {
+                    None => {
+                        eprintln!("{}: has no `task:` section; it is already a graph", config.display());
+                        ExitCode::from(2)
+                    }
+                    Some(text) => match write_atomically(&target, text.as_bytes()) {
+                        Ok(()) => {
+                            println!("wrote the expanded graph to {}", target.display());
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => {
+                            eprintln!("cannot write {}: {e}", target.display());
+                            ExitCode::FAILURE
+                        }
+                    },
+                }
+            }
             Ok(plan) => {
                 let text = match format {
                     PlanFormat::Text => render::text(&plan),
@@ -481,4 +503,14 @@ impl Progress {
         self.done.store(true, Ordering::Relaxed);
         let _ = self.thread.join();
     }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so a reader never sees half a file.
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let mut file = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut file, bytes)?;
+    file.as_file().sync_all()?;
+    file.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }

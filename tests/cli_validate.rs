@@ -72,3 +72,19 @@ fn run_refuses_an_invalid_config_before_doing_anything() {
     assert!(stderr(&output).contains("nothing was run"));
     assert!(!out.exists(), "no run directory is created for an invalid config");
 }
+
+/// Every example in `configs/` stays valid as the code changes.
+#[test]
+fn every_shipped_config_validates() {
+    let configs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&configs).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let output = common::sdg().args(["validate", path.to_str().unwrap()]).output().unwrap();
+            assert!(output.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&output.stderr));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "only {checked} configs");
+}

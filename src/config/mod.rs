@@ -10,6 +10,7 @@
 //! ```
 
 pub mod de;
+pub mod preset;
 pub mod yaml;
 
 use std::collections::BTreeMap;
@@ -160,6 +161,40 @@ pub struct Config {
     pub hash: String,
     /// The config text, kept for the manifest and dataset card.
     pub text: String,
+    /// The `nodes:` YAML a `task:` expanded to (`sdg plan --eject` writes it out).
+    pub expanded: Option<String>,
+}
+
+impl Config {
+    /// The config as an editable graph: the text with its `task:` section replaced by the expanded `nodes:`.
+    /// `None` when the config has no task.
+    pub fn ejected(&self) -> Option<String> {
+        let expanded = self.expanded.as_ref()?;
+        let lines: Vec<&str> = self.text.lines().collect();
+        // The task section runs from its key to the next top-level key (or the end).
+        let start = lines.iter().position(|l| l.starts_with("task:"))?;
+        let end = (start + 1..lines.len())
+            .find(|&i| {
+                let l = lines[i];
+                !l.is_empty() && !l.starts_with([' ', '\t', '#']) && !l.starts_with("- ")
+            })
+            .unwrap_or(lines.len());
+        let mut out = String::new();
+        for line in &lines[..start] {
+            out.push_str(line);
+            out.push('\n');
+        }
+        out.push_str(&format!(
+            "# Expanded from the `task:` recipe of {} by `sdg plan --eject`.\n",
+            self.origin.display()
+        ));
+        out.push_str(expanded);
+        for line in &lines[end..] {
+            out.push_str(line);
+            out.push('\n');
+        }
+        Some(out)
+    }
 }
 
 /// A config with problems: every one of them, located.
@@ -228,7 +263,7 @@ impl Config {
                 format!("a config is a map with `nodes` (and optionally `run`), found {}", root.describe()),
             )]));
         };
-        const TOP: &[&str] = &["run", "models", "nodes"];
+        const TOP: &[&str] = &["run", "models", "nodes", "task"];
         for (key, _) in entries {
             let name = key.as_str().unwrap_or("");
             if !TOP.contains(&name) {
@@ -272,16 +307,59 @@ impl Config {
             }
         }
         let mut nodes = Vec::new();
-        match root.get("nodes") {
-            None => diagnostics.push(Diagnostic::at(&root, "nodes", "missing key `nodes` (the graph)")),
-            Some(Node { value: Value::Seq(items), .. }) => {
+        let mut expanded = None;
+        match (root.get("task"), root.get("nodes")) {
+            (Some(task), Some(_)) => diagnostics.push(Diagnostic::at(
+                task,
+                "task",
+                "a config has either `task` (a recipe expanded into a graph) or `nodes` (the graph), not both",
+            )),
+            (Some(task), None) => {
+                if let Some(spec) = de::decode::<preset::TaskSpec>(task, "task", &mut diagnostics) {
+                    match preset::expand(&spec) {
+                        Ok(list) => {
+                            let text = preset::to_yaml(&serde_json::json!({ "nodes": list }));
+                            let before = diagnostics.len();
+                            match yaml::parse(&text) {
+                                Ok(tree) => {
+                                    if let Some(Node { value: Value::Seq(items), .. }) = tree.get("nodes") {
+                                        for (index, item) in items.iter().enumerate() {
+                                            if let Some(node) = node_config(item, index, base_dir, &mut diagnostics) {
+                                                nodes.push(node);
+                                            }
+                                        }
+                                    }
+                                }
+                                Err(e) => {
+                                    diagnostics.push(Diagnostic::at(task, "task", format!("internal: {}", e.message)))
+                                }
+                            }
+                            // Problems inside the expansion are reported at the task, naming the generated node.
+                            for d in &mut diagnostics[before..] {
+                                d.path = format!("task (expanded) {}", d.path);
+                                d.line = task.line;
+                                d.col = task.col;
+                            }
+                            expanded = Some(text);
+                        }
+                        Err(e) => {
+                            let at = task.get(e.key.split('.').next().unwrap_or("")).unwrap_or(task);
+                            diagnostics.push(Diagnostic::at(at, &format!("task.{}", e.key), e.message));
+                        }
+                    }
+                }
+            }
+            (None, None) => {
+                diagnostics.push(Diagnostic::at(&root, "nodes", "missing key `nodes` (the graph) or `task` (a recipe)"))
+            }
+            (None, Some(Node { value: Value::Seq(items), .. })) => {
                 for (index, item) in items.iter().enumerate() {
                     if let Some(node) = node_config(item, index, base_dir, &mut diagnostics) {
                         nodes.push(node);
                     }
                 }
             }
-            Some(other) => diagnostics.push(Diagnostic::at(
+            (None, Some(other)) => diagnostics.push(Diagnostic::at(
                 other,
                 "nodes",
                 format!("expected a list of nodes, found {}", other.describe()),
@@ -295,6 +373,7 @@ impl Config {
             nodes,
             hash: content_hash(&root),
             text: text.to_string(),
+            expanded,
         };
         Ok((config, diagnostics))
     }

@@ -1,0 +1,452 @@
+//! The `task:` preset: a one-section recipe that expands into a full graph, so the common case needs no
+//! hand-written nodes. `sdg plan --eject` writes the expansion out as an editable graph config.
+//!
+//! ```yaml
+//! task:
+//!   name: gsm8k-style
+//!   domain: mathematics
+//!   instruction: Generate a grade-school math word problem that needs multi-step reasoning.
+//!   output_instruction: Reason step by step.
+//!   answer: {marker: "####"}
+//!   demos: demos.jsonl
+//!   source: local
+//!   local: {paths: [corpus]}
+//!   verify: {vote: {n: 8}, score: {model: student, k: 8}, rewrite: {rounds: 2}, translate: {languages: [ar]}}
+//! models: {teacher: ..., student: ...}
+//! ```
+//! User text (instructions, domain) is inserted into prompt templates inside `{% raw %}` blocks, so braces in
+//! it are never read as template syntax.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_json::{Value as Json, json};
+
+use super::yaml::{Node, Value};
+
+/// The `task:` section.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    pub name: String,
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// What to generate.
+    pub instruction: String,
+    /// How the question (input) should look.
+    #[serde(default)]
+    pub input_instruction: Option<String>,
+    /// How the answer (output) should look.
+    #[serde(default)]
+    pub output_instruction: Option<String>,
+    /// Where the final answer is in a response (kept as written; checked by the nodes it lands in).
+    #[serde(default)]
+    pub answer: Option<serde_json::Value>,
+    /// Few-shot examples (JSONL with `question` and `answer`).
+    #[serde(default)]
+    pub demos: Option<PathBuf>,
+    /// Records wanted after every filter. Generation is sized from it; see the README for what is exact.
+    pub num_samples: usize,
+    pub source: Source,
+    #[serde(default)]
+    pub local: Option<LocalSource>,
+    #[serde(default)]
+    pub verify: Verify,
+    /// The endpoint that writes (default `teacher`).
+    #[serde(default = "default_teacher")]
+    pub teacher: String,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// Output format of the sink (default parquet).
+    #[serde(default)]
+    pub format: Option<String>,
+}
+
+fn default_teacher() -> String {
+    "teacher".into()
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Local,
+    Web,
+    Distill,
+}
+
+/// `local:` documents to ground the questions in.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LocalSource {
+    pub paths: Vec<PathBuf>,
+    /// Chunk size in characters (or tokens with `tokenizer`).
+    #[serde(default = "default_chunk")]
+    pub chunk: usize,
+    #[serde(default = "default_overlap")]
+    pub overlap: usize,
+    /// Questions asked per passage.
+    #[serde(default = "default_per_passage")]
+    pub per_passage: u32,
+    /// Shortest passage worth asking about, in characters.
+    #[serde(default = "default_min_chars")]
+    pub min_chars: usize,
+}
+
+fn default_chunk() -> usize {
+    1200
+}
+
+fn default_overlap() -> usize {
+    120
+}
+
+fn default_per_passage() -> u32 {
+    1
+}
+
+fn default_min_chars() -> usize {
+    200
+}
+
+/// `verify:` which checks run, in this order.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Verify {
+    #[serde(default)]
+    pub vote: Option<VerifyVote>,
+    #[serde(default)]
+    pub score: Option<VerifyScore>,
+    #[serde(default)]
+    pub rewrite: Option<VerifyRewrite>,
+    #[serde(default)]
+    pub translate: Option<VerifyTranslate>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyVote {
+    #[serde(default = "default_vote_n")]
+    pub n: u32,
+    /// Default: the teacher.
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub min_agreement: Option<f64>,
+    /// The vote's answer must match the generator's own answer (default true): two independent routes to
+    /// the same answer.
+    #[serde(default = "default_true")]
+    pub match_generated: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_vote_n() -> u32 {
+    8
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyScore {
+    #[serde(default = "default_student")]
+    pub model: String,
+    #[serde(default = "default_k")]
+    pub k: u32,
+}
+
+fn default_student() -> String {
+    "student".into()
+}
+
+fn default_k() -> u32 {
+    8
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRewrite {
+    #[serde(default = "default_rounds")]
+    pub rounds: u32,
+}
+
+fn default_rounds() -> u32 {
+    2
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyTranslate {
+    pub languages: Vec<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+/// Why a task cannot be expanded (reported at the `task` key).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct PresetError {
+    pub key: String,
+    pub message: String,
+}
+
+fn problem(key: &str, message: impl Into<String>) -> PresetError {
+    PresetError { key: key.to_string(), message: message.into() }
+}
+
+/// User text inside a template, never interpreted as template syntax.
+fn raw(text: &str) -> String {
+    format!("{{% raw %}}{}{{% endraw %}}", text.replace("{% endraw %}", "{ % endraw % }"))
+}
+
+/// The answer-format sentence the prompts use, matching the task's extractor.
+fn answer_format(answer: &Json) -> String {
+    if let Some(marker) = answer.get("marker").and_then(Json::as_str) {
+        return format!("End with the final answer on its own line as: {} <answer>", raw(marker));
+    }
+    if let Some(tag) = answer.get("tag").and_then(Json::as_str) {
+        return format!("Put the final answer inside <{0}></{0}> tags.", raw(tag));
+    }
+    if answer.as_str() == Some("boxed") {
+        return "Put the final answer in \\boxed{}.".to_string();
+    }
+    "End with the final answer on its own line as: #### <answer>".to_string()
+}
+
+/// The graph a task expands to, as the `nodes:` list (JSON values, emitted as YAML by the caller).
+pub fn expand(task: &TaskSpec) -> Result<Vec<Json>, PresetError> {
+    if task.num_samples == 0 {
+        return Err(problem("num_samples", "must be at least 1"));
+    }
+    let answer = task.answer.clone().unwrap_or_else(|| json!({"marker": "####"}));
+    let format = answer_format(&answer);
+    let mut nodes = Vec::new();
+    let domain = task.domain.as_deref().map(|d| format!(" about {}", raw(d))).unwrap_or_default();
+    let mut system = format!("You write high-quality training data{domain}. Task: {}", raw(&task.instruction));
+    if let Some(input) = &task.input_instruction {
+        system.push_str(&format!("\nThe question: {}", raw(input)));
+    }
+    if let Some(output) = &task.output_instruction {
+        system.push_str(&format!("\nThe answer: {}", raw(output)));
+    }
+    let demos_block =
+        "{% for d in demos %}Example question: {{ d.question }}\nExample answer: {{ d.answer }}\n\n{% endfor %}";
+    let last = match task.source {
+        Source::Local => {
+            let local =
+                task.local.as_ref().ok_or_else(|| problem("local", "`source: local` needs `local: {paths: [...]}`"))?;
+            if local.paths.is_empty() {
+                return Err(problem("local.paths", "name at least one file or folder"));
+            }
+            nodes.push(json!({"id": "docs", "kind": "ingest", "paths": local.paths}));
+            nodes.push(json!({"id": "chunks", "kind": "chunk", "input": "docs", "max_tokens": local.chunk, "overlap": local.overlap}));
+            nodes.push(json!({"id": "passages", "kind": "filter", "input": "chunks",
+                "where": {"len": {"column": "text", "min": local.min_chars}}}));
+            nodes.push(json!({"id": "unique", "kind": "dedup", "input": "passages", "near": {"threshold": 0.8}}));
+            let prompt = format!(
+                "{demos_block}Passage:\n{{{{ text }}}}\n\nWrite one question that this passage answers, and its answer \
+                 grounded in the passage. {format}\nReply with JSON only: {{\"question\": \"...\", \"answer\": \"...\"}}"
+            );
+            let mut generate = json!({
+                "id": "qa", "kind": "generate", "input": "unique", "model": task.teacher,
+                "system": system, "prompt": prompt, "n": local.per_passage, "temperature": 0.7,
+                "output": {"json": {"columns": ["question", "answer"]}},
+                "json_schema": {"type": "object", "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
+                                "required": ["question", "answer"]},
+            });
+            if let Some(demos) = &task.demos {
+                generate["demos"] = json!(demos);
+                generate["demos_k"] = json!(2);
+            }
+            if let Some(seed) = task.seed {
+                generate["seed"] = json!(seed);
+            }
+            nodes.push(generate);
+            "qa".to_string()
+        }
+        Source::Web => {
+            return Err(problem(
+                "source",
+                "`web` (Hugging Face Hub datasets) is not available as a preset yet; write the graph",
+            ));
+        }
+        Source::Distill => {
+            return Err(problem("source", "`distill` is not available as a preset yet; write the graph"));
+        }
+    };
+    let mut last = last;
+    let question_prompt = format!("{{{{ question }}}}\n\nSolve it step by step. {format}");
+    let vote_model = task.verify.vote.as_ref().and_then(|v| v.model.clone()).unwrap_or_else(|| task.teacher.clone());
+    let vote_settings = |n: u32, min_agreement: Option<f64>| {
+        let mut vote = json!({"model": vote_model, "prompt": question_prompt, "n": n, "answer": answer});
+        if let Some(min) = min_agreement {
+            vote["min_agreement"] = json!(min);
+        }
+        if let Some(seed) = task.seed {
+            vote["seed"] = json!(seed);
+        }
+        vote
+    };
+    if let Some(vote) = &task.verify.vote {
+        let mut node = vote_settings(vote.n, vote.min_agreement);
+        let object = node.as_object_mut().expect("object");
+        object.insert("id".into(), json!("verified"));
+        object.insert("kind".into(), json!("vote"));
+        object.insert("input".into(), json!(last));
+        if vote.match_generated {
+            object.insert("expected".into(), json!("answer"));
+        }
+        nodes.push(node);
+        last = "verified".into();
+    }
+    let score_settings = |score: &VerifyScore| {
+        let mut settings = json!({"model": score.model, "prompt": question_prompt, "k": score.k, "answer": answer, "keep_answers": true});
+        if let Some(seed) = task.seed {
+            settings["seed"] = json!(seed);
+        }
+        settings
+    };
+    if let Some(score) = &task.verify.score {
+        let mut node = score_settings(score);
+        let object = node.as_object_mut().expect("object");
+        object.insert("id".into(), json!("scored"));
+        object.insert("kind".into(), json!("score"));
+        object.insert("input".into(), json!(last));
+        nodes.push(node);
+        last = "scored".into();
+    }
+    if let Some(rewrite) = &task.verify.rewrite {
+        let (Some(vote), Some(score)) = (&task.verify.vote, &task.verify.score) else {
+            return Err(problem(
+                "verify.rewrite",
+                "needs `verify.vote` and `verify.score`: rewrites are re-verified and re-scored",
+            ));
+        };
+        let mut node = json!({
+            "id": "balanced", "kind": "rewrite", "input": last, "model": task.teacher, "rounds": rewrite.rounds,
+            "vote": vote_settings(vote.n, vote.min_agreement), "score": score_settings(score),
+        });
+        if let Some(seed) = task.seed {
+            node["seed"] = json!(seed);
+        }
+        nodes.push(node);
+        last = "balanced".into();
+    }
+    if let Some(translate) = &task.verify.translate {
+        let columns =
+            if task.verify.vote.is_some() { json!(["question", "response"]) } else { json!(["question", "answer"]) };
+        nodes.push(json!({
+            "id": "multilingual", "kind": "translate", "input": last,
+            "model": translate.model.clone().unwrap_or_else(|| task.teacher.clone()),
+            "columns": columns, "languages": translate.languages,
+        }));
+        last = "multilingual".into();
+    }
+    let mut sink = json!({"id": "out", "kind": "sink", "input": last});
+    if let Some(format) = &task.format {
+        sink["format"] = json!(format);
+    }
+    nodes.push(sink);
+    Ok(nodes)
+}
+
+/// A YAML tree as JSON (plain scalars become numbers, booleans or null where they read as such).
+pub fn to_json(node: &Node) -> Json {
+    match &node.value {
+        Value::Null => Json::Null,
+        Value::Scalar { text, plain: false } => Json::String(text.clone()),
+        Value::Scalar { text, plain: true } => match text.as_str() {
+            "true" => Json::Bool(true),
+            "false" => Json::Bool(false),
+            "null" | "~" => Json::Null,
+            _ => text
+                .parse::<i64>()
+                .map(Json::from)
+                .or_else(|_| text.parse::<f64>().map(Json::from))
+                .unwrap_or_else(|_| Json::String(text.clone())),
+        },
+        Value::Seq(items) => Json::Array(items.iter().map(to_json).collect()),
+        Value::Map(entries) => {
+            Json::Object(entries.iter().filter_map(|(k, v)| k.as_str().map(|k| (k.to_string(), to_json(v)))).collect())
+        }
+    }
+}
+
+/// JSON as YAML text (block style; multi-line strings as literal blocks).
+pub fn to_yaml(value: &Json) -> String {
+    fn convert(value: &Json) -> yaml_rust2::Yaml {
+        use yaml_rust2::Yaml;
+        match value {
+            Json::Null => Yaml::Null,
+            Json::Bool(b) => Yaml::Boolean(*b),
+            Json::Number(n) => match n.as_i64() {
+                Some(i) => Yaml::Integer(i),
+                None => Yaml::Real(n.to_string()),
+            },
+            Json::String(s) => Yaml::String(s.clone()),
+            Json::Array(items) => Yaml::Array(items.iter().map(convert).collect()),
+            Json::Object(map) => Yaml::Hash(map.iter().map(|(k, v)| (Yaml::String(k.clone()), convert(v))).collect()),
+        }
+    }
+    let mut out = String::new();
+    let mut emitter = yaml_rust2::YamlEmitter::new(&mut out);
+    emitter.multiline_strings(true);
+    // Writing to a String cannot fail.
+    let _ = emitter.dump(&convert(value));
+    let body = out.strip_prefix("---\n").unwrap_or(&out).to_string();
+    body + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(extra: Json) -> TaskSpec {
+        let mut base = json!({
+            "name": "t", "instruction": "Write {{ tricky }} math problems.", "num_samples": 10, "source": "local",
+            "local": {"paths": ["corpus"]},
+        });
+        base.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(base).unwrap()
+    }
+
+    #[test]
+    fn local_task_expands_into_the_verified_chain() {
+        let nodes = expand(&task(json!({
+            "verify": {"vote": {"n": 4}, "score": {"k": 4}, "rewrite": {"rounds": 1}, "translate": {"languages": ["fr"]}},
+            "seed": 9,
+        })))
+        .unwrap();
+        let ids: Vec<&str> = nodes.iter().map(|n| n["id"].as_str().unwrap()).collect();
+        assert_eq!(
+            ids,
+            ["docs", "chunks", "passages", "unique", "qa", "verified", "scored", "balanced", "multilingual", "out"]
+        );
+        assert_eq!(nodes[5]["expected"], "answer");
+        assert_eq!(nodes[6]["model"], "student");
+        assert_eq!(nodes[7]["vote"]["n"], 4);
+        assert!(
+            nodes[4]["system"].as_str().unwrap().contains("{% raw %}Write {{ tricky }} math problems.{% endraw %}")
+        );
+        assert!(nodes[4]["prompt"].as_str().unwrap().contains("#### <answer>"));
+    }
+
+    #[test]
+    fn impossible_tasks_are_refused_with_the_key() {
+        let err = expand(&task(json!({"verify": {"rewrite": {}}}))).unwrap_err();
+        assert_eq!(err.key, "verify.rewrite");
+        let err = expand(&task(json!({"local": null}))).unwrap_err();
+        assert_eq!(err.key, "local");
+        let err = expand(&task(json!({"num_samples": 0}))).unwrap_err();
+        assert_eq!(err.key, "num_samples");
+    }
+
+    #[test]
+    fn yaml_round_trips_through_the_config_parser() {
+        let value =
+            json!({"nodes": [{"id": "a", "prompt": "line one\n{{ x }}: \"q\"", "n": 3, "t": 0.5, "flag": true}]});
+        let text = to_yaml(&value);
+        let parsed = super::super::yaml::parse(&text).unwrap();
+        assert_eq!(to_json(&parsed), value, "{text}");
+    }
+}

@@ -1,0 +1,138 @@
+//! The `task:` recipe: expands into a graph, `sdg plan --eject` writes it out as an editable config that
+//! validates and plans to the same graph, and the local recipe runs end to end on the test model server.
+
+mod common;
+
+use common::{TestServer, manifest, read_parquet_dir, run_in, stderr, stdout, strings, write};
+
+fn recipe(server: &TestServer, vote: &str) -> String {
+    format!(
+        r#"# A local-documents recipe.
+run: {{batch_rows: 8, partitions: 2}}
+
+task:
+  name: passages-qa
+  domain: geography
+  instruction: "Write a question about the passage with a short numeric answer; {{braces}} stay literal."
+  output_instruction: Reason step by step.
+  answer: {{marker: '####'}}
+  num_samples: 6
+  source: local
+  local: {{paths: [corpus], min_chars: 40}}
+  seed: 5
+  verify: {{vote: {{n: 4{vote}}}, score: {{k: 4}}}}
+
+models:
+  teacher: {{base_url: "{url}", model: teacher-model}}
+  student: {{base_url: "{url}", model: student-model}}
+"#,
+        url = server.url
+    )
+}
+
+#[test]
+fn a_task_expands_ejects_and_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let corpus = root.join("corpus");
+    for (i, text) in [
+        "The Nile flows north through eleven countries before it reaches the Mediterranean Sea near Alexandria.",
+        "Mount Kilimanjaro rises almost six thousand metres above the plains of northern Tanzania.",
+        "The Danube passes through four capital cities on its way from the Black Forest to the Black Sea.",
+        "Lake Baikal in Siberia holds about a fifth of the unfrozen fresh water on the surface of the Earth.",
+        "The Atacama Desert in Chile is one of the driest places on Earth, with some stations never recording rain.",
+        "Iceland sits on the Mid-Atlantic Ridge, where the North American and Eurasian plates drift apart.",
+    ]
+    .iter()
+    .enumerate()
+    {
+        write(&corpus, &format!("d{i}.txt"), text);
+    }
+    let server = TestServer::start(&["--skill", "teacher-model=1.0", "--skill", "student-model=mixed"]);
+    write(root, "recipe.yaml", &recipe(&server, ""));
+
+    let plan = run_in(root, &["plan", "recipe.yaml"]);
+    assert!(plan.status.success(), "{}", stderr(&plan));
+    let graph = stdout(&plan);
+    for node in ["docs", "chunks", "passages", "unique", "qa", "verified", "scored", "out"] {
+        assert!(graph.contains(node), "{node} missing from:\n{graph}");
+    }
+
+    let eject = run_in(root, &["plan", "recipe.yaml", "--eject", "graph.yaml"]);
+    assert!(eject.status.success(), "{}", stderr(&eject));
+    let ejected = std::fs::read_to_string(root.join("graph.yaml")).unwrap();
+    assert!(ejected.contains("nodes:") && !ejected.contains("\ntask:"), "{ejected}");
+    assert!(ejected.contains("models:") && ejected.contains("run:"), "the rest of the config is kept:\n{ejected}");
+    assert!(ejected.contains("{% raw %}"), "user text stays literal in templates:\n{ejected}");
+    let replan = run_in(root, &["plan", "graph.yaml"]);
+    assert!(replan.status.success(), "{}", stderr(&replan));
+    // Everything but the header line (file name and config hash) is the same graph.
+    let body = |text: &str| text.lines().skip(1).collect::<Vec<_>>().join("\n");
+    assert_eq!(body(&stdout(&replan)), body(&graph), "the ejected graph plans the same");
+    let again = run_in(root, &["plan", "graph.yaml", "--eject", "x.yaml"]);
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("already a graph"), "{}", stderr(&again));
+
+    // The test server's generator answers are placeholders, so the vote (which must agree with the
+    // generator's answer by default) rejects every row, with the reason.
+    let output = run_in(root, &["run", "recipe.yaml", "-o", "checked", "--quiet", "--workers", "2"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let rejects = read_parquet_dir(&root.join("checked/rejects"));
+    let reasons = strings(&rejects, "reason");
+    assert_eq!(reasons.len(), 6);
+    assert!(reasons.iter().flatten().all(|r| r.contains("disagrees with the expected answer")), "{reasons:?}");
+
+    write(root, "recipe.yaml", &recipe(&server, ", match_generated: false"));
+    let output = run_in(root, &["run", "recipe.yaml", "-o", "out", "--quiet", "--workers", "2"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let data = read_parquet_dir(&root.join("out/data"));
+    let rejects = read_parquet_dir(&root.join("out/rejects"));
+    let rows: usize = data.iter().map(|b| b.num_rows()).sum();
+    let rejected: usize = rejects.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows + rejected, 6, "every passage is in data or rejects");
+    assert!(rows > 0);
+    for column in [
+        "question",
+        "answer",
+        "response",
+        "agreement",
+        "pass_rate",
+        "category",
+        "parent_id",
+        "gen_model",
+        "source_path",
+    ] {
+        assert!(data[0].column_by_name(column).is_some(), "{column} missing");
+    }
+    for category in strings(&data, "category") {
+        assert!(matches!(category.as_deref(), Some("solved" | "learnable" | "unsolved")), "{category:?}");
+    }
+    let m = manifest(&root.join("out"));
+    assert_eq!(m["nodes"]["qa"]["rows_out"], 6);
+}
+
+#[test]
+fn task_errors_point_at_the_task() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "bad.yaml",
+        "task:\n  name: x\n  instruction: y\n  num_samples: 3\n  source: local\n  verify: {rewrite: {rounds: 1}}\n  local: {paths: [c]}\n",
+    );
+    let output = run_in(dir.path(), &["validate", "bad.yaml"]);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(message.contains("task.verify.rewrite") && message.contains("needs `verify.vote`"), "{message}");
+
+    write(
+        dir.path(),
+        "both.yaml",
+        "task:\n  name: x\n  instruction: y\n  num_samples: 3\n  source: local\nnodes: []\n",
+    );
+    let message = stderr(&run_in(dir.path(), &["validate", "both.yaml"]));
+    assert!(message.contains("either `task`"), "{message}");
+
+    write(dir.path(), "typo.yaml", "task:\n  name: x\n  instrution: y\n  num_samples: 3\n  source: local\n");
+    let message = stderr(&run_in(dir.path(), &["validate", "typo.yaml"]));
+    assert!(message.contains("typo.yaml:3:") && message.contains("instrution"), "{message}");
+}

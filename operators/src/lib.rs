@@ -25,6 +25,7 @@ pub mod chunk;
 pub mod columns;
 pub mod compare;
 pub mod dedup;
+pub mod evol_instruct;
 pub mod filter;
 pub mod generate;
 pub mod model;
@@ -33,6 +34,7 @@ pub mod prompt;
 pub mod protect;
 pub mod rewrite;
 pub mod score;
+pub mod self_instruct;
 pub mod task;
 #[cfg(test)]
 pub(crate) mod testing;

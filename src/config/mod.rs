@@ -21,10 +21,12 @@ use serde::{Deserialize, Serialize};
 
 use sdg_operators::chunk::ChunkSpec;
 use sdg_operators::dedup::DedupSpec;
+use sdg_operators::evol_instruct::EvolInstructSpec;
 use sdg_operators::filter::FilterSpec;
 use sdg_operators::generate::{GenerateSpec, parse_demos_jsonl};
 use sdg_operators::rewrite::RewriteSpec;
 use sdg_operators::score::ScoreSpec;
+use sdg_operators::self_instruct::SelfInstructSpec;
 use sdg_operators::translate::TranslateSpec;
 use sdg_operators::vote::VoteSpec;
 
@@ -103,6 +105,8 @@ pub enum NodeSpec {
     Score(ScoreSpec),
     Rewrite(Box<RewriteSpec>),
     Translate(TranslateSpec),
+    EvolInstruct(EvolInstructSpec),
+    SelfInstruct(SelfInstructSpec),
     Sink(SinkSpec),
 }
 
@@ -114,8 +118,20 @@ pub struct GenerateNode {
 }
 
 /// Every kind a node may have.
-pub const KINDS: &[&str] =
-    &["ingest", "chunk", "filter", "dedup", "generate", "vote", "score", "rewrite", "translate", "sink"];
+pub const KINDS: &[&str] = &[
+    "ingest",
+    "chunk",
+    "filter",
+    "dedup",
+    "generate",
+    "vote",
+    "score",
+    "rewrite",
+    "translate",
+    "evol_instruct",
+    "self_instruct",
+    "sink",
+];
 
 /// One node of the graph as written.
 #[derive(Debug, Clone, PartialEq)]
@@ -467,6 +483,12 @@ fn node_config(item: &Node, index: usize, base_dir: &Path, diagnostics: &mut Vec
             de::decode::<RewriteSpec>(&settings, &path, diagnostics).map(|s| NodeSpec::Rewrite(Box::new(s)))
         }
         Some("translate") => de::decode::<TranslateSpec>(&settings, &path, diagnostics).map(NodeSpec::Translate),
+        Some("evol_instruct") => {
+            de::decode::<EvolInstructSpec>(&settings, &path, diagnostics).map(NodeSpec::EvolInstruct)
+        }
+        Some("self_instruct") => {
+            de::decode::<SelfInstructSpec>(&settings, &path, diagnostics).map(NodeSpec::SelfInstruct)
+        }
         Some("generate") => de::decode::<GenerateSpec>(&settings, &path, diagnostics).and_then(|mut spec| {
             let demos = match &spec.demos {
                 None => Vec::new(),

@@ -12,11 +12,13 @@ use arrow::datatypes::SchemaRef;
 use sdg_operators::Operator;
 use sdg_operators::chunk::Chunker;
 use sdg_operators::dedup::Dedup;
+use sdg_operators::evol_instruct::EvolInstruct;
 use sdg_operators::filter::RowFilter;
 use sdg_operators::generate::Generate;
 use sdg_operators::project::Project;
 use sdg_operators::rewrite::Rewrite;
 use sdg_operators::score::Score;
+use sdg_operators::self_instruct::SelfInstruct;
 use sdg_operators::translate::Translate;
 use sdg_operators::vote::Vote;
 
@@ -131,6 +133,8 @@ pub fn instantiate(spec: &NodeSpec) -> Result<Option<Box<dyn Operator>>, String>
         NodeSpec::Score(s) => Box::new(Score::new(s.clone()).map_err(|e| e.to_string())?),
         NodeSpec::Rewrite(s) => Box::new(Rewrite::new(s.as_ref().clone()).map_err(|e| e.to_string())?),
         NodeSpec::Translate(s) => Box::new(Translate::new(s.clone()).map_err(|e| e.to_string())?),
+        NodeSpec::EvolInstruct(s) => Box::new(EvolInstruct::new(s.clone()).map_err(|e| e.to_string())?),
+        NodeSpec::SelfInstruct(s) => Box::new(SelfInstruct::new(s.clone()).map_err(|e| e.to_string())?),
     };
     Ok(Some(op))
 }

@@ -402,7 +402,14 @@ fn run_worker(
                         let stream = if !op.endpoints().is_empty() {
                             match models {
                                 Some(service) => {
-                                    shells::model_transform(input(), node_op(op), Arc::clone(service), dry_run)
+                                    // A model operator with global state (self-instruct's pool) gathers its
+                                    // rows on the worker its router names.
+                                    let input = match op.router() {
+                                        Some(router) => shells::route(input(), router, peers, &node.id)
+                                            .exchange(|packet: &Packet| packet.dest),
+                                        None => input(),
+                                    };
+                                    shells::model_transform(input, node_op(op), Arc::clone(service), dry_run)
                                 }
                                 None => {
                                     build_errors

@@ -1,26 +1,39 @@
 //! `sdg-test-hub`: a Hugging Face Hub REST server over a folder of repos, for tests of downloads.
 //!
-//! `sdg-test-hub --root DIR [--host 127.0.0.1] [--port 0] [--fail-first N]` serves the model repos
-//! `DIR/models/<owner>/<name>/...` and the dataset repos `DIR/datasets/<owner>/<name>/...`. On start it
-//! prints exactly one line to stdout, `listening on http://HOST:PORT` (the real port when port 0 was
-//! asked), and it runs until SIGTERM or SIGINT.
+//! `sdg-test-hub --root DIR [--host 127.0.0.1] [--port 0] [--fail-first N] [--token T]` serves the model
+//! repos `DIR/models/<owner>/<name>/...` and the dataset repos `DIR/datasets/<owner>/<name>/...`. On
+//! start it prints exactly one line to stdout, `listening on http://HOST:PORT` (the real port when port
+//! 0 was asked), and it runs until SIGTERM or SIGINT.
+//!
+//! # Branches
+//! A repo folder is its `main` branch. A dataset's `.convert-parquet/` folder is instead the Hub's
+//! auto-converted branch `refs/convert/parquet` (files laid out as `{config}/{split}/NNNN.parquet`),
+//! and is no part of `main`: not listed, not served, not in its commit. In URLs the branch name is one
+//! path segment, `refs%2Fconvert%2Fparquet`.
 //!
 //! # Routes (the part of the Hub API that `hf-hub` and `huggingface_hub` download with)
 //! - `GET|HEAD /{owner}/{name}/resolve/{revision}/{*path}` and `/datasets/{owner}/{name}/resolve/...`:
 //!   the file, with `x-repo-commit`, `etag` (quoted blake3 of the content), `accept-ranges: bytes` and
 //!   `content-length`. One `Range: bytes=A-B`, `A-` or `-N` is answered 206 with `content-range`
 //!   (an end past the file is clamped), an unsatisfiable one 416 with `content-range: bytes */LEN`;
-//!   several ranges are ignored (200, the whole file). `revision` is `main` or the repo's commit.
+//!   several ranges are ignored (200, the whole file). `revision` is `main` or the repo's commit, and
+//!   for datasets also `refs/convert/parquet` or that branch's commit.
 //!   Misses are 404 with `x-error-code` `RepositoryNotFound`, `RevisionNotFound` or `EntryNotFound`.
 //! - `GET /api/models/{owner}/{name}` (also `.../revision/{revision}`) and `/api/datasets/...`: repo
-//!   info, `{"id", "author", "sha", "private": false, "siblings": [{"rfilename"}], ...}`.
+//!   info, `{"id", "author", "sha", "private": false, "siblings": [{"rfilename"}], ...}`; for
+//!   `.../revision/refs%2Fconvert%2Fparquet` the files and commit of that branch (404
+//!   `RevisionNotFound` when the dataset has no `.convert-parquet/`).
 //! - `GET /api/models?search=S&author=A&limit=N&full=true` and `/api/datasets?...`: the repos whose id
 //!   contains `S` (ignoring case) and whose owner is `A`, sorted by id; `full` adds `siblings`.
-//! - `GET /stats`: `{"file_requests", "injected_failures", "bytes_sent"}`.
+//! - `GET /stats`: `{"file_requests", "injected_failures", "bytes_sent", "unauthorized_requests"}`;
+//!   `bytes_sent` counts the file bytes sent (bodies of 200 and 206 answers), so tests can tell a
+//!   ranged read from a whole download.
 //!
-//! The commit of a repo is the first 40 hex digits of a blake3 over its files' paths, sizes and
+//! The commit of a branch is the first 40 hex digits of a blake3 over its files' paths, sizes and
 //! modification times: it changes when a file does. With `--fail-first N` the first `N` file requests
-//! (GET or HEAD) are answered 503, for tests of retries.
+//! (GET or HEAD) are answered 503, for tests of retries. With `--token T` every route but `/stats`
+//! wants `Authorization: Bearer T` and answers others 401 (before any injected failure), for tests
+//! that a client sends its token.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,7 +45,7 @@ use std::time::SystemTime;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, State};
-use axum::http::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, RANGE};
+use axum::http::header::{ACCEPT_RANGES, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, RANGE};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::Response;
 use axum::routing::get;
@@ -62,7 +75,14 @@ struct Args {
     /// Answer the first N file requests with 503.
     #[arg(long, default_value_t = 0)]
     fail_first: u64,
+    /// Require `Authorization: Bearer TOKEN` on every route but `/stats`.
+    #[arg(long)]
+    token: Option<String>,
 }
+
+/// The folder of a dataset that holds its `refs/convert/parquet` branch.
+const CONVERT_DIR: &str = ".convert-parquet";
+const CONVERT_REVISION: &str = "refs/convert/parquet";
 
 #[derive(Clone, Copy, Debug)]
 enum RepoKind {
@@ -85,6 +105,8 @@ struct Server {
     file_requests: AtomicU64,
     injected_failures: AtomicU64,
     bytes_sent: AtomicU64,
+    unauthorized_requests: AtomicU64,
+    token: Option<String>,
     /// blake3 of a file's content, valid while its size and modification time are unchanged.
     etags: Mutex<HashMap<PathBuf, (u64, SystemTime, String)>>,
 }
@@ -113,6 +135,20 @@ impl Server {
         Ok(etag)
     }
 
+    /// A 401 answer when a token is required and the request lacks it.
+    fn refuse(&self, headers: &HeaderMap) -> Option<Response> {
+        let token = self.token.as_ref()?;
+        let sent = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        if sent == Some(token.as_str()) {
+            return None;
+        }
+        self.unauthorized_requests.fetch_add(1, Ordering::Relaxed);
+        let mut response =
+            json_response(StatusCode::UNAUTHORIZED, &json!({ "error": "Invalid credentials in Authorization header" }));
+        response.headers_mut().insert(ERROR_CODE, HeaderValue::from_static("Unauthorized"));
+        Some(response)
+    }
+
     /// Takes one injected failure, if any are left.
     fn inject_failure(&self) -> bool {
         self.failures_left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok()
@@ -134,6 +170,32 @@ fn repo_files(dir: &Path) -> Vec<(String, std::fs::Metadata)> {
         .collect();
     files.sort_by(|a, b| a.0.cmp(&b.0));
     files
+}
+
+/// One branch of a repo: the folder its files are in, the files, and its commit.
+struct Branch {
+    root: PathBuf,
+    files: Vec<(String, std::fs::Metadata)>,
+    commit: String,
+}
+
+/// The branch `revision` names (a branch name or a commit), if the repo has it.
+fn branch(kind: RepoKind, dir: &Path, revision: &str) -> Option<Branch> {
+    let mut main = repo_files(dir);
+    main.retain(|(path, _)| path.split('/').next() != Some(CONVERT_DIR));
+    let main = Branch { root: dir.to_path_buf(), commit: repo_commit(&main), files: main };
+    if revision == "main" || revision == main.commit {
+        return Some(main);
+    }
+    let convert = dir.join(CONVERT_DIR);
+    if matches!(kind, RepoKind::Dataset) && convert.is_dir() {
+        let files = repo_files(&convert);
+        let commit = repo_commit(&files);
+        if revision == CONVERT_REVISION || revision == commit {
+            return Some(Branch { root: convert, files, commit });
+        }
+    }
+    None
 }
 
 fn repo_commit(files: &[(String, std::fs::Metadata)]) -> String {
@@ -230,13 +292,13 @@ fn file_response(server: &Server, request: FileRequest) -> Response {
     let Some(dir) = server.repo_dir(request.kind, &request.owner, &request.name) else {
         return not_found("RepositoryNotFound", format!("Repository {id} not found"));
     };
-    let commit = repo_commit(&repo_files(&dir));
-    if request.revision != "main" && request.revision != commit {
+    let Some(Branch { root, files, commit }) = branch(request.kind, &dir, &request.revision) else {
         return not_found("RevisionNotFound", format!("Invalid rev id: {}", request.revision));
-    }
-    let file = dir.join(&request.path);
+    };
+    let file = root.join(&request.path);
+    let on_branch = files.iter().any(|(path, _)| *path == request.path);
     let metadata = match std::fs::metadata(&file) {
-        Ok(metadata) if plain_relative(&request.path) && metadata.is_file() => metadata,
+        Ok(metadata) if plain_relative(&request.path) && on_branch && metadata.is_file() => metadata,
         _ => return not_found("EntryNotFound", format!("{} does not exist in {id}", request.path)),
     };
     let len = metadata.len();
@@ -289,6 +351,9 @@ async fn file(
     headers: HeaderMap,
 ) -> Response {
     server.file_requests.fetch_add(1, Ordering::Relaxed);
+    if let Some(refused) = server.refuse(&headers) {
+        return refused;
+    }
     if server.inject_failure() {
         server.injected_failures.fetch_add(1, Ordering::Relaxed);
         return json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({ "error": "injected failure" }));
@@ -323,15 +388,15 @@ async fn dataset_file(
     file(server, RepoKind::Dataset, parts, method, headers).await
 }
 
-/// What the Hub says about a repo; `siblings` only when asked.
-fn repo_json(kind: RepoKind, owner: &str, name: &str, dir: &Path, siblings: bool) -> Value {
-    let files = repo_files(dir);
+/// What the Hub says about a branch of a repo; `siblings` only when asked.
+fn repo_json(kind: RepoKind, owner: &str, name: &str, branch: &Branch, siblings: bool) -> Value {
+    let (files, commit) = (&branch.files, &branch.commit);
     let id = format!("{owner}/{name}");
     let mut info = json!({
-        "_id": repo_commit(&files)[..24],
+        "_id": commit[..24],
         "id": id,
         "author": owner,
-        "sha": repo_commit(&files),
+        "sha": commit,
         "private": false,
         "gated": false,
         "disabled": false,
@@ -348,47 +413,60 @@ fn repo_json(kind: RepoKind, owner: &str, name: &str, dir: &Path, siblings: bool
     info
 }
 
-async fn info(server: Arc<Server>, kind: RepoKind, owner: String, name: String, revision: Option<String>) -> Response {
+async fn info(
+    server: Arc<Server>,
+    kind: RepoKind,
+    (owner, name, revision): (String, String, Option<String>),
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = server.refuse(&headers) {
+        return refused;
+    }
     let id = format!("{owner}/{name}");
     tokio::task::spawn_blocking(move || {
         let Some(dir) = server.repo_dir(kind, &owner, &name) else {
             return not_found("RepositoryNotFound", format!("Repository {id} not found"));
         };
-        let info = repo_json(kind, &owner, &name, &dir, true);
-        match revision {
-            Some(revision) if revision != "main" && info["sha"] != revision.as_str() => {
-                not_found("RevisionNotFound", format!("Invalid rev id: {revision}"))
-            }
-            _ => json_response(StatusCode::OK, &info),
+        let revision = revision.unwrap_or_else(|| "main".to_string());
+        match branch(kind, &dir, &revision) {
+            Some(branch) => json_response(StatusCode::OK, &repo_json(kind, &owner, &name, &branch, true)),
+            None => not_found("RevisionNotFound", format!("Invalid rev id: {revision}")),
         }
     })
     .await
     .unwrap_or_else(internal_error)
 }
 
-async fn model_info(State(server): State<Arc<Server>>, UrlPath((owner, name)): UrlPath<(String, String)>) -> Response {
-    info(server, RepoKind::Model, owner, name, None).await
+async fn model_info(
+    State(server): State<Arc<Server>>,
+    UrlPath((owner, name)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    info(server, RepoKind::Model, (owner, name, None), headers).await
 }
 
 async fn model_info_at(
     State(server): State<Arc<Server>>,
     UrlPath((owner, name, revision)): UrlPath<(String, String, String)>,
+    headers: HeaderMap,
 ) -> Response {
-    info(server, RepoKind::Model, owner, name, Some(revision)).await
+    info(server, RepoKind::Model, (owner, name, Some(revision)), headers).await
 }
 
 async fn dataset_info(
     State(server): State<Arc<Server>>,
     UrlPath((owner, name)): UrlPath<(String, String)>,
+    headers: HeaderMap,
 ) -> Response {
-    info(server, RepoKind::Dataset, owner, name, None).await
+    info(server, RepoKind::Dataset, (owner, name, None), headers).await
 }
 
 async fn dataset_info_at(
     State(server): State<Arc<Server>>,
     UrlPath((owner, name, revision)): UrlPath<(String, String, String)>,
+    headers: HeaderMap,
 ) -> Response {
-    info(server, RepoKind::Dataset, owner, name, Some(revision)).await
+    info(server, RepoKind::Dataset, (owner, name, Some(revision)), headers).await
 }
 
 /// `application/x-www-form-urlencoded` pairs of a query string.
@@ -426,7 +504,10 @@ fn query_pairs(query: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn search(server: Arc<Server>, kind: RepoKind, uri: Uri) -> Response {
+async fn search(server: Arc<Server>, kind: RepoKind, uri: Uri, headers: HeaderMap) -> Response {
+    if let Some(refused) = server.refuse(&headers) {
+        return refused;
+    }
     let pairs = query_pairs(uri.query().unwrap_or(""));
     let param = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
     let needle = param("search").unwrap_or_default().to_lowercase();
@@ -444,26 +525,29 @@ async fn search(server: Arc<Server>, kind: RepoKind, uri: Uri) -> Response {
             for repo in std::fs::read_dir(owner.path()).into_iter().flatten().flatten() {
                 let name = repo.file_name().to_string_lossy().into_owned();
                 let id = format!("{owner_name}/{name}");
-                if repo.path().is_dir() && id.to_lowercase().contains(&needle) {
-                    repos.push((id, owner_name.clone(), name, repo.path()));
+                if repo.path().is_dir()
+                    && id.to_lowercase().contains(&needle)
+                    && let Some(main) = branch(kind, &repo.path(), "main")
+                {
+                    repos.push((id, owner_name.clone(), name, main));
                 }
             }
         }
         repos.sort_by(|a, b| a.0.cmp(&b.0));
         let list: Vec<Value> =
-            repos.iter().take(limit).map(|(_, owner, name, dir)| repo_json(kind, owner, name, dir, full)).collect();
+            repos.iter().take(limit).map(|(_, owner, name, main)| repo_json(kind, owner, name, main, full)).collect();
         json_response(StatusCode::OK, &Value::Array(list))
     })
     .await
     .unwrap_or_else(internal_error)
 }
 
-async fn search_models(State(server): State<Arc<Server>>, uri: Uri) -> Response {
-    search(server, RepoKind::Model, uri).await
+async fn search_models(State(server): State<Arc<Server>>, uri: Uri, headers: HeaderMap) -> Response {
+    search(server, RepoKind::Model, uri, headers).await
 }
 
-async fn search_datasets(State(server): State<Arc<Server>>, uri: Uri) -> Response {
-    search(server, RepoKind::Dataset, uri).await
+async fn search_datasets(State(server): State<Arc<Server>>, uri: Uri, headers: HeaderMap) -> Response {
+    search(server, RepoKind::Dataset, uri, headers).await
 }
 
 async fn stats(State(server): State<Arc<Server>>) -> Response {
@@ -473,6 +557,7 @@ async fn stats(State(server): State<Arc<Server>>) -> Response {
             "file_requests": server.file_requests.load(Ordering::Relaxed),
             "injected_failures": server.injected_failures.load(Ordering::Relaxed),
             "bytes_sent": server.bytes_sent.load(Ordering::Relaxed),
+            "unauthorized_requests": server.unauthorized_requests.load(Ordering::Relaxed),
         }),
     )
 }
@@ -542,6 +627,8 @@ fn main() -> std::process::ExitCode {
         file_requests: AtomicU64::new(0),
         injected_failures: AtomicU64::new(0),
         bytes_sent: AtomicU64::new(0),
+        unauthorized_requests: AtomicU64::new(0),
+        token: args.token,
         etags: Mutex::new(HashMap::new()),
     });
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {

@@ -1,6 +1,7 @@
 //! Sources and sinks: everything that touches files.
 
 pub mod formats;
+pub mod hub_datasets;
 pub mod ingest;
 pub mod json_rows;
 pub mod rejects;

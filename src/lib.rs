@@ -7,6 +7,7 @@ pub mod config;
 pub mod io;
 pub mod models;
 pub mod plan;
+pub mod retrieve;
 pub mod run;
 pub mod runtime;
 pub mod testkit;

@@ -8,7 +8,7 @@ use minijinja::value::Value;
 use serde::Deserialize;
 
 use crate::OpError;
-use crate::answer::DEFAULT_TOLERANCE;
+use crate::answer::{AnswerSpec, DEFAULT_TOLERANCE, extract};
 use crate::generate::extract_json;
 use crate::model::{ModelRequest, Prompt, Sampling};
 use crate::prompt::ChatTemplate;
@@ -221,6 +221,16 @@ impl Comparator {
             },
             row,
         })
+    }
+}
+
+/// The final answer in a response: by the configured extractors, else the default chain, except that
+/// `semantic` compares whole responses when no extractor is configured.
+pub fn read_answer(answer: Option<&AnswerSpec>, method: Method, text: &str) -> Option<String> {
+    match (answer, method) {
+        (Some(spec), _) => extract(text, spec.extractors()),
+        (None, Method::Semantic) => Some(text.trim().to_string()).filter(|t| !t.is_empty()),
+        (None, _) => extract(text, AnswerSpec::default().extractors()),
     }
 }
 

@@ -35,7 +35,7 @@ use crate::dedup::{hash64, normalize};
 use crate::generate::extract_json;
 use crate::model::{ModelRequest, ModelResponse, PendingId, Prompt, Sampling, Step};
 use crate::prompt::{ChatTemplate, text_cell};
-use crate::task::{Advance, PendingTasks, Poll, RowTask, derive_seed};
+use crate::task::{Advance, PendingTasks, Poll, RowOrReject, RowTask, derive_seed};
 use crate::{OpError, Operator, Output, Reject, require_column, string_column};
 
 /// The input row's id, on every output row.
@@ -636,27 +636,11 @@ impl RowTask for EvolTask {
     }
 }
 
-enum RowEvol {
-    Run(Box<EvolTask>),
-    Rejected(String),
-}
-
-impl RowTask for RowEvol {
-    type Out = RowOut;
-
-    fn poll(&mut self, responses: Vec<ModelResponse>) -> Poll<RowOut> {
-        match self {
-            RowEvol::Run(task) => task.poll(responses),
-            RowEvol::Rejected(reason) => Poll::Done(Err(std::mem::take(reason))),
-        }
-    }
-}
-
 /// The `evol_instruct` operator. See the module docs.
 #[derive(Debug)]
 pub struct EvolInstruct {
     core: Arc<EvolCore>,
-    pending: PendingTasks<RowEvol>,
+    pending: PendingTasks<RowOrReject<EvolTask>>,
 }
 
 const WRITTEN: [&str; 3] = [EVOL_PARENT_ID, EVOL_GENERATIONS, EVOL_HISTORY];
@@ -851,14 +835,14 @@ impl Operator for EvolInstruct {
         let mut tasks = Vec::with_capacity(batch.num_rows());
         for row in 0..batch.num_rows() {
             if ids.is_null(row) {
-                tasks.push(RowEvol::Rejected("null id".into()));
+                tasks.push(RowOrReject::Rejected("null id".into()));
                 continue;
             }
             let Some(instruction) = text_cell(&batch, column, row) else {
-                tasks.push(RowEvol::Rejected(format!("`{column}` is null")));
+                tasks.push(RowOrReject::Rejected(format!("`{column}` is null")));
                 continue;
             };
-            tasks.push(RowEvol::Run(Box::new(EvolTask {
+            tasks.push(RowOrReject::Run(Box::new(EvolTask {
                 core: Arc::clone(&self.core),
                 batch: batch.clone(),
                 row,

@@ -25,9 +25,9 @@ use crate::generate::extract_json;
 use crate::model::{ModelRequest, ModelResponse, PendingId, Prompt, Sampling, Step};
 use crate::prompt::{ChatTemplate, text_cell};
 use crate::score::{Category, SCORE_K, SCORE_MODEL, ScoreCore, ScoreOutcome, ScoreSpec, ScoreTask};
-use crate::task::{Advance, PendingTasks, Poll, RowTask, derive_seed};
+use crate::task::{Advance, PendingTasks, Poll, RowOrReject, RowTask, derive_seed, split_results};
 use crate::vote::{VOTE_MODEL, VOTE_PARSED, VOTE_SAMPLES, VoteCore, VoteOutcome, VoteSpec, VoteTask};
-use crate::{OpError, Operator, Output, Reject, require_column, string_column};
+use crate::{OpError, Operator, Output, require_column, string_column};
 
 /// The input row's id, on every output row.
 pub const REWRITE_PARENT_ID: &str = "rewrite_parent_id";
@@ -419,27 +419,11 @@ impl RowTask for RewriteTask {
     }
 }
 
-enum RowRewrite {
-    Run(Box<RewriteTask>),
-    Rejected(String),
-}
-
-impl RowTask for RowRewrite {
-    type Out = RowOut;
-
-    fn poll(&mut self, responses: Vec<ModelResponse>) -> Poll<RowOut> {
-        match self {
-            RowRewrite::Run(task) => task.poll(responses),
-            RowRewrite::Rejected(reason) => Poll::Done(Err(std::mem::take(reason))),
-        }
-    }
-}
-
 /// The `rewrite` operator. See the module docs.
 #[derive(Debug)]
 pub struct Rewrite {
     core: Arc<RewriteCore>,
-    pending: PendingTasks<RowRewrite>,
+    pending: PendingTasks<RowOrReject<RewriteTask>>,
 }
 
 impl Rewrite {
@@ -479,18 +463,7 @@ impl Rewrite {
 
     fn emit(&self, batch: RecordBatch, results: Vec<RowOut>) -> Result<Output, OpError> {
         let schema = self.output_schema(&batch.schema())?;
-        let mut keep = Vec::new();
-        let mut rejects = Vec::new();
-        let mut landed = Vec::new();
-        for (row, result) in results.into_iter().enumerate() {
-            match result {
-                Ok(done) => {
-                    keep.push(row as u32);
-                    landed.push(done);
-                }
-                Err(reason) => rejects.push(Reject { row, reason }),
-            }
-        }
+        let (keep, rejects, landed) = split_results(results);
         let kept = crate::take_rows(&batch, &keep)?;
         let parent_ids = string_column(&kept, ID)?;
         let changed: Vec<bool> = landed.iter().map(|l| l.round > 0).collect();
@@ -654,12 +627,12 @@ impl Operator for Rewrite {
         let mut tasks = Vec::with_capacity(batch.num_rows());
         for row in 0..batch.num_rows() {
             if ids.is_null(row) {
-                tasks.push(RowRewrite::Rejected("null id".into()));
+                tasks.push(RowOrReject::Rejected("null id".into()));
                 continue;
             }
             let category = text_cell(&batch, self.category_column(), row);
             let Some(category) = category.as_deref().and_then(parse_category) else {
-                tasks.push(RowRewrite::Rejected(format!(
+                tasks.push(RowOrReject::Rejected(format!(
                     "`{}` is {:?}, not solved, learnable or unsolved",
                     self.category_column(),
                     category
@@ -670,10 +643,10 @@ impl Operator for Rewrite {
                 text_cell(&batch, &self.core.spec.question, row),
                 text_cell(&batch, &self.core.vote.spec.columns.answer, row),
             ) else {
-                tasks.push(RowRewrite::Rejected("the question or its answer is null".into()));
+                tasks.push(RowOrReject::Rejected("the question or its answer is null".into()));
                 continue;
             };
-            tasks.push(RowRewrite::Run(Box::new(RewriteTask {
+            tasks.push(RowOrReject::Run(Box::new(RewriteTask {
                 core: Arc::clone(&self.core),
                 batch: batch.clone(),
                 row,

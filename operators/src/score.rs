@@ -16,12 +16,14 @@ use serde::Deserialize;
 
 use crate::answer::{self, AnswerSpec};
 use crate::columns::ID;
-use crate::compare::{Comparator, CompareSpec, Method, parse_matches};
+use crate::compare::{Comparator, CompareSpec, Method, parse_matches, read_answer};
 use crate::model::{ChatMessage, ModelRequest, ModelResponse, PendingId, Prompt, Sampling, Step};
 use crate::prompt::{ChatTemplate, text_cell};
-use crate::task::{Advance, PendingTasks, Poll, RowTask, annotate, annotated_schema, derive_seed};
+use crate::task::{
+    Advance, PendingTasks, Poll, RowOrReject, RowTask, annotate, annotated_schema, derive_seed, split_results,
+};
 use crate::vote::DEFAULT_PROMPT;
-use crate::{OpError, Operator, Output, Reject, require_column, string_column};
+use crate::{OpError, Operator, Output, require_column, string_column};
 
 /// Settings of a `score` node.
 ///
@@ -243,11 +245,7 @@ impl ScoreCore {
     }
 
     fn answer_of(&self, text: &str) -> Option<String> {
-        match (&self.spec.answer, self.spec.compare.method) {
-            (Some(spec), _) => answer::extract(text, spec.extractors()),
-            (None, Method::Semantic) => Some(text.trim().to_string()).filter(|t| !t.is_empty()),
-            (None, _) => answer::extract(text, AnswerSpec::default().extractors()),
-        }
+        read_answer(self.spec.answer.as_ref(), self.spec.compare.method, text)
     }
 
     pub(crate) fn fields(&self) -> Vec<Field> {
@@ -448,23 +446,6 @@ impl RowTask for ScoreTask {
     }
 }
 
-/// A row task or an immediate rejection.
-pub enum RowScore {
-    Run(Box<ScoreTask>),
-    Rejected(String),
-}
-
-impl RowTask for RowScore {
-    type Out = Result<ScoreOutcome, String>;
-
-    fn poll(&mut self, responses: Vec<ModelResponse>) -> Poll<Self::Out> {
-        match self {
-            RowScore::Run(task) => task.poll(responses),
-            RowScore::Rejected(reason) => Poll::Done(Err(std::mem::take(reason))),
-        }
-    }
-}
-
 /// The student's answers as a list column (null items where no answer was found).
 pub fn answers_column(outcomes: &[&[Option<String>]]) -> ArrayRef {
     let mut builder = ListBuilder::new(StringBuilder::new()).with_field(Field::new_list_field(DataType::Utf8, true));
@@ -481,7 +462,7 @@ pub fn answers_column(outcomes: &[&[Option<String>]]) -> ArrayRef {
 #[derive(Debug)]
 pub struct Score {
     core: Arc<ScoreCore>,
-    pending: PendingTasks<RowScore>,
+    pending: PendingTasks<RowOrReject<ScoreTask>>,
 }
 
 impl Score {
@@ -491,18 +472,7 @@ impl Score {
 
     fn emit(&self, batch: RecordBatch, results: Vec<Result<ScoreOutcome, String>>) -> Result<Output, OpError> {
         let schema = self.output_schema(&batch.schema())?;
-        let mut keep = Vec::new();
-        let mut rejects = Vec::new();
-        let mut outcomes = Vec::new();
-        for (row, result) in results.into_iter().enumerate() {
-            match result {
-                Ok(outcome) => {
-                    keep.push(row as u32);
-                    outcomes.push(outcome);
-                }
-                Err(reason) => rejects.push(Reject { row, reason }),
-            }
-        }
+        let (keep, rejects, outcomes) = split_results(results);
         let mut columns: Vec<ArrayRef> = vec![
             Arc::new(Float64Array::from_iter_values(outcomes.iter().map(|o| o.pass_rate))),
             Arc::new(StringArray::from_iter_values(outcomes.iter().map(|o| o.category.as_str()))),
@@ -537,15 +507,15 @@ impl Operator for Score {
         let mut tasks = Vec::with_capacity(batch.num_rows());
         for row in 0..batch.num_rows() {
             if ids.is_null(row) {
-                tasks.push(RowScore::Rejected("null id".into()));
+                tasks.push(RowOrReject::Rejected("null id".into()));
                 continue;
             }
             let Some(reference) = text_cell(&batch, &self.core.spec.reference, row) else {
-                tasks.push(RowScore::Rejected(format!("the reference `{}` is null", self.core.spec.reference)));
+                tasks.push(RowOrReject::Rejected(format!("the reference `{}` is null", self.core.spec.reference)));
                 continue;
             };
             match self.core.messages(&batch, row, None) {
-                Ok(messages) => tasks.push(RowScore::Run(Box::new(ScoreTask::new(
+                Ok(messages) => tasks.push(RowOrReject::Run(Box::new(ScoreTask::new(
                     Arc::clone(&self.core),
                     row,
                     ids.value(row),
@@ -553,7 +523,7 @@ impl Operator for Score {
                     &reference,
                     "",
                 )))),
-                Err(reason) => tasks.push(RowScore::Rejected(reason)),
+                Err(reason) => tasks.push(RowOrReject::Rejected(reason)),
             }
         }
         let advance = self.pending.start(pending, batch, tasks)?;

@@ -93,6 +93,45 @@ impl<T: RowTask> TaskSet<T> {
     }
 }
 
+/// A row's task, or the reason the row was rejected before any model call (null id, a prompt that did not
+/// render, ...): every task-driven operator starts its rows this way.
+pub enum RowOrReject<T> {
+    Run(Box<T>),
+    Rejected(String),
+}
+
+impl<T, O> RowTask for RowOrReject<T>
+where
+    T: RowTask<Out = Result<O, String>>,
+    O: Send,
+{
+    type Out = Result<O, String>;
+
+    fn poll(&mut self, responses: Vec<ModelResponse>) -> Poll<Self::Out> {
+        match self {
+            RowOrReject::Run(task) => task.poll(responses),
+            RowOrReject::Rejected(reason) => Poll::Done(Err(std::mem::take(reason))),
+        }
+    }
+}
+
+/// Splits per-row results into the kept row indices, the rejects and the kept outcomes, in row order.
+pub fn split_results<O>(results: Vec<Result<O, String>>) -> (Vec<u32>, Vec<crate::Reject>, Vec<O>) {
+    let mut keep = Vec::new();
+    let mut rejects = Vec::new();
+    let mut outcomes = Vec::new();
+    for (row, result) in results.into_iter().enumerate() {
+        match result {
+            Ok(outcome) => {
+                keep.push(row as u32);
+                outcomes.push(outcome);
+            }
+            Err(reason) => rejects.push(crate::Reject { row, reason }),
+        }
+    }
+    (keep, rejects, outcomes)
+}
+
 /// Batches whose tasks are in flight, by pending id: the bookkeeping every task-driven operator shares.
 pub struct PendingTasks<T: RowTask> {
     batches: HashMap<PendingId, (RecordBatch, TaskSet<T>)>,

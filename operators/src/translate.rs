@@ -28,7 +28,7 @@ use crate::filter::lang_from_code;
 use crate::model::{ModelRequest, ModelResponse, PendingId, Prompt, Sampling, Step};
 use crate::prompt::{ChatTemplate, text_cell};
 use crate::protect::{detect_language, mask, same_language, split_segments, strip_protected, unmask};
-use crate::task::{Advance, PendingTasks, Poll, RowTask, derive_seed};
+use crate::task::{Advance, PendingTasks, Poll, RowOrReject, RowTask, derive_seed};
 use crate::{OpError, Operator, Output, Reject, require_column, string_column, take_rows};
 
 /// The language of the row (the target, or the source language on original rows).
@@ -442,27 +442,11 @@ impl RowTask for TranslateTask {
     }
 }
 
-enum RowTranslate {
-    Run(Box<TranslateTask>),
-    Rejected(String),
-}
-
-impl RowTask for RowTranslate {
-    type Out = TaskOut;
-
-    fn poll(&mut self, responses: Vec<ModelResponse>) -> Poll<TaskOut> {
-        match self {
-            RowTranslate::Run(task) => task.poll(responses),
-            RowTranslate::Rejected(reason) => Poll::Done(Err(std::mem::take(reason))),
-        }
-    }
-}
-
 /// The `translate` operator. See the module docs.
 #[derive(Debug)]
 pub struct Translate {
     core: Arc<TranslateCore>,
-    pending: PendingTasks<RowTranslate>,
+    pending: PendingTasks<RowOrReject<TranslateTask>>,
 }
 
 impl Translate {
@@ -644,7 +628,7 @@ impl Operator for Translate {
             let originals: Vec<Option<String>> = spec.columns.iter().map(|c| text_cell(&batch, c, row)).collect();
             for language in &spec.languages {
                 if ids.is_null(row) {
-                    tasks.push(RowTranslate::Rejected("null id".into()));
+                    tasks.push(RowOrReject::Rejected("null id".into()));
                     continue;
                 }
                 let mut task = TranslateTask {
@@ -662,7 +646,7 @@ impl Operator for Translate {
                 if task.forward.segments() == 0 {
                     task.translated = originals.clone();
                 }
-                tasks.push(RowTranslate::Run(Box::new(task)));
+                tasks.push(RowOrReject::Run(Box::new(task)));
             }
         }
         let advance = self.pending.start(pending, batch, tasks)?;

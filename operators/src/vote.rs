@@ -21,11 +21,13 @@ use serde::Deserialize;
 
 use crate::answer::{self, AnswerSpec, Normalized, Winner};
 use crate::columns::ID;
-use crate::compare::{Comparator, CompareSpec, Method, parse_pick, preview};
+use crate::compare::{Comparator, CompareSpec, Method, parse_pick, preview, read_answer};
 use crate::model::{ChatMessage, ModelRequest, ModelResponse, PendingId, Prompt, Sampling, Step};
 use crate::prompt::{ChatTemplate, text_cell};
-use crate::task::{Advance, PendingTasks, Poll, RowTask, annotate, annotated_schema, derive_seed};
-use crate::{OpError, Operator, Output, Reject, require_column, string_column};
+use crate::task::{
+    Advance, PendingTasks, Poll, RowOrReject, RowTask, annotate, annotated_schema, derive_seed, split_results,
+};
+use crate::{OpError, Operator, Output, require_column, string_column};
 
 /// The default question prompt: the answer ends up after `####`, which the default extractors find.
 pub const DEFAULT_PROMPT: &str =
@@ -280,11 +282,7 @@ impl VoteCore {
 
     /// The final answer in one sample, as this vote reads it.
     fn answer_of(&self, text: &str) -> Option<String> {
-        match (&self.spec.answer, self.spec.compare.method) {
-            (Some(spec), _) => answer::extract(text, spec.extractors()),
-            (None, Method::Semantic) => Some(text.trim().to_string()).filter(|t| !t.is_empty()),
-            (None, _) => answer::extract(text, AnswerSpec::default().extractors()),
-        }
+        read_answer(self.spec.answer.as_ref(), self.spec.compare.method, text)
     }
 
     /// The output fields, in order.
@@ -611,28 +609,11 @@ impl RowTask for VoteTask {
     }
 }
 
-/// A row task or an immediate rejection (the prompt did not render, the id is null).
-pub enum RowVote {
-    Run(Box<VoteTask>),
-    Rejected(String),
-}
-
-impl RowTask for RowVote {
-    type Out = Result<VoteOutcome, String>;
-
-    fn poll(&mut self, responses: Vec<ModelResponse>) -> Poll<Self::Out> {
-        match self {
-            RowVote::Run(task) => task.poll(responses),
-            RowVote::Rejected(reason) => Poll::Done(Err(std::mem::take(reason))),
-        }
-    }
-}
-
 /// The `vote` operator. See the module docs.
 #[derive(Debug)]
 pub struct Vote {
     core: Arc<VoteCore>,
-    pending: PendingTasks<RowVote>,
+    pending: PendingTasks<RowOrReject<VoteTask>>,
 }
 
 impl Vote {
@@ -642,18 +623,7 @@ impl Vote {
 
     fn emit(&self, batch: RecordBatch, results: Vec<Result<VoteOutcome, String>>) -> Result<Output, OpError> {
         let schema = self.output_schema(&batch.schema())?;
-        let mut keep = Vec::new();
-        let mut rejects = Vec::new();
-        let mut outcomes = Vec::new();
-        for (row, result) in results.into_iter().enumerate() {
-            match result {
-                Ok(outcome) => {
-                    keep.push(row as u32);
-                    outcomes.push(outcome);
-                }
-                Err(reason) => rejects.push(Reject { row, reason }),
-            }
-        }
+        let (keep, rejects, outcomes) = split_results(results);
         let columns: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from_iter_values(outcomes.iter().map(|o| o.response.as_str()))),
             Arc::new(StringArray::from_iter_values(outcomes.iter().map(|o| o.answer.as_str()))),
@@ -687,16 +657,16 @@ impl Operator for Vote {
         let mut tasks = Vec::with_capacity(batch.num_rows());
         for row in 0..batch.num_rows() {
             if ids.is_null(row) {
-                tasks.push(RowVote::Rejected("null id".into()));
+                tasks.push(RowOrReject::Rejected("null id".into()));
                 continue;
             }
             let expected = self.core.spec.expected.as_deref().and_then(|column| text_cell(&batch, column, row));
             if self.core.spec.expected.is_some() && expected.is_none() {
-                tasks.push(RowVote::Rejected("the expected answer is null".into()));
+                tasks.push(RowOrReject::Rejected("the expected answer is null".into()));
                 continue;
             }
             match self.core.messages(&batch, row, None) {
-                Ok(messages) => tasks.push(RowVote::Run(Box::new(VoteTask::new(
+                Ok(messages) => tasks.push(RowOrReject::Run(Box::new(VoteTask::new(
                     Arc::clone(&self.core),
                     row,
                     ids.value(row),
@@ -704,7 +674,7 @@ impl Operator for Vote {
                     expected,
                     "",
                 )))),
-                Err(reason) => tasks.push(RowVote::Rejected(reason)),
+                Err(reason) => tasks.push(RowOrReject::Rejected(reason)),
             }
         }
         let advance = self.pending.start(pending, batch, tasks)?;

@@ -428,7 +428,7 @@ mod tests {
         assert!(
             nodes[4]["system"].as_str().unwrap().contains("{% raw %}Write {{ tricky }} math problems.{% endraw %}")
         );
-        assert!(nodes[4]["prompt"].as_str().unwrap().contains("#### <answer>"));
+        assert!(nodes[4]["prompt"].as_str().unwrap().contains("{% raw %}####{% endraw %} <answer>"));
     }
 
     #[test]

@@ -2,10 +2,10 @@
 //! of both layouts, sampled rows read with range requests (checked against the rows written), seeds,
 //! and errors, retries and tokens.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+mod common;
+
+use common::TestHub;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,51 +19,10 @@ use sdg::io::hub_datasets::{
     HubClient, HubError, ParquetFile, RetryPolicy, SampleOptions, SampledRows, sample_rows, sample_rows_with,
 };
 
-/// A running `sdg-test-hub`, killed when dropped.
-struct TestHub {
-    child: Child,
-    url: String,
-}
-
-impl TestHub {
-    fn start(root: &Path, args: &[&str]) -> TestHub {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sdg-test-hub"))
-            .arg("--root")
-            .arg(root)
-            .args(["--port", "0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("sdg-test-hub starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("first line");
-        let url = line.trim().strip_prefix("listening on ").expect("listening line").to_string();
-        TestHub { child, url }
-    }
-
-    /// `GET /stats` over a plain HTTP/1.1 connection.
-    fn stats(&self) -> serde_json::Value {
-        let address = self.url.strip_prefix("http://").expect("http url");
-        let mut stream = TcpStream::connect(address).expect("connect");
-        write!(stream, "GET /stats HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").expect("request");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("response");
-        let body = response.split_once("\r\n\r\n").expect("body").1;
-        serde_json::from_str(body).expect("stats json")
-    }
-
-    fn client(&self, token: Option<&str>) -> HubClient {
-        let retry =
-            RetryPolicy { attempts: 4, base_delay: Duration::from_millis(10), max_delay: Duration::from_millis(50) };
-        HubClient::with_endpoint(&self.url, token.map(str::to_string)).with_retry(retry)
-    }
-}
-
-impl Drop for TestHub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn hub_client(hub: &TestHub, token: Option<&str>) -> HubClient {
+    let retry =
+        RetryPolicy { attempts: 4, base_delay: Duration::from_millis(10), max_delay: Duration::from_millis(50) };
+    HubClient::with_endpoint(&hub.url, token.map(str::to_string)).with_retry(retry)
 }
 
 /// Writes `batches` to `path` as Parquet with `props`.
@@ -245,7 +204,7 @@ async fn searches_and_lists_both_parquet_layouts() {
     write_parquet(&own.join(".convert-parquet/default/train/0000.parquet"), [qa_batch("converted", 3)], None);
     write_text(&root.join("datasets/news/daily-corpus/README.md"), "# no parquet\n");
     let hub = TestHub::start(root, &[]);
-    let client = hub.client(None);
+    let client = hub_client(&hub, None);
 
     let found = client.search("qa", 10).await.unwrap();
     assert_eq!(found.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["acme/tiny-qa"]);
@@ -308,7 +267,7 @@ async fn samples_a_large_dataset_with_range_requests() {
         .map(|name| std::fs::metadata(repo.join(format!("data/{name}.parquet"))).unwrap().len())
         .sum();
     let hub = TestHub::start(root, &[]);
-    let client = hub.client(None);
+    let client = hub_client(&hub, None);
 
     let datasets = ["acme/big-corpus".to_string()];
     let sample = sample_rows(&client, &datasets, 1_000, 42).await.unwrap();
@@ -368,7 +327,7 @@ async fn sampling_is_seeded_and_mixes_schemas() {
     write_tiny_qa(dir.path());
     write_numbers(dir.path());
     let hub = TestHub::start(dir.path(), &[]);
-    let client = hub.client(None);
+    let client = hub_client(&hub, None);
     let datasets = ["acme/numbers".to_string(), "acme/tiny-qa".to_string()];
 
     // 145 rows in all: shares of 29 are 100/145 and 45/145 of it.
@@ -419,23 +378,23 @@ async fn errors_name_the_dataset_and_url_and_failures_are_retried() {
     write_tiny_qa(dir.path());
 
     let hub = TestHub::start(dir.path(), &[]);
-    let error = hub.client(None).parquet_files("acme/missing").await.unwrap_err();
+    let error = hub_client(&hub, None).parquet_files("acme/missing").await.unwrap_err();
     let message = error.to_string();
     assert!(matches!(error, HubError::NotFound { .. }), "{message}");
     assert!(message.contains("acme/missing") && message.contains(&format!("{}/api/datasets/acme/missing", hub.url)));
-    assert!(matches!(hub.client(None).parquet_files("../etc").await, Err(HubError::BadId(_))));
+    assert!(matches!(hub_client(&hub, None).parquet_files("../etc").await, Err(HubError::BadId(_))));
     drop(hub);
 
     // The first two file requests fail with 503 and are retried.
     let hub = TestHub::start(dir.path(), &["--fail-first", "2"]);
-    let sample = sample_rows(&hub.client(None), &["acme/tiny-qa".to_string()], 12, 5).await.unwrap();
+    let sample = sample_rows(&hub_client(&hub, None), &["acme/tiny-qa".to_string()], 12, 5).await.unwrap();
     assert_eq!(sample.len(), 12);
     assert_eq!(hub.stats()["injected_failures"], 2);
     drop(hub);
 
     // Failures that outlast the retries say so, with the URL.
     let hub = TestHub::start(dir.path(), &["--fail-first", "100"]);
-    let client = hub.client(None);
+    let client = hub_client(&hub, None);
     let files = client.parquet_files("acme/tiny-qa").await.unwrap();
     let error = client.open(&files[0]).await.unwrap_err().to_string();
     assert!(error.contains("HTTP 503") && error.contains("4 attempt") && error.contains("/resolve/"), "{error}");
@@ -449,7 +408,7 @@ async fn the_token_is_sent_as_bearer_and_never_shown() {
     let token = "hf_test_secret_4242";
     let hub = TestHub::start(dir.path(), &["--token", token]);
 
-    let client = hub.client(Some(token));
+    let client = hub_client(&hub, Some(token));
     assert_eq!(client.search("tiny", 5).await.unwrap().len(), 1);
     let sample = sample_rows(&client, &["acme/tiny-qa".to_string()], 5, 1).await.unwrap();
     assert_eq!(sample.len(), 5);
@@ -458,11 +417,11 @@ async fn the_token_is_sent_as_bearer_and_never_shown() {
     let missing = client.parquet_files("acme/missing").await.unwrap_err().to_string();
     assert!(missing.contains("acme/missing") && !missing.contains(token), "{missing}");
 
-    let anonymous = hub.client(None).parquet_files("acme/tiny-qa").await.unwrap_err();
+    let anonymous = hub_client(&hub, None).parquet_files("acme/tiny-qa").await.unwrap_err();
     assert!(matches!(anonymous, HubError::Unauthorized { status: 401, .. }), "{anonymous}");
     assert!(anonymous.to_string().contains("HF_TOKEN"), "{anonymous}");
     let wrong = "hf_wrong_token_1717";
-    let refused = hub.client(Some(wrong)).parquet_files("acme/tiny-qa").await.unwrap_err().to_string();
+    let refused = hub_client(&hub, Some(wrong)).parquet_files("acme/tiny-qa").await.unwrap_err().to_string();
     assert!(refused.contains("acme/tiny-qa") && !refused.contains(wrong), "{refused}");
     assert_eq!(hub.stats()["unauthorized_requests"], 2);
 }

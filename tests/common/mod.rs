@@ -182,3 +182,47 @@ impl Drop for TestServer {
         let _ = self.child.wait();
     }
 }
+
+/// A running `sdg-test-hub` (a Hugging Face Hub REST server over a folder), killed when dropped.
+pub struct TestHub {
+    child: std::process::Child,
+    pub url: String,
+}
+
+impl TestHub {
+    /// Serves `root` with extra flags (`--fail-first`, `--token`, ...) on a free port.
+    pub fn start(root: &Path, args: &[&str]) -> TestHub {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sdg-test-hub"))
+            .arg("--root")
+            .arg(root)
+            .args(["--port", "0"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("sdg-test-hub starts");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("first line");
+        let url = line.trim().strip_prefix("listening on ").expect("listening line").to_string();
+        TestHub { child, url }
+    }
+
+    /// `GET /stats` over a plain HTTP/1.1 connection.
+    pub fn stats(&self) -> serde_json::Value {
+        use std::io::{Read, Write};
+        let address = self.url.strip_prefix("http://").expect("http url");
+        let mut stream = std::net::TcpStream::connect(address).expect("connect");
+        write!(stream, "GET /stats HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").expect("request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("response");
+        let body = response.split_once("\r\n\r\n").expect("body").1;
+        serde_json::from_str(body).expect("stats json")
+    }
+}
+
+impl Drop for TestHub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

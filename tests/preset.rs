@@ -136,3 +136,49 @@ fn task_errors_point_at_the_task() {
     let message = stderr(&run_in(dir.path(), &["validate", "typo.yaml"]));
     assert!(message.contains("typo.yaml:3:") && message.contains("instrution"), "{message}");
 }
+
+/// `source: distill`: each demo asks the teacher for batches of new examples; near-duplicates are removed
+/// before the vote. The test server's teacher is scripted to return the same three examples every call, so
+/// exactly three distinct records survive.
+#[test]
+fn a_distill_task_generates_from_demos_and_removes_repeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(
+        root,
+        "demos.jsonl",
+        "{\"question\": \"A shop sells 3 pens for 2 dollars. How much do 12 pens cost?\", \"answer\": \"#### 8\"}\n\
+         {\"question\": \"Tom reads 15 pages a day. How many pages does he read in a week?\", \"answer\": \"#### 105\"}\n",
+    );
+    let examples = serde_json::json!({"examples": [
+        {"question": "A baker makes 24 rolls an hour. How many rolls does she make in 5 hours?", "answer": "#### 120"},
+        {"question": "Anna has 45 stickers and gives away 17. How many does she keep?", "answer": "#### 28"},
+        {"question": "A train travels 60 km an hour for 3 hours. How far does it go?", "answer": "#### 180"},
+    ]});
+    let rules = serde_json::json!([{"contains": "Here is one example", "reply": examples.to_string()}]);
+    write(root, "script.json", &rules.to_string());
+    let server =
+        TestServer::start(&["--skill", "teacher-model=1.0", "--script", root.join("script.json").to_str().unwrap()]);
+    write(
+        root,
+        "distill.yaml",
+        &format!(
+            "task:\n  name: math\n  instruction: Grade-school word problems.\n  demos: demos.jsonl\n  num_samples: 6\n  \
+             source: distill\n  distill: {{per_call: 3}}\n  seed: 2\n  verify: {{vote: {{n: 4, match_generated: false}}}}\n\
+             models:\n  teacher: {{base_url: \"{}\", model: teacher-model}}\n",
+            server.url
+        ),
+    );
+    let output = run_in(root, &["run", "distill.yaml", "-o", "out", "--quiet", "--workers", "2"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let data = read_parquet_dir(&root.join("out/data"));
+    let mut questions: Vec<String> = strings(&data, "question").into_iter().flatten().collect();
+    questions.sort();
+    assert_eq!(questions.len(), 3, "{questions:?}");
+    assert!(questions[0].starts_with("A baker"), "{questions:?}");
+    assert!(strings(&data, "parent_id").iter().all(Option::is_some), "rows keep their demo as parent");
+    let m = manifest(&root.join("out"));
+    // 6 x 1.5 = 9 examples from 2 demos at 3 per call: 2 calls per demo, 4 calls, 12 candidates.
+    assert_eq!(m["nodes"]["qa"]["rows_out"], 12, "{m:#}");
+    assert_eq!(m["nodes"]["fresh"]["rejected"], 9, "{m:#}");
+}

@@ -332,7 +332,12 @@ impl Config {
             )),
             (Some(task), None) => {
                 if let Some(spec) = de::decode::<preset::TaskSpec>(task, "task", &mut diagnostics) {
-                    match preset::expand(&spec) {
+                    // The distill recipe sizes its calls by the number of demos (read again by the node).
+                    let demo_count = spec.demos.as_ref().map_or(0, |file| {
+                        std::fs::read_to_string(resolve(base_dir, file))
+                            .map_or(0, |text| text.lines().filter(|l| !l.trim().is_empty()).count())
+                    });
+                    match preset::expand(&spec, demo_count) {
                         Ok(list) => {
                             let text = preset::to_yaml(&serde_json::json!({ "nodes": list }));
                             let before = diagnostics.len();

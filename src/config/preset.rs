@@ -51,6 +51,8 @@ pub struct TaskSpec {
     #[serde(default)]
     pub local: Option<LocalSource>,
     #[serde(default)]
+    pub distill: Option<DistillSource>,
+    #[serde(default)]
     pub verify: Verify,
     /// The endpoint that writes (default `teacher`).
     #[serde(default = "default_teacher")]
@@ -106,6 +108,43 @@ fn default_per_passage() -> u32 {
 
 fn default_min_chars() -> usize {
     200
+}
+
+/// `distill:` batches of new examples written by the teacher from the demos.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DistillSource {
+    /// Examples asked per call.
+    #[serde(default = "default_per_call")]
+    pub per_call: u32,
+    /// Candidates generated per record wanted, to cover what dedup and verification drop.
+    #[serde(default = "default_overgenerate")]
+    pub overgenerate: f64,
+    /// Near-duplicate threshold (MinHash Jaccard) over the questions.
+    #[serde(default = "default_near")]
+    pub near_duplicate: f64,
+}
+
+impl Default for DistillSource {
+    fn default() -> Self {
+        DistillSource {
+            per_call: default_per_call(),
+            overgenerate: default_overgenerate(),
+            near_duplicate: default_near(),
+        }
+    }
+}
+
+fn default_per_call() -> u32 {
+    5
+}
+
+fn default_overgenerate() -> f64 {
+    1.5
+}
+
+fn default_near() -> f64 {
+    0.8
 }
 
 /// `verify:` which checks run, in this order.
@@ -214,7 +253,8 @@ fn answer_format(answer: &Json) -> String {
 }
 
 /// The graph a task expands to, as the `nodes:` list (JSON values, emitted as YAML by the caller).
-pub fn expand(task: &TaskSpec) -> Result<Vec<Json>, PresetError> {
+/// `demo_count` is the number of demos in the task's demos file (the distill source sizes its calls by it).
+pub fn expand(task: &TaskSpec, demo_count: usize) -> Result<Vec<Json>, PresetError> {
     if task.num_samples == 0 {
         return Err(problem("num_samples", "must be at least 1"));
     }
@@ -271,7 +311,42 @@ pub fn expand(task: &TaskSpec) -> Result<Vec<Json>, PresetError> {
             ));
         }
         Source::Distill => {
-            return Err(problem("source", "`distill` is not available as a preset yet; write the graph"));
+            // Each demo is a slot: the teacher writes `per_call` new examples in its style per sample, with
+            // other demos rotated in as few-shot context; near-duplicates are removed before verification.
+            let Some(demos) = &task.demos else {
+                return Err(problem(
+                    "demos",
+                    "`source: distill` needs `demos` (a JSONL file of examples) to start from",
+                ));
+            };
+            let distill = task.distill.clone().unwrap_or_default();
+            if distill.per_call == 0 || !(distill.overgenerate >= 1.0) {
+                return Err(problem("distill", "needs per_call >= 1 and overgenerate >= 1"));
+            }
+            // Calls per demo so that all demos together ask for num_samples x overgenerate examples.
+            let wanted = (task.num_samples as f64 * distill.overgenerate).ceil() as u64;
+            let per_demo = u64::from(distill.per_call) * demo_count.max(1) as u64;
+            let calls = wanted.div_ceil(per_demo).max(1);
+            nodes.push(json!({"id": "seeds", "kind": "ingest", "paths": [demos], "fields": {"text": "question", "keep": ["answer"]}}));
+            let prompt = format!(
+                "{demos_block}Here is one example of the data we need:\nQuestion: {{{{ text }}}}\nAnswer: {{{{ answer }}}}\n\n\
+                 Write {} new, different examples of the same kind (new topics, new numbers, varied wording). {format}\n\
+                 Reply with JSON only: {{\"examples\": [{{\"question\": \"...\", \"answer\": \"...\"}}]}}",
+                distill.per_call
+            );
+            let mut generate = json!({
+                "id": "qa", "kind": "generate", "input": "seeds", "model": task.teacher,
+                "system": system, "prompt": prompt, "n": calls, "temperature": 0.9,
+                "demos": demos, "demos_k": 2,
+                "output": {"json_list": {"columns": ["question", "answer"]}},
+            });
+            if let Some(seed) = task.seed {
+                generate["seed"] = json!(seed);
+            }
+            nodes.push(generate);
+            nodes.push(json!({"id": "fresh", "kind": "dedup", "input": "qa", "column": "question",
+                "near": {"threshold": distill.near_duplicate}}));
+            "fresh".to_string()
         }
     };
     let mut last = last;
@@ -415,7 +490,7 @@ mod tests {
         let nodes = expand(&task(json!({
             "verify": {"vote": {"n": 4}, "score": {"k": 4}, "rewrite": {"rounds": 1}, "translate": {"languages": ["fr"]}},
             "seed": 9,
-        })))
+        })), 0)
         .unwrap();
         let ids: Vec<&str> = nodes.iter().map(|n| n["id"].as_str().unwrap()).collect();
         assert_eq!(
@@ -432,12 +507,26 @@ mod tests {
     }
 
     #[test]
+    fn distill_task_sizes_its_calls_by_the_demos() {
+        let spec = task(json!({"source": "distill", "local": null, "demos": "demos.jsonl", "num_samples": 30,
+            "distill": {"per_call": 5, "overgenerate": 2.0}}));
+        let nodes = expand(&spec, 3).unwrap();
+        let ids: Vec<&str> = nodes.iter().map(|n| n["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["seeds", "qa", "fresh", "out"]);
+        // 30 x 2 = 60 examples from 3 demos at 5 per call: 4 calls per demo.
+        assert_eq!(nodes[1]["n"], 4);
+        assert_eq!(nodes[1]["output"]["json_list"]["columns"], json!(["question", "answer"]));
+        let err = expand(&task(json!({"source": "distill"})), 0).unwrap_err();
+        assert_eq!(err.key, "demos");
+    }
+
+    #[test]
     fn impossible_tasks_are_refused_with_the_key() {
-        let err = expand(&task(json!({"verify": {"rewrite": {}}}))).unwrap_err();
+        let err = expand(&task(json!({"verify": {"rewrite": {}}})), 0).unwrap_err();
         assert_eq!(err.key, "verify.rewrite");
-        let err = expand(&task(json!({"local": null}))).unwrap_err();
+        let err = expand(&task(json!({"local": null})), 0).unwrap_err();
         assert_eq!(err.key, "local");
-        let err = expand(&task(json!({"num_samples": 0}))).unwrap_err();
+        let err = expand(&task(json!({"num_samples": 0})), 0).unwrap_err();
         assert_eq!(err.key, "num_samples");
     }
 

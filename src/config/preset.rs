@@ -320,7 +320,7 @@ pub fn expand(task: &TaskSpec, demo_count: usize) -> Result<Vec<Json>, PresetErr
                 ));
             };
             let distill = task.distill.clone().unwrap_or_default();
-            if distill.per_call == 0 || !(distill.overgenerate >= 1.0) {
+            if distill.per_call == 0 || distill.overgenerate.is_nan() || distill.overgenerate < 1.0 {
                 return Err(problem("distill", "needs per_call >= 1 and overgenerate >= 1"));
             }
             // Calls per demo so that all demos together ask for num_samples x overgenerate examples.

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use sdg::config::NodeSpec;
 use sdg::config::resolve;
 use sdg::config::{Config, ConfigError};
 use sdg::plan::{Plan, render};
@@ -313,6 +314,21 @@ fn run(plan: Plan, options: RunOptions, quiet: bool) -> anyhow::Result<ExitCode>
     let stop = Arc::new(AtomicBool::new(false));
     install_signal_handler(Arc::clone(&stop))?;
     let out = options.out.clone();
+    // Hub sources are drawn before the run (cached beside the response cache) and then read as files.
+    let mut plan = plan;
+    let staging = tempfile::tempdir()?;
+    let samples = sdg::io::hub_source::samples_root(options.cache_dir.as_deref(), staging.path());
+    for node in &mut plan.nodes {
+        if let NodeSpec::Hub(hub) = &node.spec {
+            match hub.materialize(&samples) {
+                Ok(ingest) => node.spec = NodeSpec::Ingest(ingest),
+                Err(error) => {
+                    eprintln!("node `{}`: cannot read the Hub datasets: {error}", node.id);
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+    }
     let node_ids: Vec<(String, String)> = plan.nodes.iter().map(|n| (n.id.clone(), n.kind.clone())).collect();
     let engine = Engine::new(plan, options);
     let files = engine.files_to_read();

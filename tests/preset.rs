@@ -182,3 +182,62 @@ fn a_distill_task_generates_from_demos_and_removes_repeats() {
     assert_eq!(m["nodes"]["qa"]["rows_out"], 12, "{m:#}");
     assert_eq!(m["nodes"]["fresh"]["rejected"], 9, "{m:#}");
 }
+
+/// `source: web`: rows are sampled from a Hub dataset (a local Hub server here), keep their provenance and
+/// their ground-truth answers verbatim, and go through the vote and score.
+#[test]
+fn a_web_task_samples_hub_rows_with_provenance() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let hub_root = root.join("hub");
+    let questions: Vec<String> = (0..40).map(|i| format!("What is {i} plus {}?", i * 3)).collect();
+    let answers: Vec<String> = (0..40).map(|i| format!("{i} + {} = {}\n#### {}", i * 3, i * 4, i * 4)).collect();
+    let file = hub_root.join("datasets/acme/sums/data/train-00000-of-00001.parquet");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    sdg::testkit::write_parquet(
+        &file,
+        &[
+            ("question", questions.iter().map(|q| Some(q.as_str())).collect()),
+            ("answer", answers.iter().map(|a| Some(a.as_str())).collect()),
+        ],
+    )
+    .unwrap();
+    let hub = common::TestHub::start(&hub_root, &[]);
+    let server = TestServer::start(&["--skill", "teacher-model=1.0", "--skill", "student-model=mixed"]);
+    write(
+        root,
+        "web.yaml",
+        &format!(
+            "task:\n  name: sums\n  instruction: Arithmetic word problems.\n  num_samples: 10\n  source: web\n  \
+             web: {{datasets: [acme/sums]}}\n  seed: 3\n  verify: {{vote: {{n: 4, match_generated: false}}, score: {{k: 4}}}}\n\
+             models:\n  teacher: {{base_url: \"{url}\", model: teacher-model}}\n  student: {{base_url: \"{url}\", model: student-model}}\n",
+            url = server.url
+        ),
+    );
+    let output = common::sdg()
+        .current_dir(root)
+        .env("HF_ENDPOINT", &hub.url)
+        .args(["run", "web.yaml", "-o", "out", "--quiet", "--workers", "2"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let data = read_parquet_dir(&root.join("out/data"));
+    let rejects = read_parquet_dir(&root.join("out/rejects"));
+    let kept: usize = data.iter().map(|b| b.num_rows()).sum();
+    let rejected: usize = rejects.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(kept + rejected, 15, "10 wanted x 1.5 oversampling, every row accounted for");
+    assert!(kept > 0);
+    let datasets = strings(&data, "hub_dataset");
+    assert!(datasets.iter().all(|d| d.as_deref() == Some("acme/sums")), "{datasets:?}");
+    assert!(strings(&data, "hub_split").iter().all(|s| s.as_deref() == Some("train")));
+    // The ground truth is the dataset's own answer for that row, verbatim; the vote's answer sits beside it.
+    let rows = strings(&data, "hub_row");
+    let truths = strings(&data, "answer");
+    let asked = strings(&data, "question");
+    for ((row, truth), question) in rows.iter().zip(&truths).zip(&asked) {
+        let index: usize = row.as_deref().unwrap().parse().unwrap();
+        assert_eq!(truth.as_deref(), Some(answers[index].as_str()));
+        assert_eq!(question.as_deref(), Some(questions[index].as_str()));
+    }
+    assert!(data[0].column_by_name("vote_answer").is_some() && data[0].column_by_name("category").is_some());
+}

@@ -30,6 +30,7 @@ use sdg_operators::self_instruct::SelfInstructSpec;
 use sdg_operators::translate::TranslateSpec;
 use sdg_operators::vote::VoteSpec;
 
+use crate::io::hub_source::HubSourceSpec;
 use crate::io::ingest::IngestSpec;
 use crate::io::sink::SinkSpec;
 use crate::models::ModelSpec;
@@ -97,6 +98,8 @@ mod defaults {
 #[derive(Debug, Clone, PartialEq)]
 pub enum NodeSpec {
     Ingest(IngestSpec),
+    /// Rows sampled from Hub datasets; becomes an `Ingest` once drawn (`sdg run` does it before starting).
+    Hub(HubSourceSpec),
     Chunk(ChunkSpec),
     Filter(FilterSpec),
     Dedup(DedupSpec),
@@ -120,6 +123,7 @@ pub struct GenerateNode {
 /// Every kind a node may have.
 pub const KINDS: &[&str] = &[
     "ingest",
+    "hub",
     "chunk",
     "filter",
     "dedup",
@@ -473,6 +477,7 @@ fn node_config(item: &Node, index: usize, base_dir: &Path, diagnostics: &mut Vec
         Some("ingest") => {
             de::decode::<IngestSpec>(&settings, &path, diagnostics).map(|s| NodeSpec::Ingest(s.resolved(base_dir)))
         }
+        Some("hub") => de::decode::<HubSourceSpec>(&settings, &path, diagnostics).map(NodeSpec::Hub),
         Some("chunk") => de::decode::<ChunkSpec>(&settings, &path, diagnostics).map(|mut s| {
             if let Some(file) = &s.tokenizer {
                 s.tokenizer = Some(resolve(base_dir, file));

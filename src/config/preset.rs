@@ -53,6 +53,8 @@ pub struct TaskSpec {
     #[serde(default)]
     pub distill: Option<DistillSource>,
     #[serde(default)]
+    pub web: Option<WebSource>,
+    #[serde(default)]
     pub verify: Verify,
     /// The endpoint that writes (default `teacher`).
     #[serde(default = "default_teacher")]
@@ -108,6 +110,35 @@ fn default_per_passage() -> u32 {
 
 fn default_min_chars() -> usize {
     200
+}
+
+/// `web:` rows sampled from Hugging Face Hub datasets; the answers are ground truth and stay verbatim.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebSource {
+    /// Dataset ids; when empty, `search` finds them (the task's domain or name by default).
+    #[serde(default)]
+    pub datasets: Vec<String>,
+    #[serde(default)]
+    pub search: Option<String>,
+    /// The dataset's question and answer fields.
+    #[serde(default = "default_question_field")]
+    pub question: String,
+    #[serde(default = "default_answer_field")]
+    pub answer: String,
+    #[serde(default)]
+    pub splits: Option<Vec<String>>,
+    /// Rows drawn per record wanted, to cover what verification drops.
+    #[serde(default = "default_overgenerate")]
+    pub oversample: f64,
+}
+
+fn default_question_field() -> String {
+    "question".into()
+}
+
+fn default_answer_field() -> String {
+    "answer".into()
 }
 
 /// `distill:` batches of new examples written by the teacher from the demos.
@@ -259,6 +290,8 @@ pub fn expand(task: &TaskSpec, demo_count: usize) -> Result<Vec<Json>, PresetErr
         return Err(problem("num_samples", "must be at least 1"));
     }
     let answer = task.answer.clone().unwrap_or_else(|| json!({"marker": "####"}));
+    // A web dataset's answer column: the reference, never overwritten by the vote.
+    let mut ground_truth: Option<String> = None;
     let format = answer_format(&answer);
     let mut nodes = Vec::new();
     let domain = task.domain.as_deref().map(|d| format!(" about {}", raw(d))).unwrap_or_default();
@@ -305,10 +338,31 @@ pub fn expand(task: &TaskSpec, demo_count: usize) -> Result<Vec<Json>, PresetErr
             "qa".to_string()
         }
         Source::Web => {
-            return Err(problem(
-                "source",
-                "`web` (Hugging Face Hub datasets) is not available as a preset yet; write the graph",
-            ));
+            let web = task.web.as_ref().ok_or_else(|| {
+                problem("web", "`source: web` needs `web: {datasets: [...]}` or `web: {search: ...}`")
+            })?;
+            if web.oversample.is_nan() || web.oversample < 1.0 {
+                return Err(problem("web.oversample", "must be at least 1"));
+            }
+            let search = match (&web.search, web.datasets.is_empty()) {
+                (Some(words), _) => Some(words.clone()),
+                (None, true) => Some(task.domain.clone().unwrap_or_else(|| task.name.clone())),
+                (None, false) => None,
+            };
+            let rows = (task.num_samples as f64 * web.oversample).ceil() as u64;
+            let mut hub = json!({
+                "id": "rows", "kind": "hub", "datasets": web.datasets, "rows": rows, "seed": task.seed.unwrap_or(0),
+                "fields": {"text": web.question, "keep": [web.question, web.answer]},
+            });
+            if let Some(search) = search {
+                hub["search"] = json!(search);
+            }
+            if let Some(splits) = &web.splits {
+                hub["splits"] = json!(splits);
+            }
+            nodes.push(hub);
+            ground_truth = Some(web.answer.clone());
+            "rows".to_string()
         }
         Source::Distill => {
             // Each demo is a slot: the teacher writes `per_call` new examples in its style per sample, with
@@ -350,7 +404,11 @@ pub fn expand(task: &TaskSpec, demo_count: usize) -> Result<Vec<Json>, PresetErr
         }
     };
     let mut last = last;
-    let question_prompt = format!("{{{{ question }}}}\n\nSolve it step by step. {format}");
+    let question_column = match (&task.web, task.source) {
+        (Some(web), Source::Web) => web.question.as_str(),
+        _ => "question",
+    };
+    let question_prompt = format!("{{{{ {question_column} }}}}\n\nSolve it step by step. {format}");
     let vote_model = task.verify.vote.as_ref().and_then(|v| v.model.clone()).unwrap_or_else(|| task.teacher.clone());
     let vote_settings = |n: u32, min_agreement: Option<f64>| {
         let mut vote = json!({"model": vote_model, "prompt": question_prompt, "n": n, "answer": answer});
@@ -369,13 +427,20 @@ pub fn expand(task: &TaskSpec, demo_count: usize) -> Result<Vec<Json>, PresetErr
         object.insert("kind".into(), json!("vote"));
         object.insert("input".into(), json!(last));
         if vote.match_generated {
-            object.insert("expected".into(), json!("answer"));
+            object.insert("expected".into(), json!(ground_truth.as_deref().unwrap_or("answer")));
+        }
+        if ground_truth.is_some() {
+            // The vote's own answer goes beside the ground truth, not over it.
+            object.insert("columns".into(), json!({"answer": "vote_answer"}));
         }
         nodes.push(node);
         last = "verified".into();
     }
     let score_settings = |score: &VerifyScore| {
         let mut settings = json!({"model": score.model, "prompt": question_prompt, "k": score.k, "answer": answer, "keep_answers": true});
+        if let Some(truth) = &ground_truth {
+            settings["reference"] = json!(truth);
+        }
         if let Some(seed) = task.seed {
             settings["seed"] = json!(seed);
         }
@@ -518,6 +583,23 @@ mod tests {
         assert_eq!(nodes[1]["output"]["json_list"]["columns"], json!(["question", "answer"]));
         let err = expand(&task(json!({"source": "distill"})), 0).unwrap_err();
         assert_eq!(err.key, "demos");
+    }
+
+    #[test]
+    fn web_task_keeps_the_ground_truth_beside_the_vote() {
+        let spec = task(json!({"source": "web", "local": null, "num_samples": 10,
+            "web": {"datasets": ["acme/sums"], "answer": "solution"},
+            "verify": {"vote": {"n": 4}, "score": {"k": 4}}}));
+        let nodes = expand(&spec, 0).unwrap();
+        assert_eq!(nodes[0]["kind"], "hub");
+        assert_eq!(nodes[0]["rows"], 15);
+        assert_eq!(nodes[0]["fields"]["keep"], json!(["question", "solution"]));
+        assert_eq!(nodes[1]["expected"], "solution");
+        assert_eq!(nodes[1]["columns"]["answer"], "vote_answer");
+        assert_eq!(nodes[2]["reference"], "solution");
+        let searched = expand(&task(json!({"source": "web", "web": {}, "domain": "chemistry"})), 0).unwrap();
+        assert_eq!(searched[0]["search"], "chemistry");
+        assert_eq!(expand(&task(json!({"source": "web"})), 0).unwrap_err().key, "web");
     }
 
     #[test]

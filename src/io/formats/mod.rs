@@ -67,7 +67,7 @@ impl Format {
 }
 
 /// How the fields of a row (jsonl, csv, parquet) map to document columns.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FieldMapping {
     /// Field holding the text. Default `text`.

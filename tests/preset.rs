@@ -214,12 +214,17 @@ fn a_web_task_samples_hub_rows_with_provenance() {
             url = server.url
         ),
     );
-    let output = common::sdg()
-        .current_dir(root)
-        .env("HF_ENDPOINT", &hub.url)
-        .args(["run", "web.yaml", "-o", "out", "--quiet", "--workers", "2"])
-        .output()
-        .unwrap();
+    let cache = root.join("cache");
+    let run = |out: &str| {
+        common::sdg()
+            .current_dir(root)
+            .env("HF_ENDPOINT", &hub.url)
+            .args(["run", "web.yaml", "-o", out, "--quiet", "--workers", "2", "--cache-dir"])
+            .arg(&cache)
+            .output()
+            .unwrap()
+    };
+    let output = run("out");
     assert!(output.status.success(), "{}", stderr(&output));
     let data = read_parquet_dir(&root.join("out/data"));
     let rejects = read_parquet_dir(&root.join("out/rejects"));
@@ -240,4 +245,18 @@ fn a_web_task_samples_hub_rows_with_provenance() {
         assert_eq!(question.as_deref(), Some(questions[index].as_str()));
     }
     assert!(data[0].column_by_name("vote_answer").is_some() && data[0].column_by_name("category").is_some());
+
+    // More samples wanted: the seeded draw extends the first one, so the rows already verified are answered
+    // from the response cache.
+    let text = std::fs::read_to_string(root.join("web.yaml")).unwrap().replace("num_samples: 10", "num_samples: 14");
+    write(root, "web.yaml", &text);
+    let requests_before = server.stats()["requests"].as_u64().unwrap();
+    let output = run("more");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let m = manifest(&root.join("more"));
+    let hits =
+        m["models"]["teacher"]["cache_hits"].as_u64().unwrap() + m["models"]["student"]["cache_hits"].as_u64().unwrap();
+    let sent = server.stats()["requests"].as_u64().unwrap() - requests_before;
+    println!("second run: {hits} calls from the cache, {sent} sent");
+    assert!(hits >= 15, "the first run's rows are reused: {hits} cache hits, {sent} sent");
 }

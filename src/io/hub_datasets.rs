@@ -6,7 +6,7 @@
 //! (sent as `Authorization: Bearer`, never logged or put in errors) and `HF_HUB_OFFLINE` (every call
 //! fails). Throttling (429) and server errors (5xx) are retried a few times with a growing delay.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::ops::Range;
@@ -1011,22 +1011,23 @@ fn allocate(n: u64, sizes: &[u64], cap: Option<u64>) -> Vec<u64> {
     shares
 }
 
-/// `k` distinct numbers below `n`, uniformly (Floyd's algorithm), sorted.
+/// `k` distinct numbers below `n`, uniformly, sorted. A partial Fisher-Yates shuffle over a virtual array, so a
+/// larger `k` with the same seed draws a superset: asking for more rows later keeps (and reuses the model
+/// calls of) every row drawn before.
 fn draw(n: u64, k: u64, seed: u64) -> Vec<u64> {
     let k = k.min(n);
-    if k == n {
-        return (0..n).collect();
-    }
     let mut rng = Rng::new(seed);
-    let mut chosen = HashSet::with_capacity(k as usize);
-    for j in n - k..n {
-        // Multiply-shift maps 64 random bits onto 0..=j with negligible bias.
-        let t = ((rng.next_u64() as u128 * (j as u128 + 1)) >> 64) as u64;
-        if !chosen.insert(t) {
-            chosen.insert(j);
-        }
+    // Only the swapped positions are stored: memory follows k, not n.
+    let mut swapped: HashMap<u64, u64> = HashMap::with_capacity(k as usize * 2);
+    let mut rows = Vec::with_capacity(k as usize);
+    for i in 0..k {
+        // Multiply-shift maps 64 random bits onto 0..n-i with negligible bias.
+        let j = i + ((rng.next_u64() as u128 * u128::from(n - i)) >> 64) as u64;
+        let at_j = swapped.get(&j).copied().unwrap_or(j);
+        let at_i = swapped.get(&i).copied().unwrap_or(i);
+        swapped.insert(j, at_i);
+        rows.push(at_j);
     }
-    let mut rows: Vec<u64> = chosen.into_iter().collect();
     rows.sort_unstable();
     rows
 }
@@ -1136,6 +1137,9 @@ mod tests {
         assert_eq!(rows, draw(1000, 100, 7));
         assert_ne!(rows, draw(1000, 100, 8));
         assert_eq!(draw(5, 10, 1), [0, 1, 2, 3, 4]);
+        let small: HashSet<u64> = draw(1000, 50, 7).into_iter().collect();
+        let large: HashSet<u64> = draw(1000, 80, 7).into_iter().collect();
+        assert!(small.is_subset(&large), "more rows with the same seed extend the draw");
         assert!(draw(0, 3, 1).is_empty());
     }
 

@@ -19,6 +19,9 @@ use super::ingest::IngestSpec;
 
 /// Provenance columns every hub row carries.
 pub const PROVENANCE: [&str; 4] = ["hub_dataset", "hub_config", "hub_split", "hub_row"];
+/// `dataset/config/split/row`: the row's id seed, so a row keeps its id (and its cached model calls) when a
+/// larger sample is drawn later.
+pub const HUB_KEY: &str = "hub_key";
 
 /// Settings of a `hub` node.
 ///
@@ -72,6 +75,9 @@ impl HubSourceSpec {
         let mut spec = IngestSpec::for_paths(vec![folder.to_path_buf()], folder);
         spec.include = vec!["*.parquet".to_string()];
         spec.fields = self.fields.clone();
+        if spec.fields.id.is_none() {
+            spec.fields.id = Some(HUB_KEY.to_string());
+        }
         for name in PROVENANCE {
             if !spec.fields.keep.iter().any(|k| k == name) {
                 spec.fields.keep.push(name.to_string());
@@ -110,30 +116,35 @@ impl HubSourceSpec {
         let staging = root.join(format!(".{}.staging-{}", self.key(), std::process::id()));
         let _ = std::fs::remove_dir_all(&staging);
         std::fs::create_dir_all(&staging).map_err(|e| format!("cannot create {}: {e}", staging.display()))?;
-        for (index, group) in sample.groups.iter().enumerate() {
+        for group in &sample.groups {
             let rows = group.batch.num_rows();
-            let provenance: [ArrayRef; 4] = [
+            let keys =
+                group.origins.iter().map(|o| format!("{}/{}/{}/{}", group.dataset, group.config, group.split, o.row));
+            let provenance: [ArrayRef; 5] = [
                 Arc::new(StringArray::from(vec![group.dataset.as_str(); rows])),
                 Arc::new(StringArray::from(vec![group.config.as_str(); rows])),
                 Arc::new(StringArray::from(vec![group.split.as_str(); rows])),
                 Arc::new(StringArray::from_iter_values(group.origins.iter().map(|o| o.row.to_string()))),
+                Arc::new(StringArray::from_iter_values(keys)),
             ];
             let mut fields: Vec<Field> = group
                 .batch
                 .schema()
                 .fields()
                 .iter()
-                .filter(|f| !PROVENANCE.contains(&f.name().as_str()))
+                .filter(|f| !PROVENANCE.contains(&f.name().as_str()) && f.name() != HUB_KEY)
                 .map(|f| f.as_ref().clone())
                 .collect();
             let mut columns: Vec<ArrayRef> = fields
                 .iter()
                 .map(|f| Arc::clone(group.batch.column_by_name(f.name()).expect("field of the batch")))
                 .collect();
-            fields.extend(PROVENANCE.iter().map(|name| Field::new(*name, DataType::Utf8, false)));
+            fields.extend(PROVENANCE.iter().chain([&HUB_KEY]).map(|name| Field::new(*name, DataType::Utf8, false)));
             columns.extend(provenance);
             let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| e.to_string())?;
-            let path = staging.join(format!("{index:04}.parquet"));
+            // Named by the group, not its position: a row's path (part of its id) stays put as samples grow.
+            let group_key = format!("{}\u{0}{}\u{0}{}", group.dataset, group.config, group.split);
+            let path = staging.join(format!("{}.parquet", &blake3::hash(group_key.as_bytes()).to_hex()[..16]));
             write_parquet(&path, &batch).map_err(|e| format!("{}: {e}", path.display()))?;
         }
         std::fs::write(staging.join("complete"), b"").map_err(|e| e.to_string())?;

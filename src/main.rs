@@ -319,13 +319,18 @@ fn run(plan: Plan, options: RunOptions, quiet: bool) -> anyhow::Result<ExitCode>
     let staging = tempfile::tempdir()?;
     let samples = sdg::io::hub_source::samples_root(options.cache_dir.as_deref(), staging.path());
     for node in &mut plan.nodes {
-        if let NodeSpec::Hub(hub) = &node.spec {
-            match hub.materialize(&samples) {
-                Ok(ingest) => node.spec = NodeSpec::Ingest(ingest),
-                Err(error) => {
-                    eprintln!("node `{}`: cannot read the Hub datasets: {error}", node.id);
-                    return Ok(ExitCode::FAILURE);
-                }
+        let drawn = match &node.spec {
+            NodeSpec::Hub(hub) => hub.materialize(&samples).map_err(|e| format!("cannot read the Hub datasets: {e}")),
+            NodeSpec::Passages(passages) => passages
+                .materialize(&node.id, &samples.join("passages"))
+                .map_err(|e| format!("cannot retrieve passages: {e}")),
+            _ => continue,
+        };
+        match drawn {
+            Ok(ingest) => node.spec = NodeSpec::Ingest(ingest),
+            Err(error) => {
+                eprintln!("node `{}`: {error}", node.id);
+                return Ok(ExitCode::FAILURE);
             }
         }
     }

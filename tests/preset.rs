@@ -260,3 +260,47 @@ fn a_web_task_samples_hub_rows_with_provenance() {
     println!("second run: {hits} calls from the cache, {sent} sent");
     assert!(hits >= 15, "the first run's rows are reused: {hits} cache hits, {sent} sent");
 }
+
+/// `local` with queries: only the passages retrieved for the queries are asked about (hybrid BM25 + MiniLM,
+/// thresholds drop the rest), and every row says which query chose it.
+#[test]
+fn a_local_task_with_queries_asks_only_about_retrieved_passages() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let corpus = root.join("corpus");
+    for (i, text) in [
+        "The Nile flows north through eleven countries before it reaches the Mediterranean Sea near Alexandria.",
+        "Mount Kilimanjaro rises almost six thousand metres above the plains of northern Tanzania.",
+        "The Danube passes through four capital cities on its way from the Black Forest to the Black Sea.",
+        "Lake Baikal in Siberia holds about a fifth of the unfrozen fresh water on the surface of the Earth.",
+        "The Atacama Desert in Chile is one of the driest places on Earth, with some stations never recording rain.",
+        "Iceland sits on the Mid-Atlantic Ridge, where the North American and Eurasian plates drift apart.",
+    ]
+    .iter()
+    .enumerate()
+    {
+        write(&corpus, &format!("d{i}.txt"), text);
+    }
+    let server = TestServer::start(&["--skill", "teacher-model=1.0"]);
+    write(
+        root,
+        "retrieve.yaml",
+        &format!(
+            "task:\n  name: rivers\n  instruction: Questions about rivers.\n  num_samples: 2\n  source: local\n  \
+             local:\n    paths: [corpus]\n    min_chars: 40\n    queries: [\"rivers that flow into a sea\"]\n    \
+             embedder: all-minilm-l6-v2\n    retrieval: {{top_k: 2, min_similarity: 0.3}}\n\
+             models:\n  teacher: {{base_url: \"{}\", model: teacher-model}}\n",
+            server.url
+        ),
+    );
+    let plan = stdout(&run_in(root, &["plan", "retrieve.yaml"]));
+    assert!(plan.contains("chunks [passages]"), "{plan}");
+    let output = run_in(root, &["run", "retrieve.yaml", "-o", "out", "--quiet", "--workers", "2"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let data = read_parquet_dir(&root.join("out/data"));
+    let mut sources: Vec<String> = strings(&data, "passage_source").into_iter().flatten().collect();
+    sources.sort();
+    assert_eq!(sources, ["corpus/d0.txt", "corpus/d2.txt"], "the Nile and the Danube");
+    assert!(strings(&data, "retrieval_query").iter().all(|q| q.as_deref() == Some("rivers that flow into a sea")));
+    assert!(strings(&data, "question").iter().all(Option::is_some));
+}

@@ -32,6 +32,7 @@ use sdg_operators::vote::VoteSpec;
 
 use crate::io::hub_source::HubSourceSpec;
 use crate::io::ingest::IngestSpec;
+use crate::io::passages_source::PassagesSpec;
 use crate::io::sink::SinkSpec;
 use crate::models::ModelSpec;
 pub use de::Diagnostic;
@@ -100,6 +101,8 @@ pub enum NodeSpec {
     Ingest(IngestSpec),
     /// Rows sampled from Hub datasets; becomes an `Ingest` once drawn (`sdg run` does it before starting).
     Hub(HubSourceSpec),
+    /// The corpus chunks retrieved for queries; becomes an `Ingest` once selected (before the run).
+    Passages(PassagesSpec),
     Chunk(ChunkSpec),
     Filter(FilterSpec),
     Dedup(DedupSpec),
@@ -124,6 +127,7 @@ pub struct GenerateNode {
 pub const KINDS: &[&str] = &[
     "ingest",
     "hub",
+    "passages",
     "chunk",
     "filter",
     "dedup",
@@ -478,6 +482,9 @@ fn node_config(item: &Node, index: usize, base_dir: &Path, diagnostics: &mut Vec
             de::decode::<IngestSpec>(&settings, &path, diagnostics).map(|s| NodeSpec::Ingest(s.resolved(base_dir)))
         }
         Some("hub") => de::decode::<HubSourceSpec>(&settings, &path, diagnostics).map(NodeSpec::Hub),
+        Some("passages") => {
+            de::decode::<PassagesSpec>(&settings, &path, diagnostics).map(|s| NodeSpec::Passages(s.resolved(base_dir)))
+        }
         Some("chunk") => de::decode::<ChunkSpec>(&settings, &path, diagnostics).map(|mut s| {
             if let Some(file) = &s.tokenizer {
                 s.tokenizer = Some(resolve(base_dir, file));

@@ -94,6 +94,16 @@ pub struct LocalSource {
     /// Shortest passage worth asking about, in characters.
     #[serde(default = "default_min_chars")]
     pub min_chars: usize,
+    /// Retrieve only the passages relevant to these queries (BM25, or hybrid with `embedder`); all passages
+    /// when empty.
+    #[serde(default)]
+    pub queries: Vec<String>,
+    /// A local embedder for dense and hybrid retrieval.
+    #[serde(default)]
+    pub embedder: Option<String>,
+    /// `{mode, top_k, min_bm25, min_similarity}` (see the `passages` node).
+    #[serde(default)]
+    pub retrieval: Option<serde_json::Value>,
 }
 
 fn default_chunk() -> usize {
@@ -311,8 +321,20 @@ pub fn expand(task: &TaskSpec, demo_count: usize) -> Result<Vec<Json>, PresetErr
             if local.paths.is_empty() {
                 return Err(problem("local.paths", "name at least one file or folder"));
             }
-            nodes.push(json!({"id": "docs", "kind": "ingest", "paths": local.paths}));
-            nodes.push(json!({"id": "chunks", "kind": "chunk", "input": "docs", "max_tokens": local.chunk, "overlap": local.overlap}));
+            if local.queries.is_empty() {
+                nodes.push(json!({"id": "docs", "kind": "ingest", "paths": local.paths}));
+                nodes.push(json!({"id": "chunks", "kind": "chunk", "input": "docs", "max_tokens": local.chunk, "overlap": local.overlap}));
+            } else {
+                let mut retrieve = json!({"id": "chunks", "kind": "passages", "paths": local.paths, "queries": local.queries,
+                    "chunk": {"max_tokens": local.chunk, "overlap": local.overlap}});
+                if let Some(embedder) = &local.embedder {
+                    retrieve["embedder"] = json!(embedder);
+                }
+                if let Some(settings) = &local.retrieval {
+                    retrieve["retrieval"] = settings.clone();
+                }
+                nodes.push(retrieve);
+            }
             nodes.push(json!({"id": "passages", "kind": "filter", "input": "chunks",
                 "where": {"len": {"column": "text", "min": local.min_chars}}}));
             nodes.push(json!({"id": "unique", "kind": "dedup", "input": "passages", "near": {"threshold": 0.8}}));

@@ -5,5 +5,6 @@ pub mod hub_datasets;
 pub mod hub_source;
 pub mod ingest;
 pub mod json_rows;
+pub mod passages_source;
 pub mod rejects;
 pub mod sink;

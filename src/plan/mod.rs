@@ -123,7 +123,7 @@ impl Plan {
 /// A fresh operator instance for a transform node (`None` for sources and sinks).
 pub fn instantiate(spec: &NodeSpec) -> Result<Option<Box<dyn Operator>>, String> {
     let op: Box<dyn Operator> = match spec {
-        NodeSpec::Ingest(_) | NodeSpec::Hub(_) => return Ok(None),
+        NodeSpec::Ingest(_) | NodeSpec::Hub(_) | NodeSpec::Passages(_) => return Ok(None),
         NodeSpec::Sink(sink) => Box::new(Project::new(sink.project())),
         NodeSpec::Chunk(s) => Box::new(Chunker::new(s.clone()).map_err(|e| e.to_string())?),
         NodeSpec::Filter(s) => Box::new(RowFilter::new(s.clone()).map_err(|e| e.to_string())?),
@@ -143,6 +143,7 @@ fn output_schema(spec: &NodeSpec, input: Option<&SchemaRef>) -> Result<SchemaRef
     match (spec, input) {
         (NodeSpec::Ingest(ingest), _) => Ok(ingest.schema()),
         (NodeSpec::Hub(hub), _) => Ok(hub.ingest(Path::new(".")).schema()),
+        (NodeSpec::Passages(passages), _) => Ok(passages.ingest(Path::new(".")).schema()),
         (_, Some(input)) => match instantiate(spec)? {
             Some(op) => op.output_schema(input).map_err(|e| e.to_string()),
             None => Err("internal: no operator".to_string()),
@@ -155,6 +156,7 @@ fn settings_problems(node: &NodeConfig, models: &[&str], diagnostics: &mut Vec<D
     let problems = match &node.spec {
         Some(NodeSpec::Ingest(spec)) => spec.check(),
         Some(NodeSpec::Hub(spec)) => spec.check(),
+        Some(NodeSpec::Passages(spec)) => spec.check(),
         Some(NodeSpec::Sink(spec)) => spec.check(),
         Some(spec) => match instantiate(spec) {
             Ok(Some(op)) => op
@@ -213,7 +215,7 @@ fn graph_order(config: &Config, diagnostics: &mut Vec<Diagnostic>) -> Vec<usize>
     let ids: Vec<&str> = first.keys().copied().collect();
     let mut edges: Vec<Vec<usize>> = vec![Vec::new(); config.nodes.len()];
     for (i, node) in config.nodes.iter().enumerate() {
-        let is_source = node.kind == "ingest" || node.kind == "hub";
+        let is_source = matches!(node.kind.as_str(), "ingest" | "hub" | "passages");
         if is_source && !node.inputs.is_empty() {
             diagnostics.push(node_diag(node, "is a source and takes no `input`".to_string()));
         }

@@ -321,9 +321,16 @@ fn run(plan: Plan, options: RunOptions, quiet: bool) -> anyhow::Result<ExitCode>
     for node in &mut plan.nodes {
         let drawn = match &node.spec {
             NodeSpec::Hub(hub) => hub.materialize(&samples).map_err(|e| format!("cannot read the Hub datasets: {e}")),
-            NodeSpec::Passages(passages) => passages
-                .materialize(&node.id, &samples.join("passages"))
-                .map_err(|e| format!("cannot retrieve passages: {e}")),
+            NodeSpec::Passages(passages) => {
+                let reply = match passages.extraction_request() {
+                    None => None,
+                    Some(request) => Some(ask_model(&plan.config.models, options.cache_dir.as_deref(), request)?),
+                };
+                passages
+                    .all_queries(reply.as_deref())
+                    .and_then(|queries| passages.materialize(&node.id, &samples.join("passages"), &queries))
+                    .map_err(|e| format!("cannot retrieve passages: {e}"))
+            }
             _ => continue,
         };
         match drawn {
@@ -534,4 +541,29 @@ fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()>
     file.as_file().sync_all()?;
     file.persist(path).map_err(|e| e.error)?;
     Ok(())
+}
+
+/// One model call before the run (query extraction), through the same service, cache and accounting rules as
+/// the run's own calls.
+fn ask_model(
+    models: &std::collections::BTreeMap<String, sdg::models::ModelSpec>,
+    cache_dir: Option<&std::path::Path>,
+    request: sdg_operators::model::ModelRequest,
+) -> anyhow::Result<String> {
+    let cache = cache_dir.map(|dir| dir.join("responses.redb"));
+    // Only the endpoint asked is built: a local model is loaded once more, the others not at all.
+    let only: std::collections::BTreeMap<String, sdg::models::ModelSpec> =
+        models.iter().filter(|(name, _)| **name == request.endpoint).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let service = sdg::models::service::ModelService::new(&only, cache.as_deref()).map_err(anyhow::Error::msg)?;
+    let (sender, receiver) = std::sync::mpsc::channel();
+    service.submit(vec![request], move |responses| {
+        let _ = sender.send(responses);
+    });
+    let responses = receiver.recv()?;
+    service.flush();
+    match responses.into_iter().next() {
+        Some(Ok(reply)) => Ok(reply.texts.into_iter().next().unwrap_or_default()),
+        Some(Err(error)) => Err(anyhow::anyhow!("the query model failed: {error}")),
+        None => Err(anyhow::anyhow!("the query model gave no reply")),
+    }
 }

@@ -304,3 +304,50 @@ fn a_local_task_with_queries_asks_only_about_retrieved_passages() {
     assert!(strings(&data, "retrieval_query").iter().all(|q| q.as_deref() == Some("rivers that flow into a sea")));
     assert!(strings(&data, "question").iter().all(Option::is_some));
 }
+
+/// `extract_queries`: the teacher writes the retrieval queries from the task (structured output), and the
+/// passages retrieved for them are the ones asked about.
+#[test]
+fn the_teacher_can_write_the_retrieval_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let corpus = root.join("corpus");
+    for (i, text) in [
+        "The Nile flows north through eleven countries before it reaches the Mediterranean Sea near Alexandria.",
+        "Mount Kilimanjaro rises almost six thousand metres above the plains of northern Tanzania.",
+        "The Danube passes through four capital cities on its way from the Black Forest to the Black Sea.",
+        "The Atacama Desert in Chile is one of the driest places on Earth, with some stations never recording rain.",
+    ]
+    .iter()
+    .enumerate()
+    {
+        write(&corpus, &format!("d{i}.txt"), text);
+    }
+    let reply = serde_json::json!({"queries": ["which river reaches the sea", "Black Sea"], "keywords": ["Danube"]});
+    let rules = serde_json::json!([{"contains": "search queries", "reply": reply.to_string()}]);
+    write(root, "script.json", &rules.to_string());
+    let server =
+        TestServer::start(&["--skill", "teacher-model=1.0", "--script", root.join("script.json").to_str().unwrap()]);
+    write(
+        root,
+        "extract.yaml",
+        &format!(
+            "task:\n  name: rivers\n  domain: rivers\n  instruction: Questions about rivers and seas.\n  num_samples: 2\n  \
+             source: local\n  local: {{paths: [corpus], min_chars: 40, extract_queries: 2, retrieval: {{top_k: 1}}}}\n\
+             models:\n  teacher: {{base_url: \"{}\", model: teacher-model}}\n",
+            server.url
+        ),
+    );
+    let output = run_in(root, &["run", "extract.yaml", "-o", "out", "--quiet"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let data = read_parquet_dir(&root.join("out/data"));
+    let mut sources: Vec<String> = strings(&data, "passage_source").into_iter().flatten().collect();
+    sources.sort();
+    sources.dedup();
+    assert_eq!(sources, ["corpus/d0.txt", "corpus/d2.txt"], "{:?}", strings(&data, "retrieval_query"));
+    let queries: Vec<String> = strings(&data, "retrieval_query").into_iter().flatten().collect();
+    assert!(
+        queries.iter().all(|q| ["which river reaches the sea", "Black Sea", "rivers", "Danube"].contains(&q.as_str())),
+        "{queries:?}"
+    );
+}

@@ -98,6 +98,9 @@ pub struct LocalSource {
     /// when empty.
     #[serde(default)]
     pub queries: Vec<String>,
+    /// Have the teacher write this many retrieval queries from the task (with the domain as keywords).
+    #[serde(default)]
+    pub extract_queries: Option<usize>,
     /// A local embedder for dense and hybrid retrieval.
     #[serde(default)]
     pub embedder: Option<String>,
@@ -321,7 +324,7 @@ pub fn expand(task: &TaskSpec, demo_count: usize) -> Result<Vec<Json>, PresetErr
             if local.paths.is_empty() {
                 return Err(problem("local.paths", "name at least one file or folder"));
             }
-            if local.queries.is_empty() {
+            if local.queries.is_empty() && local.extract_queries.is_none() {
                 nodes.push(json!({"id": "docs", "kind": "ingest", "paths": local.paths}));
                 nodes.push(json!({"id": "chunks", "kind": "chunk", "input": "docs", "max_tokens": local.chunk, "overlap": local.overlap}));
             } else {
@@ -329,6 +332,14 @@ pub fn expand(task: &TaskSpec, demo_count: usize) -> Result<Vec<Json>, PresetErr
                     "chunk": {"max_tokens": local.chunk, "overlap": local.overlap}});
                 if let Some(embedder) = &local.embedder {
                     retrieve["embedder"] = json!(embedder);
+                }
+                if let Some(count) = local.extract_queries {
+                    let topic = match &task.domain {
+                        Some(domain) => format!("{} (domain: {domain})", task.instruction),
+                        None => task.instruction.clone(),
+                    };
+                    retrieve["extract"] = json!({"model": task.teacher, "count": count, "topic": topic,
+                        "keywords": task.domain.iter().collect::<Vec<_>>()});
                 }
                 if let Some(settings) = &local.retrieval {
                     retrieve["retrieval"] = settings.clone();

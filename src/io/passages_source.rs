@@ -20,6 +20,8 @@ use sdg_operators::columns;
 
 use super::formats::FieldMapping;
 use super::ingest::{FileReader, IngestSpec, discover};
+use sdg_operators::model::{ChatMessage, ModelRequest, Prompt, Sampling};
+
 use crate::retrieve::{Bm25Index, DenseIndex, Passage, RetrieveSettings, Retriever, embed_passages_cached};
 
 /// Columns every passage row carries besides `text`.
@@ -41,7 +43,11 @@ pub const KEPT: [&str; 7] =
 #[serde(deny_unknown_fields)]
 pub struct PassagesSpec {
     pub paths: Vec<PathBuf>,
+    #[serde(default)]
     pub queries: Vec<String>,
+    /// Queries written by a model from a description of the task (added to `queries`).
+    #[serde(default)]
+    pub extract: Option<QueryExtraction>,
     #[serde(default = "default_chunk")]
     pub chunk: ChunkSettings,
     #[serde(default)]
@@ -51,6 +57,24 @@ pub struct PassagesSpec {
     /// The folder relative paths were resolved against.
     #[serde(skip)]
     pub base_dir: PathBuf,
+}
+
+/// `extract: {model: teacher, count: 5, topic: "..."}`: the model proposes search queries (and keywords) for
+/// the topic, as structured output; nothing it writes is ever evaluated.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QueryExtraction {
+    pub model: String,
+    #[serde(default = "default_query_count")]
+    pub count: usize,
+    pub topic: String,
+    /// Words always added as a query of their own (the task's domain words).
+    #[serde(default)]
+    pub keywords: Vec<String>,
+}
+
+fn default_query_count() -> usize {
+    5
 }
 
 /// Chunk size and overlap (characters).
@@ -92,8 +116,13 @@ impl PassagesSpec {
         if self.paths.is_empty() {
             problems.push(("paths".into(), "name at least one file or folder".into()));
         }
-        if self.queries.iter().all(|q| q.trim().is_empty()) {
-            problems.push(("queries".into(), "give at least one query to retrieve passages for".into()));
+        if self.queries.iter().all(|q| q.trim().is_empty()) && self.extract.is_none() {
+            problems.push(("queries".into(), "give queries, or `extract` to have a model write them".into()));
+        }
+        if let Some(extract) = &self.extract
+            && (extract.count == 0 || extract.topic.trim().is_empty())
+        {
+            problems.push(("extract".into(), "needs a topic and count >= 1".into()));
         }
         if let Err(e) = self.settings() {
             problems.push(("retrieval".into(), e));
@@ -145,10 +174,80 @@ impl PassagesSpec {
         blake3::hash(format!("{text}{}", self.base_dir.display()).as_bytes()).to_hex()[..16].to_string()
     }
 
-    /// Reads, chunks, indexes and retrieves into `root/<key>/`, and returns the ingest that reads the result.
-    pub fn materialize(&self, node: &str, root: &Path) -> Result<IngestSpec, String> {
+    /// The model endpoints this node calls before the run.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.extract.iter().map(|e| e.model.clone()).collect()
+    }
+
+    /// The request asking `extract.model` for queries.
+    pub fn extraction_request(&self) -> Option<ModelRequest> {
+        let extract = self.extract.as_ref()?;
+        let prompt = format!(
+            "We are building training data about this topic:\n{}\n\nWrite {} short search queries that would find \
+             the passages of a document collection most useful for it, and the key terms of the topic. \
+             Reply with JSON only: {{\"queries\": [\"...\"], \"keywords\": [\"...\"]}}",
+            extract.topic, extract.count
+        );
+        Some(ModelRequest {
+            endpoint: extract.model.clone(),
+            prompt: Prompt::Chat(vec![ChatMessage::new("user", prompt)]),
+            sampling: Sampling {
+                n: 1,
+                temperature: Some(0.0),
+                max_tokens: Some(512),
+                seed: Some(0),
+                json_schema: Some(serde_json::json!({
+                    "type": "object",
+                    "properties": {
+                        "queries": {"type": "array", "items": {"type": "string"}},
+                        "keywords": {"type": "array", "items": {"type": "string"}}
+                    },
+                    "required": ["queries"]
+                })),
+                ..Sampling::default()
+            },
+            row: 0,
+        })
+    }
+
+    /// The queries to retrieve for: the written ones, the keywords, and those in the model's reply.
+    pub fn all_queries(&self, reply: Option<&str>) -> Result<Vec<String>, String> {
+        let mut queries: Vec<String> = self.queries.iter().filter(|q| !q.trim().is_empty()).cloned().collect();
+        if let Some(extract) = &self.extract {
+            if !extract.keywords.is_empty() {
+                queries.push(extract.keywords.join(" "));
+            }
+            let text = reply.ok_or("the query model gave no reply")?;
+            let value = sdg_operators::generate::extract_json(text)
+                .map_err(|e| format!("the query model's reply is not JSON: {e}"))?;
+            let strings = |key: &str| -> Vec<String> {
+                value
+                    .get(key)
+                    .and_then(serde_json::Value::as_array)
+                    .map(|items| items.iter().filter_map(|v| v.as_str()).map(|s| s.trim().to_string()).collect())
+                    .unwrap_or_default()
+            };
+            let proposed: Vec<String> =
+                strings("queries").into_iter().filter(|q| !q.is_empty()).take(extract.count).collect();
+            if proposed.is_empty() {
+                return Err("the query model proposed no queries".to_string());
+            }
+            queries.extend(proposed);
+            let keywords = strings("keywords");
+            if !keywords.is_empty() {
+                queries.push(keywords.join(" "));
+            }
+        }
+        queries.dedup();
+        Ok(queries)
+    }
+
+    /// Reads, chunks, indexes and retrieves into `root/<key>/` for `queries`, and returns the ingest that reads
+    /// the result.
+    pub fn materialize(&self, node: &str, root: &Path, queries: &[String]) -> Result<IngestSpec, String> {
         let settings = self.settings()?;
         let folder = root.join(self.key());
+        let selected_name = format!("selected-{}", &blake3::hash(queries.join("\u{0}").as_bytes()).to_hex()[..16]);
         std::fs::create_dir_all(&folder).map_err(|e| format!("cannot create {}: {e}", folder.display()))?;
         // Read and chunk the corpus with the same code the graph uses.
         let corpus = IngestSpec::for_paths(self.paths.clone(), &self.base_dir);
@@ -182,14 +281,14 @@ impl PassagesSpec {
         }
         let bm25 = Bm25Index::open_or_build(&folder.join("bm25"), &passages).map_err(|e| e.to_string())?;
         let (dense, query_vectors) = match &self.embedder {
-            None => (None, vec![None; self.queries.len()]),
+            None => (None, vec![None; queries.len()]),
             Some(name) => {
                 let dir = crate::models::store::resolve(name, None).map_err(|e| e.to_string())?;
                 let embedder = crate::models::local::embed::Embedder::load(&dir).map_err(|e| e.to_string())?;
                 let embed = |texts: &[&str]| embedder.embed(texts).map_err(|e| e.to_string());
                 let vectors =
                     embed_passages_cached(&folder.join("dense"), name, &passages, &embed).map_err(|e| e.to_string())?;
-                let queries: Vec<&str> = self.queries.iter().map(String::as_str).collect();
+                let queries: Vec<&str> = queries.iter().map(String::as_str).collect();
                 let query_vectors = embed(&queries)?.into_iter().map(Some).collect();
                 (Some(DenseIndex::new(vectors)), query_vectors)
             }
@@ -197,7 +296,7 @@ impl PassagesSpec {
         let retriever = Retriever::new(bm25, dense).map_err(|e| e.to_string())?;
         // Each passage is kept once, for the query that ranked it best.
         let mut chosen: BTreeMap<usize, (usize, f32, usize)> = BTreeMap::new();
-        for (q, query) in self.queries.iter().enumerate() {
+        for (q, query) in queries.iter().enumerate() {
             let hits = retriever.retrieve(query, query_vectors[q].as_deref(), &settings).map_err(|e| e.to_string())?;
             for (rank, hit) in hits.iter().enumerate() {
                 let better = chosen.get(&hit.index).is_none_or(|&(_, _, r)| rank < r);
@@ -225,14 +324,14 @@ impl PassagesSpec {
             column("doc_id", picked.iter().map(|&i| cell(i, columns::DOC_ID)).collect()),
             column("passage_source", picked.iter().map(|&i| cell(i, columns::SOURCE_PATH)).collect()),
             column("chunk_ordinal", picked.iter().map(|&i| cell(i, columns::CHUNK_ORDINAL)).collect()),
-            column("retrieval_query", picked.iter().map(|i| self.queries[chosen[i].0].clone()).collect()),
+            column("retrieval_query", picked.iter().map(|i| queries[chosen[i].0].clone()).collect()),
             column("retrieval_score", picked.iter().map(|i| format!("{:.4}", chosen[i].1)).collect()),
             column("retrieval_rank", picked.iter().map(|i| (chosen[i].2 + 1).to_string()).collect()),
         ]
         .into_iter()
         .unzip();
         let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).map_err(|e| e.to_string())?;
-        let selected = folder.join("selected");
+        let selected = folder.join(selected_name);
         let _ = std::fs::remove_dir_all(&selected);
         std::fs::create_dir_all(&selected).map_err(|e| e.to_string())?;
         let path = selected.join("passages.parquet");

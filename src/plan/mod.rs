@@ -156,7 +156,13 @@ fn settings_problems(node: &NodeConfig, models: &[&str], diagnostics: &mut Vec<D
     let problems = match &node.spec {
         Some(NodeSpec::Ingest(spec)) => spec.check(),
         Some(NodeSpec::Hub(spec)) => spec.check(),
-        Some(NodeSpec::Passages(spec)) => spec.check(),
+        Some(NodeSpec::Passages(spec)) => {
+            let mut problems = spec.check();
+            for endpoint in spec.endpoints().into_iter().filter(|e| !models.contains(&e.as_str())) {
+                problems.push(("extract.model".to_string(), de::unknown_message("model", &endpoint, models)));
+            }
+            problems
+        }
         Some(NodeSpec::Sink(spec)) => spec.check(),
         Some(spec) => match instantiate(spec) {
             Ok(Some(op)) => op

@@ -304,8 +304,10 @@ fn report_config_error(error: &ConfigError) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// Most runs of a `task:` recipe that tops up toward `num_samples`.
+const MAX_ATTEMPTS: usize = 4;
+
 fn run(plan: Plan, options: RunOptions, quiet: bool) -> anyhow::Result<ExitCode> {
-    let dry_run = options.dry_run;
     // Before any thread starts: candle sizes its matmul pool from the environment at first use.
     let local_threads = plan.config.models.values().filter(|m| m.provider == sdg::models::spec::Provider::Local);
     if let Some(threads) = local_threads.map(|m| m.threads.unwrap_or_else(sdg::models::local::default_threads)).max() {
@@ -313,6 +315,66 @@ fn run(plan: Plan, options: RunOptions, quiet: bool) -> anyhow::Result<ExitCode>
     }
     let stop = Arc::new(AtomicBool::new(false));
     install_signal_handler(Arc::clone(&stop))?;
+    let Some(target) = plan.config.target_samples.filter(|_| !options.dry_run) else {
+        return run_once(plan, options, quiet, &stop).map(|(code, _)| code);
+    };
+    // A recipe must deliver `num_samples` records: when verification drops too many, the sources draw more
+    // and the run is repeated. Rows already verified are answered from the response cache, so a repeat costs
+    // only the new rows.
+    let (text, origin, base_dir) = (plan.config.text.clone(), plan.config.origin.clone(), plan.config.base_dir.clone());
+    let out = options.out.clone();
+    let mut attempts = Vec::new();
+    let mut scale = 1.0f64;
+    let mut plan = plan;
+    let mut options = options;
+    loop {
+        let (code, manifest) = run_once(plan, options.clone(), quiet, &stop)?;
+        let Some(manifest) = manifest else { return Ok(code) };
+        let rows: u64 = manifest.outputs.values().map(|o| o.rows).sum();
+        attempts.push(serde_json::json!({"scale": scale, "records": rows}));
+        let done = rows >= target as u64
+            || attempts.len() >= MAX_ATTEMPTS
+            || manifest.status != RunStatus::Completed
+            || stop.load(Ordering::SeqCst);
+        if done {
+            let met = rows >= target as u64;
+            record_attempts(&out, target, &attempts, met)?;
+            if !met {
+                eprintln!(
+                    "warning: {rows} of the {target} records asked for after {} attempts; see `top_up` in the manifest",
+                    attempts.len()
+                );
+            }
+            return Ok(code);
+        }
+        // Draw in proportion to the yield so far, with a margin, and at least a quarter more.
+        let yield_rate = rows.max(1) as f64 / scale;
+        scale = (target as f64 / yield_rate * 1.2).max(scale * 1.25).min(scale * 8.0);
+        eprintln!("{rows} of {target} records; drawing {scale:.2}x the first attempt and running again");
+        let (config, diagnostics) =
+            Config::parse_scaled(&text, &origin, &base_dir, scale).map_err(|e| anyhow::anyhow!("{e}"))?;
+        plan = Plan::build(config, diagnostics).map_err(|e| anyhow::anyhow!("{e}"))?;
+        options.overwrite = true;
+    }
+}
+
+/// Adds the top-up attempts to `manifest.json` (atomically), so the record says how `num_samples` was met.
+fn record_attempts(out: &Path, target: usize, attempts: &[serde_json::Value], met: bool) -> anyhow::Result<()> {
+    let path = out.join("manifest.json");
+    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    manifest["top_up"] = serde_json::json!({"num_samples": target, "met": met, "attempts": attempts});
+    write_atomically(&path, &serde_json::to_vec_pretty(&manifest)?)?;
+    Ok(())
+}
+
+/// One run of the graph: sources drawn, the engine run, the summary printed.
+fn run_once(
+    plan: Plan,
+    options: RunOptions,
+    quiet: bool,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<(ExitCode, Option<Manifest>)> {
+    let dry_run = options.dry_run;
     let out = options.out.clone();
     // Hub sources are drawn before the run (cached beside the response cache) and then read as files.
     let mut plan = plan;
@@ -337,7 +399,7 @@ fn run(plan: Plan, options: RunOptions, quiet: bool) -> anyhow::Result<ExitCode>
             Ok(ingest) => node.spec = NodeSpec::Ingest(ingest),
             Err(error) => {
                 eprintln!("node `{}`: {error}", node.id);
-                return Ok(ExitCode::FAILURE);
+                return Ok((ExitCode::FAILURE, None));
             }
         }
     }
@@ -346,21 +408,22 @@ fn run(plan: Plan, options: RunOptions, quiet: bool) -> anyhow::Result<ExitCode>
     let files = engine.files_to_read();
     let progress =
         (!quiet && std::io::stderr().is_terminal()).then(|| Progress::start(&node_ids, engine.counters(), files));
-    let result = engine.run(Arc::clone(&stop));
+    let result = engine.run(Arc::clone(stop));
     if let Some(progress) = progress {
         progress.finish();
     }
     let manifest = result.with_context(|| format!("run into {} failed", out.display()))?;
     if dry_run {
         print_estimate(&manifest);
-        return Ok(ExitCode::SUCCESS);
+        return Ok((ExitCode::SUCCESS, Some(manifest)));
     }
     print_summary(&manifest, &out);
-    Ok(match manifest.status {
+    let code = match manifest.status {
         RunStatus::Completed => ExitCode::SUCCESS,
         RunStatus::Interrupted => ExitCode::from(130),
         RunStatus::Failed | RunStatus::Running => ExitCode::FAILURE,
-    })
+    };
+    Ok((code, Some(manifest)))
 }
 
 fn print_estimate(manifest: &Manifest) {

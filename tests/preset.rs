@@ -178,9 +178,16 @@ fn a_distill_task_generates_from_demos_and_removes_repeats() {
     assert!(questions[0].starts_with("A baker"), "{questions:?}");
     assert!(strings(&data, "parent_id").iter().all(Option::is_some), "rows keep their demo as parent");
     let m = manifest(&root.join("out"));
-    // 6 x 1.5 = 9 examples from 2 demos at 3 per call: 2 calls per demo, 4 calls, 12 candidates.
-    assert_eq!(m["nodes"]["qa"]["rows_out"], 12, "{m:#}");
-    assert_eq!(m["nodes"]["fresh"]["rejected"], 9, "{m:#}");
+    let candidates = m["nodes"]["qa"]["rows_out"].as_u64().unwrap();
+    assert_eq!(m["nodes"]["fresh"]["rejected"].as_u64().unwrap(), candidates - 3, "{m:#}");
+    // Only 3 distinct examples exist, fewer than the 6 asked: the recipe draws more, a bounded number of
+    // times, then says so. (The first attempt: 6 x 1.5 = 9 examples from 2 demos at 3 per call = 2 calls each.)
+    let top_up = &m["top_up"];
+    assert_eq!(top_up["met"], false, "{top_up}");
+    let attempts = top_up["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 4, "{top_up}");
+    assert!(attempts.iter().all(|a| a["records"] == 3), "{top_up}");
+    assert!(stderr(&output).contains("3 of the 6 records asked for after 4 attempts"), "{}", stderr(&output));
 }
 
 /// `source: web`: rows are sampled from a Hub dataset (a local Hub server here), keep their provenance and
@@ -350,4 +357,58 @@ fn the_teacher_can_write_the_retrieval_queries() {
         queries.iter().all(|q| ["which river reaches the sea", "Black Sea", "rivers", "Danube"].contains(&q.as_str())),
         "{queries:?}"
     );
+}
+
+/// `num_samples` is met: when the vote drops rows, the recipe draws more and runs again (cached rows are
+/// free), up to a bounded number of attempts recorded in the manifest.
+#[test]
+fn a_recipe_tops_up_until_num_samples_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let hub_root = root.join("hub");
+    let questions: Vec<String> = (0..60).map(|i| format!("Question number {i}: what is {i} times 7?")).collect();
+    let file = hub_root.join("datasets/acme/products/data/train-00000-of-00001.parquet");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    sdg::testkit::write_parquet(
+        &file,
+        &[("question", questions.iter().map(|q| Some(q.as_str())).collect()), ("answer", vec![Some("#### 0"); 60])],
+    )
+    .unwrap();
+    let hub = common::TestHub::start(&hub_root, &[]);
+    // A teacher that never, sometimes or always knows the answer: votes on a third of the questions fail.
+    let server = TestServer::start(&["--skill", "teacher-model=mixed"]);
+    write(
+        root,
+        "web.yaml",
+        &format!(
+            "task:\n  name: products\n  instruction: Multiplication.\n  num_samples: 10\n  source: web\n  \
+             web: {{datasets: [acme/products], oversample: 1.0}}\n  seed: 1\n  \
+             verify: {{vote: {{n: 4, match_generated: false, min_agreement: 0.75}}}}\n\
+             models:\n  teacher: {{base_url: \"{}\", model: teacher-model}}\n",
+            server.url
+        ),
+    );
+    let output = common::sdg()
+        .current_dir(root)
+        .env("HF_ENDPOINT", &hub.url)
+        .args(["run", "web.yaml", "-o", "out", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let m = manifest(&root.join("out"));
+    let top_up = &m["top_up"];
+    println!("{top_up:#}");
+    assert_eq!(top_up["met"], true, "{top_up}");
+    let attempts = top_up["attempts"].as_array().unwrap();
+    assert!(attempts.len() >= 2 && attempts.len() <= 4, "{top_up}");
+    assert!(attempts[0]["records"].as_u64().unwrap() < 10, "the first attempt falls short: {top_up}");
+    let data = read_parquet_dir(&root.join("out/data"));
+    let rows: usize = data.iter().map(|b| b.num_rows()).sum();
+    assert!(rows >= 10, "{rows}");
+    assert_eq!(rows as u64, attempts.last().unwrap()["records"].as_u64().unwrap());
+    // Every attempt after the first re-asks nothing it asked before.
+    let stats = server.stats();
+    let sent = stats["requests"].as_u64().unwrap();
+    let rows_drawn = m["nodes"]["rows"]["rows_out"].as_u64().unwrap();
+    assert_eq!(sent, rows_drawn, "one vote call per distinct row drawn over all attempts");
 }

@@ -187,6 +187,8 @@ pub struct Config {
     pub text: String,
     /// The `nodes:` YAML a `task:` expanded to (`sdg plan --eject` writes it out).
     pub expanded: Option<String>,
+    /// Records a `task:` recipe must deliver, when its source can draw more (web, distill): `sdg run` tops up.
+    pub target_samples: Option<usize>,
 }
 
 impl Config {
@@ -270,6 +272,16 @@ impl Config {
 
     /// Parses config text; `origin` names it in messages and `base_dir` anchors relative paths.
     pub fn parse(text: &str, origin: &Path, base_dir: &Path) -> Result<(Config, Vec<Diagnostic>), ConfigError> {
+        Config::parse_scaled(text, origin, base_dir, 1.0)
+    }
+
+    /// As [`parse`](Self::parse), with a `task:` recipe's sources drawing `scale` times as much (top-up).
+    pub fn parse_scaled(
+        text: &str,
+        origin: &Path,
+        base_dir: &Path,
+        scale: f64,
+    ) -> Result<(Config, Vec<Diagnostic>), ConfigError> {
         let fail = |diagnostics| ConfigError { origin: origin.to_path_buf(), diagnostics };
         let root = yaml::parse(text).map_err(|e| {
             fail(vec![Diagnostic {
@@ -332,6 +344,7 @@ impl Config {
         }
         let mut nodes = Vec::new();
         let mut expanded = None;
+        let mut target = None;
         match (root.get("task"), root.get("nodes")) {
             (Some(task), Some(_)) => diagnostics.push(Diagnostic::at(
                 task,
@@ -345,7 +358,10 @@ impl Config {
                         std::fs::read_to_string(resolve(base_dir, file))
                             .map_or(0, |text| text.lines().filter(|l| !l.trim().is_empty()).count())
                     });
-                    match preset::expand(&spec, demo_count) {
+                    if matches!(spec.source, preset::Source::Web | preset::Source::Distill) {
+                        target = Some(spec.num_samples);
+                    }
+                    match preset::expand(&spec, demo_count, scale) {
                         Ok(list) => {
                             let text = preset::to_yaml(&serde_json::json!({ "nodes": list }));
                             let before = diagnostics.len();
@@ -403,6 +419,7 @@ impl Config {
             hash: content_hash(&root),
             text: text.to_string(),
             expanded,
+            target_samples: target,
         };
         Ok((config, diagnostics))
     }

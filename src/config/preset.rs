@@ -298,7 +298,8 @@ fn answer_format(answer: &Json) -> String {
 
 /// The graph a task expands to, as the `nodes:` list (JSON values, emitted as YAML by the caller).
 /// `demo_count` is the number of demos in the task's demos file (the distill source sizes its calls by it).
-pub fn expand(task: &TaskSpec, demo_count: usize) -> Result<Vec<Json>, PresetError> {
+/// `scale` (1 on the first attempt) multiplies what the web and distill sources draw, for top-up attempts.
+pub fn expand(task: &TaskSpec, demo_count: usize, scale: f64) -> Result<Vec<Json>, PresetError> {
     if task.num_samples == 0 {
         return Err(problem("num_samples", "must be at least 1"));
     }
@@ -382,7 +383,7 @@ pub fn expand(task: &TaskSpec, demo_count: usize) -> Result<Vec<Json>, PresetErr
                 (None, true) => Some(task.domain.clone().unwrap_or_else(|| task.name.clone())),
                 (None, false) => None,
             };
-            let rows = (task.num_samples as f64 * web.oversample).ceil() as u64;
+            let rows = (task.num_samples as f64 * web.oversample * scale).ceil() as u64;
             let mut hub = json!({
                 "id": "rows", "kind": "hub", "datasets": web.datasets, "rows": rows, "seed": task.seed.unwrap_or(0),
                 "fields": {"text": web.question, "keep": [web.question, web.answer]},
@@ -411,7 +412,7 @@ pub fn expand(task: &TaskSpec, demo_count: usize) -> Result<Vec<Json>, PresetErr
                 return Err(problem("distill", "needs per_call >= 1 and overgenerate >= 1"));
             }
             // Calls per demo so that all demos together ask for num_samples x overgenerate examples.
-            let wanted = (task.num_samples as f64 * distill.overgenerate).ceil() as u64;
+            let wanted = (task.num_samples as f64 * distill.overgenerate * scale).ceil() as u64;
             let per_demo = u64::from(distill.per_call) * demo_count.max(1) as u64;
             let calls = wanted.div_ceil(per_demo).max(1);
             nodes.push(json!({"id": "seeds", "kind": "ingest", "paths": [demos], "fields": {"text": "question", "keep": ["answer"]}}));
@@ -588,7 +589,7 @@ mod tests {
         let nodes = expand(&task(json!({
             "verify": {"vote": {"n": 4}, "score": {"k": 4}, "rewrite": {"rounds": 1}, "translate": {"languages": ["fr"]}},
             "seed": 9,
-        })), 0)
+        })), 0, 1.0)
         .unwrap();
         let ids: Vec<&str> = nodes.iter().map(|n| n["id"].as_str().unwrap()).collect();
         assert_eq!(
@@ -608,13 +609,13 @@ mod tests {
     fn distill_task_sizes_its_calls_by_the_demos() {
         let spec = task(json!({"source": "distill", "local": null, "demos": "demos.jsonl", "num_samples": 30,
             "distill": {"per_call": 5, "overgenerate": 2.0}}));
-        let nodes = expand(&spec, 3).unwrap();
+        let nodes = expand(&spec, 3, 1.0).unwrap();
         let ids: Vec<&str> = nodes.iter().map(|n| n["id"].as_str().unwrap()).collect();
         assert_eq!(ids, ["seeds", "qa", "fresh", "out"]);
         // 30 x 2 = 60 examples from 3 demos at 5 per call: 4 calls per demo.
         assert_eq!(nodes[1]["n"], 4);
         assert_eq!(nodes[1]["output"]["json_list"]["columns"], json!(["question", "answer"]));
-        let err = expand(&task(json!({"source": "distill"})), 0).unwrap_err();
+        let err = expand(&task(json!({"source": "distill"})), 0, 1.0).unwrap_err();
         assert_eq!(err.key, "demos");
     }
 
@@ -623,25 +624,25 @@ mod tests {
         let spec = task(json!({"source": "web", "local": null, "num_samples": 10,
             "web": {"datasets": ["acme/sums"], "answer": "solution"},
             "verify": {"vote": {"n": 4}, "score": {"k": 4}}}));
-        let nodes = expand(&spec, 0).unwrap();
+        let nodes = expand(&spec, 0, 1.0).unwrap();
         assert_eq!(nodes[0]["kind"], "hub");
         assert_eq!(nodes[0]["rows"], 15);
         assert_eq!(nodes[0]["fields"]["keep"], json!(["question", "solution"]));
         assert_eq!(nodes[1]["expected"], "solution");
         assert_eq!(nodes[1]["columns"]["answer"], "vote_answer");
         assert_eq!(nodes[2]["reference"], "solution");
-        let searched = expand(&task(json!({"source": "web", "web": {}, "domain": "chemistry"})), 0).unwrap();
+        let searched = expand(&task(json!({"source": "web", "web": {}, "domain": "chemistry"})), 0, 1.0).unwrap();
         assert_eq!(searched[0]["search"], "chemistry");
-        assert_eq!(expand(&task(json!({"source": "web"})), 0).unwrap_err().key, "web");
+        assert_eq!(expand(&task(json!({"source": "web"})), 0, 1.0).unwrap_err().key, "web");
     }
 
     #[test]
     fn impossible_tasks_are_refused_with_the_key() {
-        let err = expand(&task(json!({"verify": {"rewrite": {}}})), 0).unwrap_err();
+        let err = expand(&task(json!({"verify": {"rewrite": {}}})), 0, 1.0).unwrap_err();
         assert_eq!(err.key, "verify.rewrite");
-        let err = expand(&task(json!({"local": null})), 0).unwrap_err();
+        let err = expand(&task(json!({"local": null})), 0, 1.0).unwrap_err();
         assert_eq!(err.key, "local");
-        let err = expand(&task(json!({"num_samples": 0})), 0).unwrap_err();
+        let err = expand(&task(json!({"num_samples": 0})), 0, 1.0).unwrap_err();
         assert_eq!(err.key, "num_samples");
     }
 

@@ -5,6 +5,22 @@ mod common;
 
 use common::{TestServer, manifest, read_parquet_dir, run_in, stderr, stdout, strings, write};
 
+/// Six short geography passages; the corpus written is `d<i>.txt` for each chosen index, in order.
+const GEOGRAPHY: [&str; 6] = [
+    "The Nile flows north through eleven countries before it reaches the Mediterranean Sea near Alexandria.",
+    "Mount Kilimanjaro rises almost six thousand metres above the plains of northern Tanzania.",
+    "The Danube passes through four capital cities on its way from the Black Forest to the Black Sea.",
+    "Lake Baikal in Siberia holds about a fifth of the unfrozen fresh water on the surface of the Earth.",
+    "The Atacama Desert in Chile is one of the driest places on Earth, with some stations never recording rain.",
+    "Iceland sits on the Mid-Atlantic Ridge, where the North American and Eurasian plates drift apart.",
+];
+
+fn write_corpus(root: &std::path::Path, which: &[usize]) {
+    for (i, &passage) in which.iter().enumerate() {
+        write(&root.join("corpus"), &format!("d{i}.txt"), GEOGRAPHY[passage]);
+    }
+}
+
 fn recipe(server: &TestServer, vote: &str) -> String {
     format!(
         r#"# A local-documents recipe.
@@ -34,20 +50,7 @@ models:
 fn a_task_expands_ejects_and_runs() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let corpus = root.join("corpus");
-    for (i, text) in [
-        "The Nile flows north through eleven countries before it reaches the Mediterranean Sea near Alexandria.",
-        "Mount Kilimanjaro rises almost six thousand metres above the plains of northern Tanzania.",
-        "The Danube passes through four capital cities on its way from the Black Forest to the Black Sea.",
-        "Lake Baikal in Siberia holds about a fifth of the unfrozen fresh water on the surface of the Earth.",
-        "The Atacama Desert in Chile is one of the driest places on Earth, with some stations never recording rain.",
-        "Iceland sits on the Mid-Atlantic Ridge, where the North American and Eurasian plates drift apart.",
-    ]
-    .iter()
-    .enumerate()
-    {
-        write(&corpus, &format!("d{i}.txt"), text);
-    }
+    write_corpus(root, &[0, 1, 2, 3, 4, 5]);
     let server = TestServer::start(&["--skill", "teacher-model=1.0", "--skill", "student-model=mixed"]);
     write(root, "recipe.yaml", &recipe(&server, ""));
 
@@ -274,20 +277,7 @@ fn a_web_task_samples_hub_rows_with_provenance() {
 fn a_local_task_with_queries_asks_only_about_retrieved_passages() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let corpus = root.join("corpus");
-    for (i, text) in [
-        "The Nile flows north through eleven countries before it reaches the Mediterranean Sea near Alexandria.",
-        "Mount Kilimanjaro rises almost six thousand metres above the plains of northern Tanzania.",
-        "The Danube passes through four capital cities on its way from the Black Forest to the Black Sea.",
-        "Lake Baikal in Siberia holds about a fifth of the unfrozen fresh water on the surface of the Earth.",
-        "The Atacama Desert in Chile is one of the driest places on Earth, with some stations never recording rain.",
-        "Iceland sits on the Mid-Atlantic Ridge, where the North American and Eurasian plates drift apart.",
-    ]
-    .iter()
-    .enumerate()
-    {
-        write(&corpus, &format!("d{i}.txt"), text);
-    }
+    write_corpus(root, &[0, 1, 2, 3, 4, 5]);
     let server = TestServer::start(&["--skill", "teacher-model=1.0"]);
     write(
         root,
@@ -318,18 +308,7 @@ fn a_local_task_with_queries_asks_only_about_retrieved_passages() {
 fn the_teacher_can_write_the_retrieval_queries() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let corpus = root.join("corpus");
-    for (i, text) in [
-        "The Nile flows north through eleven countries before it reaches the Mediterranean Sea near Alexandria.",
-        "Mount Kilimanjaro rises almost six thousand metres above the plains of northern Tanzania.",
-        "The Danube passes through four capital cities on its way from the Black Forest to the Black Sea.",
-        "The Atacama Desert in Chile is one of the driest places on Earth, with some stations never recording rain.",
-    ]
-    .iter()
-    .enumerate()
-    {
-        write(&corpus, &format!("d{i}.txt"), text);
-    }
+    write_corpus(root, &[0, 1, 2, 4]);
     let reply = serde_json::json!({"queries": ["which river reaches the sea", "Black Sea"], "keywords": ["Danube"]});
     let rules = serde_json::json!([{"contains": "search queries", "reply": reply.to_string()}]);
     write(root, "script.json", &rules.to_string());

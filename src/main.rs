@@ -380,13 +380,18 @@ fn run_once(
     let mut plan = plan;
     let staging = tempfile::tempdir()?;
     let samples = sdg::io::hub_source::samples_root(options.cache_dir.as_deref(), staging.path());
+    let plan_models = plan.config.models.clone();
     for node in &mut plan.nodes {
         let drawn = match &node.spec {
-            NodeSpec::Hub(hub) => hub.materialize(&samples).map_err(|e| format!("cannot read the Hub datasets: {e}")),
+            NodeSpec::Hub(hub) => {
+                let ask =
+                    |request| ask_model(&plan_models, options.cache_dir.as_deref(), request).map_err(|e| e.to_string());
+                hub.materialize(&samples, &ask).map_err(|e| format!("cannot read the Hub datasets: {e}"))
+            }
             NodeSpec::Passages(passages) => {
                 let reply = match passages.extraction_request() {
                     None => None,
-                    Some(request) => Some(ask_model(&plan.config.models, options.cache_dir.as_deref(), request)?),
+                    Some(request) => Some(ask_model(&plan_models, options.cache_dir.as_deref(), request)?),
                 };
                 passages
                     .all_queries(reply.as_deref())

@@ -391,3 +391,67 @@ fn a_recipe_tops_up_until_num_samples_survive() {
     let rows_drawn = m["nodes"]["rows"]["rows_out"].as_u64().unwrap();
     assert_eq!(sent, rows_drawn, "one vote call per distinct row drawn over all attempts");
 }
+
+/// `web.judge`: the teacher rates each dataset from a few rows and names its question and answer columns; the
+/// irrelevant dataset is dropped and the relevant one's `problem` / `solution` become `question` / `answer`.
+#[test]
+fn the_teacher_judges_datasets_and_maps_their_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let hub_root = root.join("hub");
+    let problems: Vec<String> = (0..20).map(|i| format!("Problem {i}: add {i} and {}.", i + 1)).collect();
+    let solutions: Vec<String> = (0..20).map(|i| format!("#### {}", 2 * i + 1)).collect();
+    let sums = hub_root.join("datasets/acme/sums/data/train-00000-of-00001.parquet");
+    std::fs::create_dir_all(sums.parent().unwrap()).unwrap();
+    sdg::testkit::write_parquet(
+        &sums,
+        &[
+            ("problem", problems.iter().map(|q| Some(q.as_str())).collect()),
+            ("solution", solutions.iter().map(|a| Some(a.as_str())).collect()),
+        ],
+    )
+    .unwrap();
+    let poems = hub_root.join("datasets/acme/poems/data/train-00000-of-00001.parquet");
+    std::fs::create_dir_all(poems.parent().unwrap()).unwrap();
+    sdg::testkit::write_parquet(
+        &poems,
+        &[("title", vec![Some("Autumn"); 20]), ("verse", vec![Some("Leaves fall."); 20])],
+    )
+    .unwrap();
+    let rules = serde_json::json!([
+        {"contains": "Dataset `acme/sums`", "reply": "{\"relevance\": 9, \"quality\": 8, \"question_field\": \"problem\", \"answer_field\": \"solution\"}"},
+        {"contains": "Dataset `acme/poems`", "reply": "{\"relevance\": 1, \"quality\": 7, \"question_field\": \"title\", \"answer_field\": \"verse\"}"},
+    ]);
+    write(root, "script.json", &rules.to_string());
+    let hub = common::TestHub::start(&hub_root, &[]);
+    let server =
+        TestServer::start(&["--skill", "teacher-model=1.0", "--script", root.join("script.json").to_str().unwrap()]);
+    write(
+        root,
+        "judged.yaml",
+        &format!(
+            "task:\n  name: sums\n  domain: arithmetic\n  instruction: Addition problems.\n  num_samples: 6\n  source: web\n  \
+             web: {{datasets: [acme/sums, acme/poems], judge: {{min_score: 6}}}}\n  seed: 2\n  \
+             verify: {{vote: {{n: 4, match_generated: false}}}}\n\
+             models:\n  teacher: {{base_url: \"{}\", model: teacher-model}}\n",
+            server.url
+        ),
+    );
+    let output = common::sdg()
+        .current_dir(root)
+        .env("HF_ENDPOINT", &hub.url)
+        .args(["run", "judged.yaml", "-o", "out", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let data = read_parquet_dir(&root.join("out/data"));
+    assert!(!data.is_empty());
+    assert!(strings(&data, "hub_dataset").iter().all(|d| d.as_deref() == Some("acme/sums")));
+    for ((question, answer), row) in
+        strings(&data, "question").iter().zip(strings(&data, "answer")).zip(strings(&data, "hub_row"))
+    {
+        let index: usize = row.unwrap().parse().unwrap();
+        assert_eq!(question.as_deref(), Some(problems[index].as_str()));
+        assert_eq!(answer.as_deref(), Some(solutions[index].as_str()), "the ground truth, verbatim");
+    }
+}

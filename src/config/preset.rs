@@ -144,6 +144,21 @@ pub struct WebSource {
     /// Rows drawn per record wanted, to cover what verification drops.
     #[serde(default = "default_overgenerate")]
     pub oversample: f64,
+    /// The teacher judges each dataset from a few rows (relevance and quality, 0 to 10) and names its question
+    /// and answer fields, which then replace `question` / `answer` for that dataset.
+    #[serde(default)]
+    pub judge: Option<WebJudge>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebJudge {
+    #[serde(default = "default_min_score")]
+    pub min_score: f64,
+}
+
+fn default_min_score() -> f64 {
+    6.0
 }
 
 fn default_question_field() -> String {
@@ -393,6 +408,13 @@ pub fn expand(task: &TaskSpec, demo_count: usize, scale: f64) -> Result<Vec<Json
             }
             if let Some(splits) = &web.splits {
                 hub["splits"] = json!(splits);
+            }
+            if let Some(judge) = &web.judge {
+                let topic = match &task.domain {
+                    Some(domain) => format!("{} (domain: {domain})", task.instruction),
+                    None => task.instruction.clone(),
+                };
+                hub["judge"] = json!({"model": task.teacher, "topic": topic, "min_score": judge.min_score});
             }
             nodes.push(hub);
             ground_truth = Some(web.answer.clone());

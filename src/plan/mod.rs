@@ -155,7 +155,13 @@ fn output_schema(spec: &NodeSpec, input: Option<&SchemaRef>) -> Result<SchemaRef
 fn settings_problems(node: &NodeConfig, models: &[&str], diagnostics: &mut Vec<Diagnostic>) {
     let problems = match &node.spec {
         Some(NodeSpec::Ingest(spec)) => spec.check(),
-        Some(NodeSpec::Hub(spec)) => spec.check(),
+        Some(NodeSpec::Hub(spec)) => {
+            let mut problems = spec.check();
+            for endpoint in spec.endpoints().into_iter().filter(|e| !models.contains(&e.as_str())) {
+                problems.push(("judge.model".to_string(), de::unknown_message("model", &endpoint, models)));
+            }
+            problems
+        }
         Some(NodeSpec::Passages(spec)) => {
             let mut problems = spec.check();
             for endpoint in spec.endpoints().into_iter().filter(|e| !models.contains(&e.as_str())) {

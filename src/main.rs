@@ -380,18 +380,17 @@ fn run_once(
     let mut plan = plan;
     let staging = tempfile::tempdir()?;
     let samples = sdg::io::hub_source::samples_root(options.cache_dir.as_deref(), staging.path());
-    let plan_models = plan.config.models.clone();
+    let models = PreRunModels::new(&plan, options.cache_dir.as_deref());
     for node in &mut plan.nodes {
         let drawn = match &node.spec {
             NodeSpec::Hub(hub) => {
-                let ask =
-                    |request| ask_model(&plan_models, options.cache_dir.as_deref(), request).map_err(|e| e.to_string());
+                let ask = |request| models.ask(request).map_err(|e| e.to_string());
                 hub.materialize(&samples, &ask).map_err(|e| format!("cannot read the Hub datasets: {e}"))
             }
             NodeSpec::Passages(passages) => {
                 let reply = match passages.extraction_request() {
                     None => None,
-                    Some(request) => Some(ask_model(&plan_models, options.cache_dir.as_deref(), request)?),
+                    Some(request) => Some(models.ask(request)?),
                 };
                 passages
                     .all_queries(reply.as_deref())
@@ -408,6 +407,8 @@ fn run_once(
             }
         }
     }
+    // The engine opens the response cache itself; the pre-run service must let go of it first.
+    drop(models);
     let node_ids: Vec<(String, String)> = plan.nodes.iter().map(|n| (n.id.clone(), n.kind.clone())).collect();
     let engine = Engine::new(plan, options);
     let files = engine.files_to_read();
@@ -611,27 +612,60 @@ fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()>
     Ok(())
 }
 
-/// One model call before the run (query extraction), through the same service, cache and accounting rules as
-/// the run's own calls.
-fn ask_model(
-    models: &std::collections::BTreeMap<String, sdg::models::ModelSpec>,
-    cache_dir: Option<&std::path::Path>,
-    request: sdg_operators::model::ModelRequest,
-) -> anyhow::Result<String> {
-    let cache = cache_dir.map(|dir| dir.join("responses.redb"));
-    // Only the endpoint asked is built: a local model is loaded once more, the others not at all.
-    let only: std::collections::BTreeMap<String, sdg::models::ModelSpec> =
-        models.iter().filter(|(name, _)| **name == request.endpoint).map(|(k, v)| (k.clone(), v.clone())).collect();
-    let service = sdg::models::service::ModelService::new(&only, cache.as_deref()).map_err(anyhow::Error::msg)?;
-    let (sender, receiver) = std::sync::mpsc::channel();
-    service.submit(vec![request], move |responses| {
-        let _ = sender.send(responses);
-    });
-    let responses = receiver.recv()?;
-    service.flush();
-    match responses.into_iter().next() {
-        Some(Ok(reply)) => Ok(reply.texts.into_iter().next().unwrap_or_default()),
-        Some(Err(error)) => Err(anyhow::anyhow!("the query model failed: {error}")),
-        None => Err(anyhow::anyhow!("the query model gave no reply")),
+/// Model calls made before the run (query writing, dataset judging), through the same service, cache and
+/// retry rules as the run's own calls. One service serves them all: it is built on first use with only the
+/// endpoints those nodes name (a local model is loaded once, not once per call), and dropped before the engine
+/// opens the response cache itself.
+struct PreRunModels {
+    specs: std::collections::BTreeMap<String, sdg::models::ModelSpec>,
+    cache: Option<PathBuf>,
+    service: std::cell::OnceCell<sdg::models::service::ModelService>,
+}
+
+impl PreRunModels {
+    fn new(plan: &Plan, cache_dir: Option<&Path>) -> Self {
+        let endpoints: Vec<String> = plan
+            .nodes
+            .iter()
+            .flat_map(|node| match &node.spec {
+                NodeSpec::Hub(hub) => hub.endpoints(),
+                NodeSpec::Passages(passages) => passages.endpoints(),
+                _ => Vec::new(),
+            })
+            .collect();
+        let specs = plan
+            .config
+            .models
+            .iter()
+            .filter(|(name, _)| endpoints.contains(name))
+            .map(|(name, spec)| (name.clone(), spec.clone()))
+            .collect();
+        PreRunModels {
+            specs,
+            cache: cache_dir.map(|dir| dir.join("responses.redb")),
+            service: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn ask(&self, request: sdg_operators::model::ModelRequest) -> anyhow::Result<String> {
+        let service = match self.service.get() {
+            Some(service) => service,
+            None => {
+                let built = sdg::models::service::ModelService::new(&self.specs, self.cache.as_deref())
+                    .map_err(anyhow::Error::msg)?;
+                self.service.get_or_init(|| built)
+            }
+        };
+        let (sender, receiver) = std::sync::mpsc::channel();
+        service.submit(vec![request], move |responses| {
+            let _ = sender.send(responses);
+        });
+        let responses = receiver.recv()?;
+        service.flush();
+        match responses.into_iter().next() {
+            Some(Ok(reply)) => Ok(reply.texts.into_iter().next().unwrap_or_default()),
+            Some(Err(error)) => Err(anyhow::anyhow!("the pre-run model call failed: {error}")),
+            None => Err(anyhow::anyhow!("the pre-run model call got no reply")),
+        }
     }
 }

@@ -35,7 +35,7 @@ use crate::dedup::{hash64, normalize};
 use crate::generate::extract_json;
 use crate::model::{ModelRequest, ModelResponse, PendingId, Prompt, Sampling, Step};
 use crate::prompt::{ChatTemplate, text_cell};
-use crate::task::{Advance, PendingTasks, Poll, RowOrReject, RowTask, derive_seed};
+use crate::task::{PendingTasks, Poll, RowOrReject, RowTask, derive_seed};
 use crate::{OpError, Operator, Output, Reject, require_column, string_column};
 
 /// The input row's id, on every output row.
@@ -788,13 +788,6 @@ impl EvolInstruct {
         }
         Ok(Output { rows: RecordBatch::try_new(schema, arrays)?, rejects })
     }
-
-    fn advance(&mut self, advance: Advance<RowOut>) -> Result<Step, OpError> {
-        match advance {
-            Advance::Call(requests) => Ok(Step::Call(requests)),
-            Advance::Done(batch, results) => self.emit(batch, results).map(Step::Emit),
-        }
-    }
 }
 
 impl Operator for EvolInstruct {
@@ -856,12 +849,12 @@ impl Operator for EvolInstruct {
             })));
         }
         let advance = self.pending.start(pending, batch, tasks)?;
-        self.advance(advance)
+        advance.into_step(|batch, results| self.emit(batch, results))
     }
 
     fn resume(&mut self, pending: PendingId, responses: Vec<ModelResponse>) -> Result<Step, OpError> {
         let advance = self.pending.resume(pending, responses)?;
-        self.advance(advance)
+        advance.into_step(|batch, results| self.emit(batch, results))
     }
 
     fn endpoints(&self) -> Vec<String> {

@@ -25,7 +25,7 @@ use crate::generate::extract_json;
 use crate::model::{ModelRequest, ModelResponse, PendingId, Prompt, Sampling, Step};
 use crate::prompt::{ChatTemplate, text_cell};
 use crate::score::{Category, SCORE_K, SCORE_MODEL, ScoreCore, ScoreOutcome, ScoreSpec, ScoreTask};
-use crate::task::{Advance, PendingTasks, Poll, RowOrReject, RowTask, derive_seed, split_results};
+use crate::task::{PendingTasks, Poll, RowOrReject, RowTask, derive_seed, split_results};
 use crate::vote::{VOTE_MODEL, VOTE_PARSED, VOTE_SAMPLES, VoteCore, VoteOutcome, VoteSpec, VoteTask};
 use crate::{OpError, Operator, Output, require_column, string_column};
 
@@ -552,13 +552,6 @@ impl Rewrite {
         };
         Some(array)
     }
-
-    fn advance(&mut self, advance: Advance<RowOut>) -> Result<Step, OpError> {
-        match advance {
-            Advance::Call(requests) => Ok(Step::Call(requests)),
-            Advance::Done(batch, results) => self.emit(batch, results).map(Step::Emit),
-        }
-    }
 }
 
 /// Prefixes a nested section's setting key (`vote.n`).
@@ -661,12 +654,12 @@ impl Operator for Rewrite {
             })));
         }
         let advance = self.pending.start(pending, batch, tasks)?;
-        self.advance(advance)
+        advance.into_step(|batch, results| self.emit(batch, results))
     }
 
     fn resume(&mut self, pending: PendingId, responses: Vec<ModelResponse>) -> Result<Step, OpError> {
         let advance = self.pending.resume(pending, responses)?;
-        self.advance(advance)
+        advance.into_step(|batch, results| self.emit(batch, results))
     }
 
     fn endpoints(&self) -> Vec<String> {

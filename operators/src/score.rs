@@ -19,9 +19,7 @@ use crate::columns::ID;
 use crate::compare::{Comparator, CompareSpec, Method, parse_matches, read_answer};
 use crate::model::{ChatMessage, ModelRequest, ModelResponse, PendingId, Prompt, Sampling, Step};
 use crate::prompt::{ChatTemplate, text_cell};
-use crate::task::{
-    Advance, PendingTasks, Poll, RowOrReject, RowTask, annotate, annotated_schema, derive_seed, split_results,
-};
+use crate::task::{PendingTasks, Poll, RowOrReject, RowTask, annotate, annotated_schema, derive_seed, split_results};
 use crate::vote::DEFAULT_PROMPT;
 use crate::{OpError, Operator, Output, require_column, string_column};
 
@@ -485,13 +483,6 @@ impl Score {
         }
         Ok(Output { rows: annotate(&batch, &keep, &schema, columns)?, rejects })
     }
-
-    fn advance(&mut self, advance: Advance<Result<ScoreOutcome, String>>) -> Result<Step, OpError> {
-        match advance {
-            Advance::Call(requests) => Ok(Step::Call(requests)),
-            Advance::Done(batch, results) => self.emit(batch, results).map(Step::Emit),
-        }
-    }
 }
 
 impl Operator for Score {
@@ -527,12 +518,12 @@ impl Operator for Score {
             }
         }
         let advance = self.pending.start(pending, batch, tasks)?;
-        self.advance(advance)
+        advance.into_step(|batch, results| self.emit(batch, results))
     }
 
     fn resume(&mut self, pending: PendingId, responses: Vec<ModelResponse>) -> Result<Step, OpError> {
         let advance = self.pending.resume(pending, responses)?;
-        self.advance(advance)
+        advance.into_step(|batch, results| self.emit(batch, results))
     }
 
     fn endpoints(&self) -> Vec<String> {

@@ -34,7 +34,7 @@ use crate::evol_instruct::{Shingles, jaccard};
 use crate::generate::extract_json;
 use crate::model::{ModelRequest, ModelResponse, PendingId, Prompt, Sampling, Step};
 use crate::prompt::ChatTemplate;
-use crate::task::{Advance, PendingTasks, Poll, RowTask, annotated_schema, derive_seed};
+use crate::task::{PendingTasks, Poll, RowTask, annotated_schema, derive_seed};
 use crate::{OpError, Operator, Output, Reject, require_column, string_column};
 
 /// The slot row's id, on every output row.
@@ -592,13 +592,6 @@ impl SelfInstruct {
         }
         Ok(Output { rows: RecordBatch::try_new(schema, arrays)?, rejects })
     }
-
-    fn advance(&mut self, advance: Advance<Result<String, String>>) -> Result<Step, OpError> {
-        match advance {
-            Advance::Call(requests) => Ok(Step::Call(requests)),
-            Advance::Done(batch, results) => self.emit(batch, results).map(Step::Emit),
-        }
-    }
 }
 
 impl Operator for SelfInstruct {
@@ -630,12 +623,12 @@ impl Operator for SelfInstruct {
             })
             .collect();
         let advance = self.pending.start(pending, batch, tasks)?;
-        self.advance(advance)
+        advance.into_step(|batch, results| self.emit(batch, results))
     }
 
     fn resume(&mut self, pending: PendingId, responses: Vec<ModelResponse>) -> Result<Step, OpError> {
         let advance = self.pending.resume(pending, responses)?;
-        self.advance(advance)
+        advance.into_step(|batch, results| self.emit(batch, results))
     }
 
     fn endpoints(&self) -> Vec<String> {

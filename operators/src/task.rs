@@ -156,6 +156,19 @@ pub enum Advance<T> {
     Done(RecordBatch, Vec<T>),
 }
 
+impl<T> Advance<T> {
+    /// The operator's next step: the call, or the finished batch and its results turned into output by `emit`.
+    pub fn into_step(
+        self,
+        emit: impl FnOnce(RecordBatch, Vec<T>) -> Result<crate::Output, OpError>,
+    ) -> Result<crate::model::Step, OpError> {
+        match self {
+            Advance::Call(requests) => Ok(crate::model::Step::Call(requests)),
+            Advance::Done(batch, results) => emit(batch, results).map(crate::model::Step::Emit),
+        }
+    }
+}
+
 impl<T: RowTask> PendingTasks<T> {
     /// Starts the tasks of `batch` under `pending`.
     pub fn start(&mut self, pending: PendingId, batch: RecordBatch, tasks: Vec<T>) -> Result<Advance<T::Out>, OpError> {

@@ -28,7 +28,7 @@ use crate::filter::lang_from_code;
 use crate::model::{ModelRequest, ModelResponse, PendingId, Prompt, Sampling, Step};
 use crate::prompt::{ChatTemplate, text_cell};
 use crate::protect::{detect_language, mask, same_language, split_segments, strip_protected, unmask};
-use crate::task::{Advance, PendingTasks, Poll, RowOrReject, RowTask, derive_seed};
+use crate::task::{PendingTasks, Poll, RowOrReject, RowTask, derive_seed};
 use crate::{OpError, Operator, Output, Reject, require_column, string_column, take_rows};
 
 /// The language of the row (the target, or the source language on original rows).
@@ -578,13 +578,6 @@ impl Translate {
         }
         Ok(Output { rows: RecordBatch::try_new(schema, arrays)?, rejects })
     }
-
-    fn advance(&mut self, advance: Advance<TaskOut>) -> Result<Step, OpError> {
-        match advance {
-            Advance::Call(requests) => Ok(Step::Call(requests)),
-            Advance::Done(batch, results) => self.emit(batch, results).map(Step::Emit),
-        }
-    }
 }
 
 const WRITTEN: [&str; 5] =
@@ -650,12 +643,12 @@ impl Operator for Translate {
             }
         }
         let advance = self.pending.start(pending, batch, tasks)?;
-        self.advance(advance)
+        advance.into_step(|batch, results| self.emit(batch, results))
     }
 
     fn resume(&mut self, pending: PendingId, responses: Vec<ModelResponse>) -> Result<Step, OpError> {
         let advance = self.pending.resume(pending, responses)?;
-        self.advance(advance)
+        advance.into_step(|batch, results| self.emit(batch, results))
     }
 
     fn endpoints(&self) -> Vec<String> {

@@ -24,9 +24,7 @@ use crate::columns::ID;
 use crate::compare::{Comparator, CompareSpec, Method, parse_pick, preview, read_answer};
 use crate::model::{ChatMessage, ModelRequest, ModelResponse, PendingId, Prompt, Sampling, Step};
 use crate::prompt::{ChatTemplate, text_cell};
-use crate::task::{
-    Advance, PendingTasks, Poll, RowOrReject, RowTask, annotate, annotated_schema, derive_seed, split_results,
-};
+use crate::task::{PendingTasks, Poll, RowOrReject, RowTask, annotate, annotated_schema, derive_seed, split_results};
 use crate::{OpError, Operator, Output, require_column, string_column};
 
 /// The default question prompt: the answer ends up after `####`, which the default extractors find.
@@ -635,13 +633,6 @@ impl Vote {
         ];
         Ok(Output { rows: annotate(&batch, &keep, &schema, columns)?, rejects })
     }
-
-    fn advance(&mut self, advance: Advance<Result<VoteOutcome, String>>) -> Result<Step, OpError> {
-        match advance {
-            Advance::Call(requests) => Ok(Step::Call(requests)),
-            Advance::Done(batch, results) => self.emit(batch, results).map(Step::Emit),
-        }
-    }
 }
 
 impl Operator for Vote {
@@ -678,12 +669,12 @@ impl Operator for Vote {
             }
         }
         let advance = self.pending.start(pending, batch, tasks)?;
-        self.advance(advance)
+        advance.into_step(|batch, results| self.emit(batch, results))
     }
 
     fn resume(&mut self, pending: PendingId, responses: Vec<ModelResponse>) -> Result<Step, OpError> {
         let advance = self.pending.resume(pending, responses)?;
-        self.advance(advance)
+        advance.into_step(|batch, results| self.emit(batch, results))
     }
 
     fn endpoints(&self) -> Vec<String> {

@@ -65,8 +65,16 @@ enum Command {
         #[arg(long)]
         hostfile: Option<PathBuf>,
         /// Replace the outputs of an earlier run in the run directory.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "resume")]
         overwrite: bool,
+        /// Go on with the interrupted (or killed) run in the run directory: committed records are kept, model
+        /// calls already answered come from the response cache. The config must be the one it started with.
+        #[arg(long)]
+        resume: bool,
+        /// With --resume: accept an edited config; the nodes whose settings changed, and everything
+        /// downstream of them, run again, and the rest of the run is kept.
+        #[arg(long, requires = "resume")]
+        force: bool,
         /// No progress display.
         #[arg(short, long)]
         quiet: bool,
@@ -115,6 +123,12 @@ fn default_workers() -> usize {
 }
 
 fn main() -> ExitCode {
+    // A file-size limit (ulimit -f) then fails the write with EFBIG, reported like a full disk, instead of
+    // killing the process.
+    // SAFETY: setting a signal's disposition to ignore, before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -187,6 +201,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             process,
             hostfile,
             overwrite,
+            resume,
+            force,
             quiet,
             cache_dir,
             no_cache,
@@ -216,8 +232,19 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 process,
                 hostfile,
                 overwrite,
+                resume: resume && !dry_run,
+                force,
                 cache_dir,
             };
+            if options.resume && already_complete(&plan, &options.out) {
+                println!("{} already holds the completed run of this config; nothing to do", options.out.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            if options.resume && options.cache_dir.is_none() {
+                eprintln!(
+                    "warning: --resume without the response cache sends again every model call not yet committed"
+                );
+            }
             let result = run(plan, options, quiet);
             if let Some(dir) = scratch {
                 let _ = std::fs::remove_dir_all(dir);
@@ -327,7 +354,33 @@ fn run(plan: Plan, options: RunOptions, quiet: bool) -> anyhow::Result<ExitCode>
     let mut scale = 1.0f64;
     let mut plan = plan;
     let mut options = options;
+    // A resumed recipe goes on with the attempt it was killed in, not the first one.
+    let top_up_state = out.join("state").join("top_up.json");
+    if options.resume
+        && let Ok(bytes) = std::fs::read(&top_up_state)
+        && let Ok(state) = serde_json::from_slice::<serde_json::Value>(&bytes)
+        && let Some(saved) = state["scale"].as_f64()
+        && saved != scale
+    {
+        scale = saved;
+        attempts = state["attempts"].as_array().cloned().unwrap_or_default();
+        let (config, diagnostics) =
+            Config::parse_scaled(&text, &origin, &base_dir, scale).map_err(|e| anyhow::anyhow!("{e}"))?;
+        plan = Plan::build(config, diagnostics).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    if !options.resume && options.overwrite {
+        let _ = std::fs::remove_file(&top_up_state);
+    }
     loop {
+        // The first attempt needs no record (a resume starts there anyway), and must not touch a folder it
+        // may yet be refused.
+        if !attempts.is_empty() {
+            std::fs::create_dir_all(out.join("state"))?;
+            write_atomically(
+                &top_up_state,
+                &serde_json::to_vec(&serde_json::json!({"scale": scale, "attempts": attempts}))?,
+            )?;
+        }
         let (code, manifest) = run_once(plan, options.clone(), quiet, &stop)?;
         let Some(manifest) = manifest else { return Ok(code) };
         let rows: u64 = manifest.outputs.values().map(|o| o.rows).sum();
@@ -355,7 +408,14 @@ fn run(plan: Plan, options: RunOptions, quiet: bool) -> anyhow::Result<ExitCode>
             Config::parse_scaled(&text, &origin, &base_dir, scale).map_err(|e| anyhow::anyhow!("{e}"))?;
         plan = Plan::build(config, diagnostics).map_err(|e| anyhow::anyhow!("{e}"))?;
         options.overwrite = true;
+        options.resume = false;
     }
+}
+
+/// Whether `out` holds a completed run of this very config (a `--resume` then has nothing to do).
+fn already_complete(plan: &Plan, out: &Path) -> bool {
+    Manifest::read(&out.join("manifest.json"))
+        .is_ok_and(|m| m.status == RunStatus::Completed && m.config_hash == plan.config.hash)
 }
 
 /// Adds the top-up attempts to `manifest.json` (atomically), so the record says how `num_samples` was met.
@@ -521,6 +581,13 @@ fn print_summary(manifest: &Manifest, out: &Path) {
     }
     for error in &manifest.errors {
         println!("error: {error}");
+    }
+    if manifest.resumes > 0 {
+        let skipped: u64 = manifest.nodes.values().map(|n| n.already_committed).sum();
+        println!("resumed (resume #{}): {skipped} records were already committed and kept", manifest.resumes);
+    }
+    if matches!(manifest.status, RunStatus::Interrupted | RunStatus::Failed) {
+        println!("everything committed so far is kept; go on with: sdg run <config> -o {} --resume", out.display());
     }
 }
 

@@ -53,6 +53,63 @@ fn interrupt_with(signal: libc::c_int) {
         .filter(|n| n.starts_with('.'))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // `--resume` finishes the job: the same records as a run that was never interrupted, each once.
+    let resumed =
+        common::run_in(dir.path(), &["run", "graph.yaml", "-o", "out", "--workers", "2", "--quiet", "--resume"]);
+    assert!(resumed.status.success(), "{}", common::stderr(&resumed));
+    let reference = common::run_in(dir.path(), &["run", "graph.yaml", "-o", "reference", "--quiet"]);
+    assert!(reference.status.success(), "{}", common::stderr(&reference));
+    assert_eq!(sorted_rows(&data), sorted_rows(&dir.path().join("reference/data")));
+    let m = manifest(&dir.path().join("out"));
+    assert_eq!(m["status"], "completed");
+    assert_eq!(m["resumes"], 1);
+    assert_eq!(m["nodes"]["out"]["already_committed"].as_u64().unwrap(), written, "{m:#}");
+}
+
+/// Every row under `dir` as JSON, sorted.
+fn sorted_rows(dir: &Path) -> Vec<String> {
+    let mut rows: Vec<String> = read_parquet_dir(dir)
+        .iter()
+        .flat_map(|b| (0..b.num_rows()).map(|r| sdg::io::json_rows::row_to_json(b, r).unwrap().to_string()))
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[test]
+fn a_second_ctrl_c_exits_at_once_and_the_run_still_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    big_corpus(dir.path());
+    let child = common::sdg()
+        .current_dir(dir.path())
+        .args(["run", "graph.yaml", "-o", "out", "--workers", "2", "--quiet"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let data = dir.path().join("out/data");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while parts(&data).len() < 2 {
+        assert!(Instant::now() < deadline, "no part committed within 120 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: sending signals to our own child process.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    std::thread::sleep(Duration::from_millis(5));
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130));
+    // Whatever is visible is complete.
+    let _ = read_parquet_dir(&data);
+
+    let resumed =
+        common::run_in(dir.path(), &["run", "graph.yaml", "-o", "out", "--workers", "2", "--quiet", "--resume"]);
+    assert!(resumed.status.success(), "{}", common::stderr(&resumed));
+    let reference = common::run_in(dir.path(), &["run", "graph.yaml", "-o", "reference", "--quiet"]);
+    assert!(reference.status.success(), "{}", common::stderr(&reference));
+    assert_eq!(sorted_rows(&data), sorted_rows(&dir.path().join("reference/data")));
+    assert_eq!(manifest(&dir.path().join("out"))["status"], "completed");
 }
 
 #[test]

@@ -13,6 +13,10 @@
 //! - `POST /v1/embeddings`: `input` is a string or a list of strings; each gets a 16-dimensional unit vector.
 //! - `GET /v1/models`: `{"object":"list","data":[{"id": MODEL, ...}]}`.
 //! - `GET /stats`: counters as JSON (see [`Stats`]); `POST /reset` zeroes them and returns the zeroed stats.
+//! - `POST /hold`: answers that are ready wait (are not sent) until `POST /release`; `POST /release?discard=1`
+//!   answers the waiting ones with 503 instead, uncounted. A crash test holds the answers for a moment
+//!   before it kills the client, so the kill never lands between an answer's last byte and the client
+//!   reading it: the one window no client can close.
 //!
 //! When `--api-key KEY` is set, every `/v1/*` request must carry `Authorization: Bearer KEY`, or it gets
 //! 401 with an OpenAI-style error (`code: invalid_api_key`). `/stats` and `/reset` never need a key.
@@ -314,6 +318,20 @@ struct Stats {
     max_in_flight: AtomicU64,
     /// Index of the next fault-eligible request (position in the splitmix64 sequence).
     fault_draws: AtomicU64,
+    /// Clean answers per distinct request body (by a hash of it): a client that re-sends a request it was
+    /// already answered shows up here with a count above 1.
+    answered: std::sync::Mutex<HashMap<u64, Answered>>,
+    started: std::sync::OnceLock<std::time::Instant>,
+}
+
+/// The clean answers to one distinct request body.
+#[derive(Default)]
+struct Answered {
+    times: u64,
+    /// Milliseconds since the server started, per answer (for reporting repeats).
+    at_ms: Vec<u64>,
+    /// The start of the request body, to recognise it in a report.
+    head: String,
 }
 
 #[derive(Serialize)]
@@ -326,6 +344,16 @@ struct StatsView {
     in_flight: u64,
     max_in_flight: u64,
     scripted: u64,
+    /// Clean (not faulted) answers, and how many distinct request bodies they answered.
+    answered: u64,
+    answered_distinct: u64,
+    /// Request bodies answered more than once, and the most times one was answered.
+    answered_more_than_once: u64,
+    max_answers_per_request: u64,
+    /// The requests answered more than once: the body's start and when each answer was sent.
+    repeated: Vec<Value>,
+    /// Milliseconds since the server started (the clock of `at_ms`).
+    now_ms: u64,
 }
 
 #[derive(Serialize)]
@@ -346,7 +374,26 @@ struct FaultsView {
 impl Stats {
     fn view(&self) -> StatsView {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let (counts, repeated): (Vec<u64>, Vec<Value>) = self
+            .answered
+            .lock()
+            .map(|a| {
+                let counts = a.values().map(|x| x.times).collect();
+                let repeated = a
+                    .values()
+                    .filter(|x| x.times > 1)
+                    .map(|x| serde_json::json!({"body": x.head, "at_ms": x.at_ms}))
+                    .collect();
+                (counts, repeated)
+            })
+            .unwrap_or_default();
         StatsView {
+            now_ms: self.started.get().map_or(0, |s| s.elapsed().as_millis() as u64),
+            repeated,
+            answered: counts.iter().sum(),
+            answered_distinct: counts.len() as u64,
+            answered_more_than_once: counts.iter().filter(|&&n| n > 1).count() as u64,
+            max_answers_per_request: counts.iter().copied().max().unwrap_or(0),
             requests: load(&self.requests),
             chat: load(&self.chat),
             completions: load(&self.completions),
@@ -384,6 +431,9 @@ impl Stats {
         ] {
             counter.store(0, Ordering::Relaxed);
         }
+        if let Ok(mut answered) = self.answered.lock() {
+            answered.clear();
+        }
         self.max_in_flight.store(self.in_flight.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 }
@@ -418,6 +468,8 @@ enum Fault {
 
 /// The server's configuration and counters, shared by all handlers.
 struct Server {
+    /// `(held, discards)`: whether ready answers wait, and how many times waiting answers were discarded.
+    hold: tokio::sync::watch::Sender<(bool, u64)>,
     args: Args,
     /// `Bearer KEY`, when a key is required.
     expected_authorization: Option<Vec<u8>>,
@@ -459,12 +511,32 @@ impl Server {
     }
 
     /// Answers a parsed request: draws a fault, applies latency, and sends `body` (or its fault).
-    async fn answer(&self, body: Vec<u8>) -> Response {
+    /// `request` (a hash of the request body) counts the clean answers per distinct request.
+    async fn answer(&self, request: (u64, String), body: Vec<u8>) -> Response {
         let stats = &self.stats;
         match self.draw_fault() {
             Fault::None => {
                 if self.args.latency_ms > 0 {
                     tokio::time::sleep(Duration::from_millis(self.args.latency_ms)).await;
+                }
+                let mut hold = self.hold.subscribe();
+                let discards = hold.borrow().1;
+                while hold.borrow_and_update().0 {
+                    if hold.changed().await.is_err() {
+                        break;
+                    }
+                }
+                if hold.borrow().1 != discards {
+                    return error_response(StatusCode::SERVICE_UNAVAILABLE, "discarded", "server_error", None);
+                }
+                // Counted once the answer is about to be sent: a client that went away during the latency
+                // dropped this future, and was not answered.
+                let at_ms = stats.started.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64;
+                if let Ok(mut answered) = stats.answered.lock() {
+                    let entry = answered.entry(request.0).or_default();
+                    entry.times += 1;
+                    entry.at_ms.push(at_ms);
+                    entry.head = request.1;
                 }
                 let remaining = self.remaining_requests();
                 let mut response = json_response(StatusCode::OK, body);
@@ -1039,7 +1111,16 @@ async fn handle_model_request(server: &Server, route: Route, headers: &HeaderMap
         Route::Embeddings => embedding_body(server, body),
     };
     match answer {
-        Ok(answer) => server.answer(answer).await,
+        Ok(answer) => {
+            let request = {
+                use std::hash::{Hash, Hasher};
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                body.hash(&mut hasher);
+                hasher.finish()
+            };
+            let head: String = String::from_utf8_lossy(&body[..body.len().min(160)]).into_owned();
+            server.answer((request, head), answer).await
+        }
         Err(error) => server.bad_request(error),
     }
 }
@@ -1081,6 +1162,25 @@ async fn reset(State(server): State<Arc<Server>>) -> Response {
     json_response(StatusCode::OK, to_json(&server.stats.view()))
 }
 
+async fn hold(State(server): State<Arc<Server>>) -> Response {
+    server.hold.send_modify(|state| state.0 = true);
+    json_response(StatusCode::OK, b"{\"held\":true}".to_vec())
+}
+
+async fn release(
+    State(server): State<Arc<Server>>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let discard = query.is_some_and(|q| q.split('&').any(|kv| kv == "discard=1" || kv == "discard=true"));
+    server.hold.send_modify(|state| {
+        state.0 = false;
+        if discard {
+            state.1 += 1;
+        }
+    });
+    json_response(StatusCode::OK, b"{\"held\":false}".to_vec())
+}
+
 fn router(server: Arc<Server>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
@@ -1089,6 +1189,8 @@ fn router(server: Arc<Server>) -> Router {
         .route("/v1/models", get(models))
         .route("/stats", get(stats))
         .route("/reset", post(reset))
+        .route("/hold", post(hold))
+        .route("/release", post(release))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(server)
 }
@@ -1161,7 +1263,9 @@ fn main() -> std::process::ExitCode {
     let skills = (!args.skill.is_empty()).then(|| args.skill.iter().map(|s| (s.model.clone(), s.skill)).collect());
     let rules = Rules { script, skills };
     let expected_authorization = args.api_key.as_ref().map(|key| format!("Bearer {key}").into_bytes());
-    let server = Arc::new(Server { args, expected_authorization, rules, stats: Stats::default() });
+    let (hold, _) = tokio::sync::watch::channel((false, 0));
+    let server = Arc::new(Server { hold, args, expected_authorization, rules, stats: Stats::default() });
+    let _ = server.stats.started.set(std::time::Instant::now());
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {

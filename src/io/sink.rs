@@ -3,8 +3,13 @@
 //! Rows reach a sink bucketed by a hash of their id; each bucket writes its own sequence of parts,
 //! `part-<bucket>-<seq>`, rotated every `rows_per_part` rows. A reader never sees a half-written part:
 //! parts are written under a dot-name and renamed into place only once complete and synced.
+//!
+//! The engine's sinks also journal the keys (record ids) of every part in `state/parts/<dir>/<part>.keys`,
+//! written and synced before the part is renamed into place. A resumed run reads the journal of the parts
+//! that made it, skips those records, and goes on numbering after them: exactly once, whenever the
+//! previous process died.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -145,6 +150,8 @@ pub enum SinkError {
     Parquet { path: PathBuf, source: parquet::errors::ParquetError },
     #[error("cannot encode a row for {path}: {message}")]
     Encode { path: PathBuf, message: String },
+    #[error("cannot resume into {path}: {message}")]
+    Resume { path: PathBuf, message: String },
 }
 
 enum Encoder {
@@ -158,6 +165,27 @@ struct OpenPart {
     path: PathBuf,
     encoder: Encoder,
     rows: u64,
+    /// Keys of the rows in this part, when journaled.
+    keys: Vec<u128>,
+}
+
+/// The journal of a bucket's committed keys.
+struct Journal {
+    dir: PathBuf,
+    /// Keys of the records committed by earlier processes of this run.
+    done: HashSet<u128>,
+}
+
+/// The journal key of a record key: 128 bits of BLAKE3 (collisions are out of reach at any row count).
+pub fn journal_key(key: &str) -> u128 {
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&blake3::hash(key.as_bytes()).as_bytes()[..16]);
+    u128::from_le_bytes(first)
+}
+
+/// The folder that holds the key journals of sink folder `relative_dir`.
+pub fn journal_dir(run_dir: &Path, relative_dir: &str) -> PathBuf {
+    run_dir.join("state").join("parts").join(relative_dir)
 }
 
 /// The parts of one bucket of one sink.
@@ -170,6 +198,18 @@ pub struct BucketWriter {
     settings: PartSettings,
     open: Option<OpenPart>,
     pub committed: Vec<CommittedPart>,
+    journal: Option<Journal>,
+}
+
+impl Drop for BucketWriter {
+    /// A part still open here was never committed (a write failed): its temp file goes, so a failed run
+    /// leaves only complete parts behind.
+    fn drop(&mut self) {
+        if let Some(part) = self.open.take() {
+            drop(part.encoder);
+            let _ = std::fs::remove_file(&part.temp);
+        }
+    }
 }
 
 impl BucketWriter {
@@ -184,11 +224,91 @@ impl BucketWriter {
             settings,
             open: None,
             committed: Vec::new(),
+            journal: None,
         }
+    }
+
+    /// A writer that journals keys and picks up after the parts this bucket already committed: their keys
+    /// are skipped by `write_keyed`, and new parts are numbered after them. Leftovers of a killed process
+    /// (temp parts, journals of parts never renamed) are removed.
+    pub fn resumable(
+        run_dir: &Path,
+        relative_dir: &str,
+        bucket: u32,
+        schema: SchemaRef,
+        settings: PartSettings,
+    ) -> Result<Self, SinkError> {
+        let mut writer = BucketWriter::new(run_dir, relative_dir, bucket, schema, settings);
+        let journal_dir = journal_dir(run_dir, relative_dir);
+        let fail = |path: &Path, message: String| SinkError::Resume { path: path.to_path_buf(), message };
+        let prefix = format!("part-{bucket:05}-");
+        let extension = format!(".{}", writer.settings.format.extension());
+        let mut done = HashSet::new();
+        let mut committed = Vec::new();
+        for name in file_names(&writer.dir).map_err(|e| fail(&writer.dir, e.to_string()))? {
+            if name.starts_with(&format!(".{prefix}")) && name.ends_with(".tmp") {
+                let temp = writer.dir.join(&name);
+                std::fs::remove_file(&temp).map_err(|e| fail(&temp, e.to_string()))?;
+                continue;
+            }
+            let Some(seq) = name.strip_prefix(&prefix).and_then(|rest| rest.strip_suffix(&extension)) else {
+                continue;
+            };
+            let Ok(seq) = seq.parse::<u32>() else { continue };
+            let keys_path = journal_dir.join(format!("{name}.keys"));
+            let bytes = std::fs::read(&keys_path).map_err(|e| {
+                fail(&keys_path, format!("{e}: the part {name} has no key journal; run again with --overwrite"))
+            })?;
+            done.extend(bytes.chunks_exact(16).map(|c| u128::from_le_bytes(c.try_into().unwrap_or([0; 16]))));
+            committed.push(name);
+            writer.seq = writer.seq.max(seq + 1);
+        }
+        // Journals of parts that never got renamed into place: the crash came between the two renames.
+        for name in file_names(&journal_dir).map_err(|e| fail(&journal_dir, e.to_string()))? {
+            if let Some(part) = name.strip_suffix(".keys")
+                && part.starts_with(&prefix)
+                && !committed.iter().any(|n| n == part)
+            {
+                let orphan = journal_dir.join(&name);
+                std::fs::remove_file(&orphan).map_err(|e| fail(&orphan, e.to_string()))?;
+            }
+        }
+        writer.journal = Some(Journal { dir: journal_dir, done });
+        Ok(writer)
+    }
+
+    /// Keys already committed by an earlier process of this run.
+    pub fn already_committed(&self) -> usize {
+        self.journal.as_ref().map_or(0, |j| j.done.len())
+    }
+
+    /// Appends the rows whose key (one per row) is not committed yet; returns how many were skipped.
+    pub fn write_keyed(&mut self, batch: &RecordBatch, keys: &[String]) -> Result<usize, SinkError> {
+        let hashed: Vec<u128> = keys.iter().map(|k| journal_key(k)).collect();
+        let done = self.journal.as_ref().map(|j| &j.done);
+        let fresh: Vec<u32> = (0..batch.num_rows())
+            .filter(|&row| done.is_none_or(|d| !d.contains(&hashed[row])))
+            .map(|r| r as u32)
+            .collect();
+        let skipped = batch.num_rows() - fresh.len();
+        if skipped == 0 {
+            self.write_rows(batch, Some(&hashed))?;
+        } else if !fresh.is_empty() {
+            let indices = arrow::array::UInt32Array::from(fresh.clone());
+            let kept = arrow::compute::take_record_batch(batch, &indices)
+                .map_err(|e| SinkError::Encode { path: self.dir.clone(), message: e.to_string() })?;
+            let kept_keys: Vec<u128> = fresh.iter().map(|&r| hashed[r as usize]).collect();
+            self.write_rows(&kept, Some(&kept_keys))?;
+        }
+        Ok(skipped)
     }
 
     /// Appends rows, committing a part each time one fills up.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
+        self.write_rows(batch, None)
+    }
+
+    fn write_rows(&mut self, batch: &RecordBatch, keys: Option<&[u128]>) -> Result<(), SinkError> {
         let mut offset = 0;
         while offset < batch.num_rows() {
             if self.open.is_none() {
@@ -212,6 +332,9 @@ impl BucketWriter {
                             .map_err(|source| SinkError::Io { path: part.temp.clone(), source })?;
                     }
                 }
+            }
+            if let Some(keys) = keys {
+                part.keys.extend_from_slice(&keys[offset..offset + take]);
             }
             part.rows += take as u64;
             offset += take;
@@ -258,13 +381,22 @@ impl BucketWriter {
             }
             SinkFormat::Jsonl => Encoder::Jsonl(BufWriter::with_capacity(1 << 20, file)),
         };
-        Ok(OpenPart { temp, path, encoder, rows: 0 })
+        Ok(OpenPart { temp, path, encoder, rows: 0, keys: Vec::new() })
     }
 
     fn commit(&mut self) -> Result<(), SinkError> {
         let Some(part) = self.open.take() else {
             return Ok(());
         };
+        let temp = part.temp.clone();
+        let committed = self.commit_part(part);
+        if committed.is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+        committed
+    }
+
+    fn commit_part(&mut self, part: OpenPart) -> Result<(), SinkError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| SinkError::Io { path, source }
@@ -280,11 +412,52 @@ impl BucketWriter {
         file.sync_all().map_err(io(&part.temp))?;
         let bytes = file.metadata().map_err(io(&part.temp))?.len();
         drop(file);
+        let name = part.path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        // The journal first: a part that is visible always has its keys recorded.
+        if let Some(journal) = &self.journal {
+            std::fs::create_dir_all(&journal.dir).map_err(io(&journal.dir))?;
+            let keys_path = journal.dir.join(format!("{name}.keys"));
+            let bytes: Vec<u8> = part.keys.iter().flat_map(|k| k.to_le_bytes()).collect();
+            write_atomic(&keys_path, &bytes).map_err(io(&keys_path))?;
+        }
         std::fs::rename(&part.temp, &part.path).map_err(io(&part.path))?;
         sync_dir(&self.dir).map_err(io(&self.dir))?;
-        let name = part.path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
         self.committed.push(CommittedPart { path: format!("{}/{name}", self.relative_dir), rows: part.rows, bytes });
         Ok(())
+    }
+}
+
+/// The parts committed in sink folder `relative_dir` (by this process or an earlier one), with their row
+/// counts from the key journal, sorted by path.
+pub fn committed_parts(run_dir: &Path, relative_dir: &str, format: SinkFormat) -> std::io::Result<Vec<CommittedPart>> {
+    let dir = run_dir.join(relative_dir);
+    let journal = journal_dir(run_dir, relative_dir);
+    let extension = format!(".{}", format.extension());
+    let mut parts = Vec::new();
+    for name in file_names(&dir)? {
+        if !(name.starts_with("part-") && name.ends_with(&extension)) {
+            continue;
+        }
+        let bytes = std::fs::metadata(dir.join(&name))?.len();
+        let rows = std::fs::metadata(journal.join(format!("{name}.keys"))).map_or(0, |m| m.len() / 16);
+        parts.push(CommittedPart { path: format!("{relative_dir}/{name}"), rows, bytes });
+    }
+    Ok(parts)
+}
+
+/// Names of the entries of `dir`, sorted (none when it does not exist).
+fn file_names(dir: &Path) -> std::io::Result<Vec<String>> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            let mut names = Vec::new();
+            for entry in entries {
+                names.push(entry?.file_name().to_string_lossy().to_string());
+            }
+            names.sort();
+            Ok(names)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
     }
 }
 
@@ -360,6 +533,59 @@ mod tests {
             .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))
             .collect();
         assert!(leftovers.is_empty(), "no temp files remain");
+    }
+
+    fn keys(n: i64) -> Vec<String> {
+        (0..n).map(|i| format!("id{i}")).collect()
+    }
+
+    #[test]
+    fn a_resumed_writer_skips_committed_keys_and_numbers_after_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = batch(12);
+        let mut first =
+            BucketWriter::resumable(dir.path(), "data", 1, b.schema(), settings(SinkFormat::Parquet, 5)).unwrap();
+        // The first 7 rows: one part committed (5 rows), two rows in an open part when the process "dies".
+        assert_eq!(first.write_keyed(&b.slice(0, 7), &keys(7)[..7]).unwrap(), 0);
+        assert_eq!(first.committed.len(), 1);
+        std::mem::forget(first);
+        // A crash between the journal's rename and the part's: a journal without its part.
+        let journals = journal_dir(dir.path(), "data");
+        std::fs::write(journals.join("part-00001-00007.parquet.keys"), [0u8; 16]).unwrap();
+        assert!(
+            std::fs::read_dir(dir.path().join("data"))
+                .unwrap()
+                .any(|e| { e.unwrap().file_name().to_string_lossy().ends_with(".tmp") })
+        );
+
+        let mut second =
+            BucketWriter::resumable(dir.path(), "data", 1, b.schema(), settings(SinkFormat::Parquet, 5)).unwrap();
+        assert_eq!(second.already_committed(), 5);
+        assert_eq!(second.write_keyed(&b, &keys(12)).unwrap(), 5, "the committed rows are skipped");
+        second.finish().unwrap();
+        let names: Vec<&str> = second.committed.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(names, vec!["data/part-00001-00001.parquet", "data/part-00001-00002.parquet"]);
+        let parts = committed_parts(dir.path(), "data", SinkFormat::Parquet).unwrap();
+        assert_eq!(parts.iter().map(|p| p.rows).sum::<u64>(), 12, "every row once");
+        let leftovers: Vec<String> = std::fs::read_dir(dir.path().join("data"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        assert!(!journals.join("part-00001-00007.parquet.keys").exists(), "the orphan journal is gone");
+    }
+
+    #[test]
+    fn a_part_without_a_journal_cannot_be_resumed() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = batch(3);
+        let mut plain = BucketWriter::new(dir.path(), "data", 0, b.schema(), settings(SinkFormat::Parquet, 5));
+        plain.write(&b).unwrap();
+        plain.finish().unwrap();
+        let error =
+            BucketWriter::resumable(dir.path(), "data", 0, b.schema(), settings(SinkFormat::Parquet, 5)).err().unwrap();
+        assert!(error.to_string().contains("--overwrite"), "{error}");
     }
 
     #[test]

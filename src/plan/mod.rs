@@ -36,6 +36,10 @@ pub struct PlanNode {
     pub input_schema: Option<SchemaRef>,
     /// Schema of the rows this node emits (for a sink: the rows it writes).
     pub schema: SchemaRef,
+    /// A hash of everything this node's output depends on: its settings, the model endpoints it names, the
+    /// run seed and its inputs' lineages. A resumed run with an edited config re-runs the nodes whose
+    /// lineage changed.
+    pub lineage: String,
 }
 
 /// A checked graph, nodes in topological order (every node after its inputs).
@@ -91,8 +95,18 @@ impl Plan {
                     continue;
                 }
             };
+            let upstream: Vec<&str> = inputs.iter().map(|&u| nodes[u].lineage.as_str()).collect();
+            let lineage = lineage_of(&config, &node.kind, &spec, &upstream);
             index_of.insert(node.id.as_str(), nodes.len());
-            nodes.push(PlanNode { id: node.id.clone(), kind: node.kind.clone(), spec, inputs, input_schema, schema });
+            nodes.push(PlanNode {
+                id: node.id.clone(),
+                kind: node.kind.clone(),
+                spec,
+                inputs,
+                input_schema,
+                schema,
+                lineage,
+            });
         }
         if !config.nodes.iter().any(|n| n.kind == "sink") && !config.nodes.is_empty() {
             diagnostics.push(Diagnostic {
@@ -296,6 +310,29 @@ fn reaches(edges: &[Vec<usize>], from: usize, target: usize) -> bool {
         }
     }
     false
+}
+
+/// The lineage hash of a node (see [`PlanNode::lineage`]). Settings are hashed through their `Debug` form,
+/// which is deterministic for these types (no hash maps). A model counts when its name appears quoted in the
+/// settings: that can over-count (a prompt quoting a model's name), which only re-runs more, never less.
+fn lineage_of(config: &Config, kind: &str, spec: &NodeSpec, upstream: &[&str]) -> String {
+    let settings = format!("{spec:?}");
+    let mut hasher = blake3::Hasher::new();
+    for part in [kind, settings.as_str(), &config.run.seed.to_string()] {
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
+    }
+    for (name, model) in &config.models {
+        if settings.contains(&format!("{name:?}")) {
+            let model = format!("{name}={model:?}");
+            hasher.update(&(model.len() as u64).to_le_bytes());
+            hasher.update(model.as_bytes());
+        }
+    }
+    for input in upstream {
+        hasher.update(input.as_bytes());
+    }
+    hasher.finalize().to_hex()[..16].to_string()
 }
 
 #[cfg(test)]

@@ -57,6 +57,12 @@ pub struct Manifest {
     /// Per model endpoint: requests, retries, cache hits and misses, tokens, latency percentiles, cost.
     #[serde(default)]
     pub models: BTreeMap<String, crate::models::EndpointStats>,
+    /// Per node, the hash of what its output depends on (`sdg run --resume --force` re-runs the changed ones).
+    #[serde(default)]
+    pub lineage: BTreeMap<String, String>,
+    /// How many times this run was resumed (`sdg run --resume`).
+    #[serde(default)]
+    pub resumes: u32,
 }
 
 impl Manifest {
@@ -99,6 +105,8 @@ mod tests {
             rejects: OutputSummary::default(),
             errors: vec![],
             models: BTreeMap::new(),
+            lineage: [("docs".to_string(), "00ff".to_string())].into(),
+            resumes: 1,
         };
         let path = dir.path().join("manifest.json");
         manifest.write(&path).unwrap();

@@ -21,6 +21,8 @@ pub struct NodeCounters {
     pub completion_tokens: AtomicU64,
     /// Source files finished (sources only).
     pub files_done: AtomicU64,
+    /// Rows a sink skipped because an earlier process of this run committed them (resume).
+    pub already_committed: AtomicU64,
     /// Model call latencies (not cached): a log-scale histogram, see [`latency_bucket`].
     pub latency_buckets: Vec<AtomicU64>,
 }
@@ -39,6 +41,7 @@ impl Default for NodeCounters {
             prompt_tokens: AtomicU64::new(0),
             completion_tokens: AtomicU64::new(0),
             files_done: AtomicU64::new(0),
+            already_committed: AtomicU64::new(0),
             latency_buckets: (0..LATENCY_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
         }
     }
@@ -97,6 +100,7 @@ impl NodeCounters {
             prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),
             completion_tokens: self.completion_tokens.load(Ordering::Relaxed),
             files_done: self.files_done.load(Ordering::Relaxed),
+            already_committed: self.already_committed.load(Ordering::Relaxed),
             latency_p50_ms: 0.0,
             latency_p95_ms: 0.0,
             latency_histogram: self.latency_buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
@@ -139,6 +143,9 @@ pub struct NodeStats {
     /// Source files read to the end (sources only).
     #[serde(default)]
     pub files_done: u64,
+    /// Rows a sink found already committed by an earlier process of a resumed run, and skipped.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub already_committed: u64,
     /// Latency of this node's model calls that were not cached (bucket upper bounds, ~19% resolution).
     #[serde(default)]
     pub latency_p50_ms: f64,
@@ -147,6 +154,10 @@ pub struct NodeStats {
     /// The histogram behind the percentiles; carried between workers, left out of the manifest.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub latency_histogram: Vec<u64>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl NodeStats {
@@ -162,6 +173,7 @@ impl NodeStats {
         self.prompt_tokens += other.prompt_tokens;
         self.completion_tokens += other.completion_tokens;
         self.files_done += other.files_done;
+        self.already_committed += other.already_committed;
         if self.latency_histogram.len() < other.latency_histogram.len() {
             self.latency_histogram.resize(other.latency_histogram.len(), 0);
         }

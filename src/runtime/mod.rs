@@ -46,6 +46,10 @@ pub struct RunOptions {
     pub hostfile: Option<PathBuf>,
     /// Replace the outputs of an earlier run in `out`.
     pub overwrite: bool,
+    /// Go on with the run in `out` (same config): committed records are kept and not written again.
+    pub resume: bool,
+    /// With `resume`: accept a changed config, re-running the changed nodes and their descendants.
+    pub force: bool,
     /// Where model responses are cached across runs; `None` turns the cache off.
     pub cache_dir: Option<PathBuf>,
     /// Send no model request: count what would be sent (requests, tokens, cost) instead.
@@ -147,17 +151,48 @@ impl Engine {
         let started_at_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let options = self.options.clone();
         let run_dir = RunDir::new(&options.out);
-        let sink_dirs: Vec<String> = self
+        let sinks: Vec<(String, String)> = self
             .plan
             .nodes
             .iter()
             .filter_map(|n| match &n.spec {
-                NodeSpec::Sink(s) => Some(s.dir.clone()),
+                NodeSpec::Sink(s) => Some((n.id.clone(), s.dir.clone())),
                 _ => None,
             })
             .collect();
+        let lineage: BTreeMap<String, String> =
+            self.plan.nodes.iter().map(|n| (n.id.clone(), n.lineage.clone())).collect();
+        let mut resumes = 0;
         if options.process == 0 {
-            run_dir.prepare(&sink_dirs, options.overwrite)?;
+            if options.resume {
+                let previous = run_dir.prepare_resume(&sinks, &self.plan.config.hash, &lineage, options.force)?;
+                if let Some(previous) = previous {
+                    resumes = previous.resumes + 1;
+                    if !previous.changed.is_empty() {
+                        tracing::info!(nodes = previous.changed.join(", "), "config changed: these nodes run again");
+                    }
+                }
+            } else {
+                let dirs: Vec<String> = sinks.iter().map(|(_, dir)| dir.clone()).collect();
+                run_dir.prepare(&dirs, options.overwrite)?;
+            }
+            // From now on the folder is bound to this config: a killed run leaves a `running` manifest that
+            // `--resume` checks against.
+            if !options.dry_run {
+                let mut running = build_manifest(
+                    &self.plan,
+                    &[],
+                    RunStatus::Running,
+                    started_at_unix,
+                    Duration::ZERO,
+                    options.workers.max(1),
+                    options.processes.max(1),
+                );
+                running.lineage = lineage.clone();
+                running.resumes = resumes;
+                let path = run_dir.manifest();
+                running.write(&path).map_err(|source| RunError::Manifest { path, source })?;
+            }
         } else {
             std::fs::create_dir_all(&options.out)
                 .map_err(|source| RunDirError::Io { path: options.out.clone(), source })?;
@@ -251,11 +286,28 @@ impl Engine {
         joined.map_err(RunError::Worker)?;
         let manifest = manifest_slot.lock().ok().and_then(|mut m| m.take());
         match manifest {
-            Some(manifest) => {
+            Some(mut manifest) => {
                 // A refused credential was reported by the workers (errors, status failed).
                 if let Some(service) = &service {
                     service.flush();
                 }
+                manifest.lineage = lineage;
+                manifest.resumes = resumes;
+                // Parts committed by earlier processes of a resumed run count too.
+                let formats: BTreeMap<String, SinkFormat> = self
+                    .plan
+                    .nodes
+                    .iter()
+                    .filter_map(|n| match &n.spec {
+                        NodeSpec::Sink(s) => Some((n.id.clone(), s.format)),
+                        _ => None,
+                    })
+                    .collect();
+                for (id, summary) in manifest.outputs.iter_mut() {
+                    let format = formats.get(id).copied().unwrap_or_default();
+                    add_committed(summary, &run_dir.root, format);
+                }
+                add_committed(&mut manifest.rejects, &run_dir.root, SinkFormat::Parquet);
                 let path = run_dir.manifest();
                 manifest.write(&path).map_err(|source| RunError::Manifest { path, source })?;
                 Ok(manifest)
@@ -272,6 +324,20 @@ impl Engine {
             )),
         }
     }
+}
+
+/// Adds the parts found in the sink's folder that the workers did not report (committed by an earlier
+/// process of a resumed run), and recounts rows and bytes.
+fn add_committed(summary: &mut OutputSummary, out: &Path, format: SinkFormat) {
+    let Ok(found) = crate::io::sink::committed_parts(out, &summary.dir, format) else { return };
+    for part in found {
+        if !summary.parts.iter().any(|p| p.path == part.path) {
+            summary.parts.push(part);
+        }
+    }
+    summary.parts.sort_by(|a, b| a.path.cmp(&b.path));
+    summary.rows = summary.parts.iter().map(|p| p.rows).sum();
+    summary.bytes = summary.parts.iter().map(|p| p.bytes).sum();
 }
 
 fn communication(options: &RunOptions) -> Result<CommunicationConfig, RunError> {
@@ -383,6 +449,7 @@ fn run_worker(
                             part: PartSettings::from(spec),
                             partitions: run.partitions,
                             project,
+                            keyed_by_node: false,
                             report: Rc::clone(&sink_report),
                             stop: Arc::clone(stop),
                             counters: Arc::clone(counters),
@@ -464,6 +531,7 @@ fn run_worker(
                 },
                 partitions: run.partitions,
                 project: None,
+                keyed_by_node: true,
                 report: Rc::clone(&sink_report),
                 stop: Arc::clone(stop),
                 counters: Arc::clone(counters),
@@ -588,5 +656,7 @@ fn build_manifest(
         rejects,
         errors,
         models,
+        lineage: BTreeMap::new(),
+        resumes: 0,
     }
 }

@@ -468,6 +468,8 @@ pub struct SinkSettings {
     pub part: PartSettings,
     pub partitions: u32,
     pub project: Option<Box<dyn Operator>>,
+    /// Rejects are keyed by node and id (a record id alone names a row, not the node that dropped it).
+    pub keyed_by_node: bool,
     pub report: Rc<RefCell<SinkReport>>,
     pub stop: Arc<AtomicBool>,
     pub counters: Arc<WorkerCounters>,
@@ -496,12 +498,15 @@ pub fn sink<'s>(input: PacketStream<'s>, settings: SinkSettings) -> PacketStream
                 let mut buckets: Vec<u32> = writers.keys().copied().collect();
                 buckets.sort_unstable();
                 let mut parts = Vec::new();
+                // After a write error an open part may hold half a batch: it is dropped (its temp file
+                // removed), not committed; a resume writes those rows again.
+                let failed = !settings.report.borrow().errors.is_empty();
                 for bucket in buckets {
                     if let Some(mut writer) = writers.remove(&bucket) {
-                        if let Err(error) = writer.finish() {
+                        if !failed && let Err(error) = writer.finish() {
                             fail(&settings, error.to_string());
                         }
-                        parts.extend(writer.committed);
+                        parts.append(&mut writer.committed);
                     }
                 }
                 let mut report = settings.report.borrow_mut();
@@ -536,6 +541,15 @@ fn write_time(
         Some(ids) => ids.as_any().downcast_ref::<StringArray>().cloned().ok_or("`id` is not a string column")?,
         None => return Err("rows have no `id` column".to_string()),
     };
+    let keys: Vec<String> = if settings.keyed_by_node {
+        let nodes = merged
+            .column_by_name("node")
+            .and_then(|n| n.as_any().downcast_ref::<StringArray>().cloned())
+            .ok_or("rejects have no `node` column")?;
+        (0..ids.len()).map(|row| format!("{}\u{0}{}", nodes.value(row), ids.value(row))).collect()
+    } else {
+        (0..ids.len()).map(|row| ids.value(row).to_string()).collect()
+    };
     let projected = match settings.project.as_mut() {
         Some(project) => project.process(merged).map_err(|e| e.to_string())?.rows,
         None => merged,
@@ -545,12 +559,18 @@ fn write_time(
         by_bucket.entry(bucket_of(ids.value(row), settings.partitions)).or_default().push(row as u32);
     }
     for (bucket, rows) in by_bucket {
-        let part = take_record_batch(&projected, &UInt32Array::from(rows)).map_err(|e| e.to_string())?;
-        let writer = writers.entry(bucket).or_insert_with(|| {
-            BucketWriter::new(&settings.run_dir, &settings.dir, bucket, part.schema(), settings.part.clone())
-        });
-        writer.write(&part).map_err(|e| e.to_string())?;
-        c.add(&c.rows_out, part.num_rows() as u64);
+        let part = take_record_batch(&projected, &UInt32Array::from(rows.clone())).map_err(|e| e.to_string())?;
+        let part_keys: Vec<String> = rows.iter().map(|&r| keys[r as usize].clone()).collect();
+        let writer = match writers.entry(bucket) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => entry.insert(
+                BucketWriter::resumable(&settings.run_dir, &settings.dir, bucket, part.schema(), settings.part.clone())
+                    .map_err(|e| e.to_string())?,
+            ),
+        };
+        let skipped = writer.write_keyed(&part, &part_keys).map_err(|e| e.to_string())?;
+        c.add(&c.rows_out, (part.num_rows() - skipped) as u64);
+        c.add(&c.already_committed, skipped as u64);
     }
     c.busy(started.elapsed());
     Ok(())

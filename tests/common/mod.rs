@@ -165,10 +165,17 @@ impl TestServer {
 
     /// `GET /stats` as JSON.
     pub fn stats(&self) -> serde_json::Value {
+        self.send("GET", "/stats")
+    }
+
+    /// Sends a bodiless request to a control route (`/hold`, `/release?discard=1`, `/reset`) and returns
+    /// the JSON it answers.
+    pub fn send(&self, method: &str, path: &str) -> serde_json::Value {
         use std::io::{Read, Write};
         let address = self.url.trim_start_matches("http://").trim_end_matches("/v1");
         let mut stream = std::net::TcpStream::connect(address).expect("connect");
-        write!(stream, "GET /stats HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
+        write!(stream, "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).unwrap();
         let body = response.split("\r\n\r\n").nth(1).expect("body");

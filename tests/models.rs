@@ -126,19 +126,68 @@ fn a_wrong_key_stops_the_run_quickly_with_one_clear_error() {
 
 #[test]
 fn the_api_key_never_reaches_outputs_caches_or_logs() {
-    let server = TestServer::start(&["--latency-ms", "5", "--api-key", KEY, "--fail-500", "0.3"]);
+    // Faults make retries and rejects (whose reasons quote the server's errors); trace logging shows every
+    // request the client makes; a killed and resumed run leaves state behind; a run against a server that
+    // wants another key fails with the endpoint's error. None of it may carry the key.
+    let server = TestServer::start(&["--latency-ms", "5", "--api-key", KEY, "--fail-500", "0.3", "--fail-429", "0.1"]);
     let dir = tempfile::tempdir().unwrap();
     questions(dir.path(), 30);
     graph(dir.path(), &server, "");
-    let output = run(dir.path(), "out", &dir.path().join("cache"), KEY);
-    assert!(output.status.success(), "{}", stderr(&output));
-    assert!(!stdout(&output).contains(KEY) && !stderr(&output).contains(KEY));
-    for folder in ["out", "cache"] {
+    let cache = dir.path().join("cache");
+    let traced = |out: &str, cache: &Path, key: &str, extra: &[&str]| {
+        common::sdg()
+            .current_dir(dir.path())
+            .env("SDG_TEST_KEY", key)
+            .env("SDG_LOG", "trace")
+            .args(["run", "graph.yaml", "-o", out, "--workers", "2", "--cache-dir"])
+            .arg(cache)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let mut logs = Vec::new();
+    let mut killed = common::sdg()
+        .current_dir(dir.path())
+        .env("SDG_TEST_KEY", KEY)
+        .env("SDG_LOG", "trace")
+        .args(["run", "graph.yaml", "-o", "out", "--quiet", "--cache-dir"])
+        .arg(&cache)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    killed.kill().unwrap();
+    let killed = killed.wait_with_output().unwrap();
+    logs.push(killed);
+    let resumed = traced("out", &cache, KEY, &["--resume"]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    logs.push(resumed);
+    let wrong_server = TestServer::start(&["--api-key", "sk-the-server-wants-this-one"]);
+    graph(dir.path(), &wrong_server, "");
+    // Its own cache: the replies above would answer every call (the key is not part of a cache key).
+    let refused = traced("refused", &dir.path().join("cache-refused"), KEY, &[]);
+    assert!(!refused.status.success());
+    assert!(stdout(&refused).contains("refused the credentials"), "{}", stdout(&refused));
+    logs.push(refused);
+    for (i, output) in logs.iter().enumerate() {
+        assert!(!output.stderr.is_empty() || i == 0, "trace logs were captured");
+        for stream in [&output.stdout, &output.stderr] {
+            assert!(
+                !stream.windows(KEY.len()).any(|w| w == KEY.as_bytes()),
+                "the key leaked into the output of run {i}"
+            );
+        }
+    }
+    let mut files = 0;
+    for folder in ["out", "refused", "cache", "cache-refused"] {
         for (path, bytes) in common::tree_bytes(&dir.path().join(folder)) {
+            files += 1;
             let found = bytes.windows(KEY.len()).any(|w| w == KEY.as_bytes());
             assert!(!found, "the key leaked into {folder}/{path}");
         }
     }
+    assert!(files >= 6, "data, rejects, manifests, journals and the cache were searched: {files}");
 }
 
 #[test]

@@ -2,8 +2,9 @@
 //!
 //! Serde stops at the first error it sees, which would make users fix a config one mistake at a time. This
 //! deserializer instead *records* unknown keys (with a did-you-mean taken from the field list serde hands
-//! it) and goes on; a type error still stops the value it is in, but callers decode each node separately,
-//! so every node's first error is reported in one pass. Every message carries line, column and key path.
+//! it) and goes on. A type error stops the value it is in, so [`decode`] reports it, then decodes again
+//! with the bad value left out (as if it were not written), until no new error turns up: every bad value
+//! of a node is reported in one pass. Every message carries line, column and key path.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -28,22 +29,62 @@ impl Diagnostic {
     }
 }
 
-/// Decodes `node` as `T`. Problems go to `diagnostics`; `None` when the value could not be built.
+/// Most type errors reported for one decoded node (each costs one more decoding pass).
+const MAX_ERRORS_PER_NODE: usize = 32;
+
+/// Decodes `node` as `T`. Problems go to `diagnostics`; `None` when the value could not be built (after
+/// any type error, even when decoding without the bad values succeeded: that value is not what was written).
 pub fn decode<T: DeserializeOwned>(node: &Node, path: &str, diagnostics: &mut Vec<Diagnostic>) -> Option<T> {
-    let recorded = RefCell::new(Vec::new());
-    let result = T::deserialize(NodeDeserializer { node, path: path.to_string(), recorded: &recorded });
-    let mut found = recorded.into_inner();
-    let value = match result {
-        Ok(value) => Some(value),
-        Err(error) => {
-            found.push(error.located.unwrap_or_else(|| Diagnostic::at(node, path, error.message)));
-            None
+    let mut found = Vec::new();
+    // Key paths of the bad values found so far; later passes leave them out.
+    let mut skipped: Vec<String> = Vec::new();
+    let mut value = None;
+    for _ in 0..MAX_ERRORS_PER_NODE {
+        let recorded = RefCell::new(Vec::new());
+        let deserializer = NodeDeserializer { node, path: path.to_string(), recorded: &recorded, skipped: &skipped };
+        let result = T::deserialize(deserializer);
+        found.extend(recorded.into_inner());
+        match result {
+            Ok(decoded) => {
+                value = skipped.is_empty().then_some(decoded);
+                break;
+            }
+            Err(error) => {
+                let diagnostic = error.located.unwrap_or_else(|| Diagnostic::at(node, path, error.message));
+                // A required setting missing because its bad value was left out: already reported.
+                if !caused_by_skipping(&diagnostic, &skipped) {
+                    found.push(diagnostic.clone());
+                }
+                match value_to_skip(&diagnostic.path, path, &skipped) {
+                    Some(target) => skipped.push(target),
+                    None => break,
+                }
+            }
         }
-    };
-    // Unknown keys are recorded outside-in; report in file order.
+    }
+    // Unknown keys are recorded outside-in, and again on every pass; report each once, in file order.
     found.sort();
+    found.dedup();
     diagnostics.extend(found);
     value
+}
+
+/// The value to leave out in the next pass after an error at `at`: that value, or, when it was already left
+/// out and its container still fails (it needs the value), the container. `None` once that would be the
+/// decoded node itself: nothing more can be learnt.
+fn value_to_skip(at: &str, root: &str, skipped: &[String]) -> Option<String> {
+    let mut target = at;
+    while skipped.iter().any(|path| path == target) {
+        target = &target[..target.rfind(['.', '['])?];
+    }
+    (target.len() > root.len() && target.starts_with(root)).then(|| target.to_string())
+}
+
+/// True for serde's "missing field `x`" at a map whose `x` was left out after an error.
+fn caused_by_skipping(diagnostic: &Diagnostic, skipped: &[String]) -> bool {
+    let Some(rest) = diagnostic.message.strip_prefix("missing field `") else { return false };
+    let field = rest.split('`').next().unwrap_or("");
+    skipped.contains(&join(&diagnostic.path, field))
 }
 
 /// The best match for `unknown` among `candidates`, if it is close enough to be a likely typo.
@@ -98,11 +139,13 @@ struct NodeDeserializer<'a> {
     node: &'a Node,
     path: String,
     recorded: &'a RefCell<Vec<Diagnostic>>,
+    /// Key paths of values to leave out, as if they were not written (they had errors in an earlier pass).
+    skipped: &'a [String],
 }
 
 impl<'a> NodeDeserializer<'a> {
     fn child(&self, node: &'a Node, path: String) -> Self {
-        NodeDeserializer { node, path, recorded: self.recorded }
+        NodeDeserializer { node, path, recorded: self.recorded, skipped: self.skipped }
     }
 
     fn error(&self, message: impl Into<String>) -> DeError {
@@ -410,6 +453,9 @@ impl<'a> NodeDeserializer<'a> {
                 self.recorded.borrow_mut().push(Diagnostic::at(key, &path, unknown_message("key", name, fields)));
                 continue;
             }
+            if self.skipped.contains(&path) {
+                continue;
+            }
             kept.push((key, value, path));
         }
         let result = visitor.visit_map(MapAccess { parent: &self, entries: kept.into_iter(), pending: None });
@@ -430,13 +476,14 @@ impl<'de, 'p, 'a, I: Iterator<Item = (usize, &'a Node)>> de::SeqAccess<'de> for 
     type Error = DeError;
 
     fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, DeError> {
-        match self.items.next() {
-            None => Ok(None),
-            Some((index, node)) => {
-                let child = self.parent.child(node, format!("{}[{index}]", self.parent.path));
-                seed.deserialize(child).map(Some)
+        for (index, node) in self.items.by_ref() {
+            let path = format!("{}[{index}]", self.parent.path);
+            if self.parent.skipped.contains(&path) {
+                continue;
             }
+            return seed.deserialize(self.parent.child(node, path)).map(Some);
         }
+        Ok(None)
     }
 }
 
@@ -591,6 +638,35 @@ mod tests {
         assert_eq!((diags[0].line, diags[0].col), (2, 9));
         assert_eq!(diags[0].path, "inner.size");
         assert_eq!(diags[0].message, "expected an integer, found `many`");
+    }
+
+    #[test]
+    fn every_bad_value_of_a_node_is_reported_in_one_pass() {
+        let (value, diags) = run::<Outer>(
+            "inner: {size: lots, name: [x]}\nshapes: [circle, {square: {side: wide}}, hexagon]\nflag: maybe\nextra: 1\n",
+        );
+        assert!(value.is_none());
+        let found: Vec<(usize, &str, &str)> =
+            diags.iter().map(|d| (d.line, d.path.as_str(), d.message.as_str())).collect();
+        assert_eq!(
+            found,
+            [
+                (1, "inner.size", "expected an integer, found `lots`"),
+                (1, "inner.name", "expected a string, found a list"),
+                (2, "shapes[1].square.side", "expected a number, found `wide`"),
+                (2, "shapes[2]", "unknown variant `hexagon` (expected one of: circle, square, many)"),
+                (3, "flag", "expected true or false, found `maybe`"),
+                (4, "extra", "unknown key `extra` (expected one of: inner, shapes, flag)"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_required_setting_with_a_bad_value_is_not_also_missing() {
+        let (_, diags) = run::<Outer>("inner: {size: -1}\nshapes: []\n");
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert_eq!(diags[0].path, "inner.size");
+        assert_eq!(diags[0].message, "number -1 is out of range for u32");
     }
 
     #[test]

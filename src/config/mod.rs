@@ -307,7 +307,22 @@ impl Config {
             }
         }
         let run = match root.get("run") {
-            Some(node) => de::decode::<RunSettings>(node, "run", &mut diagnostics).unwrap_or_default(),
+            Some(node) => {
+                let run = de::decode::<RunSettings>(node, "run", &mut diagnostics).unwrap_or_default();
+                // A zero would make a source batch, a window or the bucket count empty.
+                for (key, value) in [
+                    ("batch_rows", run.batch_rows as u64),
+                    ("batch_bytes", run.batch_bytes as u64),
+                    ("window", run.window as u64),
+                    ("partitions", run.partitions as u64),
+                ] {
+                    if value == 0 {
+                        let at = node.get(key).unwrap_or(node);
+                        diagnostics.push(Diagnostic::at(at, &format!("run.{key}"), "must be at least 1"));
+                    }
+                }
+                run
+            }
             None => RunSettings::default(),
         };
         let mut models = BTreeMap::new();
@@ -635,6 +650,13 @@ mod tests {
 
     fn parse(text: &str) -> (Config, Vec<Diagnostic>) {
         Config::parse(text, Path::new("t.yaml"), Path::new("/base")).unwrap()
+    }
+
+    #[test]
+    fn zero_run_settings_are_errors_at_their_line() {
+        let (_, diagnostics) = parse("run:\n  batch_rows: 0\n  window: 0\nnodes: []\n");
+        let found: Vec<(usize, &str)> = diagnostics.iter().map(|d| (d.line, d.path.as_str())).collect();
+        assert_eq!(found, vec![(2, "run.batch_rows"), (3, "run.window")]);
     }
 
     #[test]

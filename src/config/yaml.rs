@@ -1,7 +1,9 @@
 //! A YAML tree that remembers where every node came from, so config errors can name the line.
 //!
 //! Aliases are expanded while loading, under a node budget: an "anchors bomb" (each alias doubling the
-//! document) is refused instead of eating memory.
+//! document) is refused instead of eating memory. Nesting is capped too, and the tree is built from the
+//! parser's events in a loop (the parser's own `load` recurses once per level), so a deeply nested
+//! document is refused instead of overflowing the stack.
 
 use std::collections::HashMap;
 
@@ -10,6 +12,9 @@ use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 /// Most nodes a config may expand to, aliases included. Real configs are a few hundred.
 pub const MAX_NODES: usize = 100_000;
+
+/// Deepest nesting of lists and maps a config may have. Real configs nest fewer than ten levels.
+pub const MAX_DEPTH: usize = 128;
 
 /// A value and where it starts (1-based line and column).
 #[derive(Debug, Clone, PartialEq)]
@@ -80,17 +85,30 @@ pub struct YamlError {
     pub message: String,
 }
 
-/// Parses one YAML document. An empty document is `Null`.
+/// Parses one YAML document (the first, when there are more). An empty document is `Null`.
 pub fn parse(text: &str) -> Result<Node, YamlError> {
     let mut builder = TreeBuilder::default();
     let mut parser = Parser::new_from_str(text);
-    parser.load(&mut builder, false).map_err(|e| YamlError {
-        line: e.marker().line(),
-        col: e.marker().col() + 1,
-        message: e.info().to_string(),
-    })?;
-    if let Some(error) = builder.error {
-        return Err(error);
+    loop {
+        let (event, mark) = parser.next_token().map_err(|e| YamlError {
+            line: e.marker().line(),
+            col: e.marker().col() + 1,
+            message: match e.info() {
+                // The scanner's own cap on `[` and `{` nesting.
+                "recursion limit exceeded" => {
+                    "lists and maps are nested deeper than 255 levels of brackets".to_string()
+                }
+                info => info.to_string(),
+            },
+        })?;
+        let last = matches!(event, Event::DocumentEnd | Event::StreamEnd);
+        builder.on_event(event, mark);
+        if let Some(error) = builder.error.take() {
+            return Err(error);
+        }
+        if last {
+            break;
+        }
     }
     Ok(builder.root.unwrap_or(Node { value: Value::Null, line: 1, col: 1 }))
 }
@@ -119,10 +137,50 @@ impl TreeBuilder {
     fn count(&mut self, n: usize, mark: Marker) -> bool {
         self.nodes += n;
         if self.nodes > MAX_NODES {
-            self.fail(mark, format!("document expands to more than {MAX_NODES} nodes (alias bomb?)"));
+            let at = match self.path() {
+                path if path.is_empty() => String::new(),
+                path => format!("at `{path}` "),
+            };
+            self.fail(
+                mark,
+                format!("the document {at}expands to more than {MAX_NODES} nodes (an alias bomb: anchors that repeat anchors?)"),
+            );
             return false;
         }
         true
+    }
+
+    /// Opens a list or map, unless that nests the document too deep.
+    fn open(&mut self, open: Open, mark: Marker) {
+        if self.stack.len() >= MAX_DEPTH {
+            let at = match self.path() {
+                path if path.is_empty() => String::new(),
+                path => format!(" at `{path}`"),
+            };
+            self.fail(mark, format!("lists and maps are nested deeper than {MAX_DEPTH} levels{at}"));
+            return;
+        }
+        if self.count(1, mark) {
+            self.stack.push(open);
+        }
+    }
+
+    /// Key path of the next value, e.g. `nodes[2].paths`: where an error is.
+    fn path(&self) -> String {
+        let mut path = String::new();
+        for open in &self.stack {
+            match open {
+                Open::Seq(Node { value: Value::Seq(items), .. }, _) => path.push_str(&format!("[{}]", items.len())),
+                Open::Map(_, _, Some(key)) => {
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    path.push_str(key.as_str().unwrap_or("?"));
+                }
+                _ => {}
+            }
+        }
+        path
     }
 
     fn finish(&mut self, node: Node, anchor: usize) {
@@ -164,16 +222,10 @@ impl MarkedEventReceiver for TreeBuilder {
                 self.finish(Node { value, line, col }, anchor);
             }
             Event::SequenceStart(anchor, _) => {
-                if self.count(1, mark) {
-                    let node = Node { value: Value::Seq(Vec::new()), line, col };
-                    self.stack.push(Open::Seq(node, anchor));
-                }
+                self.open(Open::Seq(Node { value: Value::Seq(Vec::new()), line, col }, anchor), mark)
             }
             Event::MappingStart(anchor, _) => {
-                if self.count(1, mark) {
-                    let node = Node { value: Value::Map(Vec::new()), line, col };
-                    self.stack.push(Open::Map(node, anchor, None));
-                }
+                self.open(Open::Map(Node { value: Value::Map(Vec::new()), line, col }, anchor, None), mark)
             }
             Event::SequenceEnd | Event::MappingEnd => match self.stack.pop() {
                 Some(Open::Seq(node, anchor)) | Some(Open::Map(node, anchor, _)) => self.finish(node, anchor),
@@ -227,6 +279,36 @@ mod tests {
         }
         let error = parse(&text).unwrap_err();
         assert!(error.message.contains("more than"), "{error}");
+        // a4 is the first anchor past the budget: 10^5 scalars and more.
+        assert!(error.message.contains("at `a4["), "{error}");
+        assert_eq!(error.line, 5, "{error}");
+    }
+
+    #[test]
+    fn refuses_deep_nesting_without_overflowing_the_stack() {
+        // Block lists nest without the flow-level limit of the scanner; a recursive loader would overflow.
+        let text = format!("a:\n  b:\n    {}x\n", "- ".repeat(200_000));
+        let error = parse(&text).unwrap_err();
+        assert_eq!(
+            error.message,
+            format!(
+                "lists and maps are nested deeper than {MAX_DEPTH} levels at `a.b[0]{}`",
+                "[0]".repeat(MAX_DEPTH - 3)
+            )
+        );
+        let flow = format!("a: {}1{}\n", "[".repeat(10_000), "]".repeat(10_000));
+        let error = parse(&flow).unwrap_err();
+        assert!(error.message.starts_with("lists and maps are nested deeper than "), "{error}");
+        let fits = format!("a: {}1{}\n", "[".repeat(100), "]".repeat(100));
+        assert!(parse(&fits).is_ok());
+    }
+
+    #[test]
+    fn reads_only_the_first_document() {
+        let doc = parse("a: 1\n---\nb: 2\n").unwrap();
+        assert_eq!(doc.get("a").unwrap().as_str(), Some("1"));
+        assert!(doc.get("b").is_none());
+        assert_eq!(parse("# only a comment\n").unwrap().value, Value::Null);
     }
 
     #[test]

@@ -54,6 +54,9 @@ fn default_max_record_mb() -> u64 {
     16
 }
 
+/// Largest `max_file_mb` / `max_record_mb`: 1 TiB. A larger figure is a typo, and would overflow in bytes.
+const MAX_LIMIT_MB: u64 = 1 << 20;
+
 impl IngestSpec {
     /// An ingest of `paths` with every other setting at its default; `source_path` is relative to `base_dir`.
     pub fn for_paths(paths: Vec<PathBuf>, base_dir: &Path) -> Self {
@@ -78,8 +81,8 @@ impl IngestSpec {
 
     pub fn limits(&self) -> Limits {
         Limits {
-            max_file_bytes: self.max_file_mb << 20,
-            max_record_bytes: self.max_record_mb << 20,
+            max_file_bytes: self.max_file_mb.saturating_mul(1 << 20),
+            max_record_bytes: self.max_record_mb.saturating_mul(1 << 20),
             ..Limits::default()
         }
     }
@@ -93,6 +96,11 @@ impl IngestSpec {
         for path in &self.paths {
             if !path.exists() {
                 problems.push(("paths".to_string(), format!("{} does not exist", path.display())));
+            }
+        }
+        for (key, value) in [("max_file_mb", self.max_file_mb), ("max_record_mb", self.max_record_mb)] {
+            if !(1..=MAX_LIMIT_MB).contains(&value) {
+                problems.push((key.to_string(), format!("must be between 1 and {MAX_LIMIT_MB} (MiB), found {value}")));
             }
         }
         for (key, globs) in [("include", &self.include), ("exclude", &self.exclude)] {
@@ -160,7 +168,7 @@ pub fn discover(spec: &IngestSpec, node: &str) -> Discovery {
                         .path()
                         .map(|p| display_path(&spec.base_dir, p))
                         .unwrap_or_else(|| display_path(&spec.base_dir, root));
-                    let reason = if error.loop_ancestor().is_some() {
+                    let reason = if error.loop_ancestor().is_some() || is_link_loop(&error) {
                         "symbolic link loop".to_string()
                     } else {
                         format!("cannot read: {error}")
@@ -188,6 +196,20 @@ pub fn discover(spec: &IngestSpec, node: &str) -> Discovery {
         }
     }
     found
+}
+
+/// True when the walk failed on a link that leads to itself (`a -> a`, or `a -> b -> a`): the OS gives up
+/// with ELOOP. A link to a folder above it is found by walkdir itself (`loop_ancestor`).
+fn is_link_loop(error: &walkdir::Error) -> bool {
+    #[cfg(unix)]
+    {
+        error.io_error().and_then(std::io::Error::raw_os_error) == Some(libc::ELOOP)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = error;
+        false
+    }
 }
 
 fn build_globs(globs: &[String]) -> Option<GlobSet> {
@@ -258,12 +280,18 @@ impl FileReader {
         }
     }
 
-    /// The next batch, or `None` when the file is done.
+    /// The next batch, or `None` when the file is done. Rejected records count toward the batch limits like
+    /// documents, so a file of millions of bad lines is not held at once; a batch holds at least one record,
+    /// whatever the limits say (a limit of 0 must not read a file as empty).
     pub fn next_batch(&mut self, batch_rows: usize, batch_bytes: usize) -> Option<ReadBatch> {
         let mut docs: Vec<Document> = Vec::new();
         let mut bytes = 0usize;
         if let Some(stream) = self.stream.as_mut() {
-            while docs.len() < batch_rows && bytes < batch_bytes {
+            loop {
+                let records = docs.len() + self.rejects.len();
+                if records > 0 && (records >= batch_rows || bytes >= batch_bytes) {
+                    break;
+                }
                 match stream.next() {
                     None => {
                         self.stream = None;
@@ -275,6 +303,7 @@ impl FileReader {
                     }
                     Some(Err(error)) => {
                         let reason = format!("{}: {}", error.locator, error.reason);
+                        bytes += reason.len();
                         self.rejects.push(RejectRow {
                             id: stable_id(&[self.file.display.as_bytes(), error.locator.as_bytes()]),
                             node: self.node.clone(),
@@ -382,6 +411,53 @@ mod tests {
         assert_eq!(found.problems[0].reason, "symbolic link loop");
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn links_to_themselves_are_loops_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("corpus");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("a.txt"), "a").unwrap();
+        std::os::unix::fs::symlink("self.txt", root.join("self.txt")).unwrap();
+        std::os::unix::fs::symlink("pong.md", root.join("ping.md")).unwrap();
+        std::os::unix::fs::symlink("ping.md", root.join("pong.md")).unwrap();
+        let mut s = spec(&root);
+        s.follow_links = true;
+        let found = discover(&s, "docs");
+        assert_eq!(found.files.len(), 1);
+        let problems: Vec<(&str, &str)> =
+            found.problems.iter().map(|p| (p.source_path.as_deref().unwrap(), p.reason.as_str())).collect();
+        assert_eq!(
+            problems,
+            [
+                ("corpus/ping.md", "symbolic link loop"),
+                ("corpus/pong.md", "symbolic link loop"),
+                ("corpus/self.txt", "symbolic link loop")
+            ]
+        );
+        // Not following links, they are not read at all.
+        s.follow_links = false;
+        let found = discover(&s, "docs");
+        assert_eq!((found.files.len(), found.problems.len()), (1, 0));
+    }
+
+    #[test]
+    fn size_limits_must_be_sane() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec(dir.path());
+        s.max_file_mb = u64::MAX;
+        s.max_record_mb = 0;
+        let problems = s.check();
+        assert_eq!(
+            problems,
+            [
+                ("max_file_mb".to_string(), format!("must be between 1 and 1048576 (MiB), found {}", u64::MAX)),
+                ("max_record_mb".to_string(), "must be between 1 and 1048576 (MiB), found 0".to_string()),
+            ]
+        );
+        assert_eq!(s.limits().max_file_bytes, u64::MAX, "never wraps around");
+    }
+
     #[test]
     fn reader_batches_rows_and_gives_stable_ids() {
         let dir = tempfile::tempdir().unwrap();
@@ -403,5 +479,37 @@ mod tests {
         assert_eq!((total, rejects), (5, 1));
         let again = FileReader::open(&s, "docs", file).next_batch(2, usize::MAX).unwrap();
         assert_eq!(again.rows.column(0), first.rows.column(0), "ids are stable");
+    }
+
+    #[test]
+    fn zero_batch_limits_still_read_every_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("corpus");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("rows.jsonl"), "{\"text\": \"a\"}\n{\"text\": \"b\"}\n").unwrap();
+        let s = spec(&root);
+        let file = discover(&s, "docs").files.remove(0);
+        let mut reader = FileReader::open(&s, "docs", file);
+        let mut sizes = Vec::new();
+        while let Some(batch) = reader.next_batch(0, 0) {
+            sizes.push(batch.rows.num_rows());
+        }
+        assert_eq!(sizes, [1, 1]);
+    }
+
+    #[test]
+    fn bad_records_count_toward_the_batch_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("corpus");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("rows.jsonl"), "bad\n".repeat(10)).unwrap();
+        let s = spec(&root);
+        let file = discover(&s, "docs").files.remove(0);
+        let mut reader = FileReader::open(&s, "docs", file);
+        let mut sizes = Vec::new();
+        while let Some(batch) = reader.next_batch(4, usize::MAX) {
+            sizes.push((batch.rows.num_rows(), batch.rejects.len()));
+        }
+        assert_eq!(sizes, [(0, 4), (0, 4), (0, 2)]);
     }
 }

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use csv::{ByteRecord, ErrorKind, ReaderBuilder};
 
-use super::{Document, DocumentStream, FieldMapping, FormatError, Limits, RecordError};
+use super::{Document, DocumentStream, FieldMapping, FormatError, Limits, RecordError, over_record_limit};
 
 const FORMAT: &str = "csv";
 
@@ -32,7 +32,7 @@ pub(super) fn open(path: &Path, mapping: &FieldMapping, limits: &Limits) -> Resu
     let headers = match headers {
         Ok(headers) => headers,
         Err(_) if reader.get_ref().tripped => {
-            return Err(corrupt(format!("the header row is longer than {} bytes", limits.max_record_bytes)));
+            return Err(corrupt(over_record_limit("the header row", limits.max_record_bytes)));
         }
         Err(error) if error.is_io_error() => return Err(FormatError::Io(io::Error::other(error))),
         Err(error) => return Err(corrupt(format!("cannot read the header row ({error})"))),
@@ -42,11 +42,15 @@ pub(super) fn open(path: &Path, mapping: &FieldMapping, limits: &Limits) -> Resu
         let names: Vec<String> =
             headers.iter().map(|header| format!("\"{}\"", String::from_utf8_lossy(header))).collect();
         let message = if names.is_empty() {
-            format!("no \"{}\" column (the file has no header row)", mapping.text)
+            format!("no \"{}\" column: the file has no header row", mapping.text)
         } else {
-            format!("no \"{}\" column; the columns are {}", mapping.text, names.join(", "))
+            format!(
+                "no \"{}\" column; the columns are {} (set `fields.text` to the text column)",
+                mapping.text,
+                names.join(", ")
+            )
         };
-        return Err(corrupt(message));
+        return Err(FormatError::Schema { format: FORMAT, message });
     };
     let id_column = mapping.id.as_deref().map(column);
     let keep_columns: Vec<Option<usize>> = mapping.keep.iter().map(|name| column(name)).collect();
@@ -126,7 +130,7 @@ impl<R: Read> Iterator for CsvRows<R> {
                 let reason = if self.reader.get_ref().tripped {
                     // The parser stopped mid-row and cannot find the next row boundary on its own.
                     self.finished = true;
-                    format!("row is longer than {} bytes; the rest of the file is not read", self.max_record_bytes)
+                    format!("{}; the rest of the file is not read", over_record_limit("row", self.max_record_bytes))
                 } else {
                     match error.kind() {
                         ErrorKind::UnequalLengths { expected_len, len, .. } => {
@@ -152,7 +156,7 @@ impl<R: Read> CsvRows<R> {
 
     fn document(&self) -> Result<Document, String> {
         if self.record.as_slice().len() as u64 > self.max_record_bytes {
-            return Err(format!("row is longer than {} bytes", self.max_record_bytes));
+            return Err(over_record_limit("row", self.max_record_bytes));
         }
         let field = |column: usize| -> Result<Option<String>, String> {
             match self.record.get(column) {
@@ -238,9 +242,15 @@ mod tests {
     #[test]
     fn a_missing_text_column_names_the_columns_there_are() {
         let error = open_csv(b"title,topic\nA,b\n", &FieldMapping::default(), &Limits::default()).err().unwrap();
-        assert_eq!(error.to_string(), "corrupt csv file: no \"text\" column; the columns are \"title\", \"topic\"");
+        assert_eq!(
+            error.to_string(),
+            "unexpected csv schema: no \"text\" column; the columns are \"title\", \"topic\" \
+             (set `fields.text` to the text column)"
+        );
+        let error = open_csv(b"\n", &FieldMapping::default(), &Limits::default()).err().unwrap();
+        assert_eq!(error.to_string(), "unexpected csv schema: no \"text\" column: the file has no header row");
         let error = open_csv(b"", &FieldMapping::default(), &Limits::default()).err().unwrap();
-        assert_eq!(error.to_string(), "corrupt csv file: no \"text\" column (the file has no header row)");
+        assert_eq!(error.to_string(), "empty csv file");
     }
 
     #[test]
@@ -268,7 +278,7 @@ mod tests {
         let results: Vec<_> = open_csv(contents.as_bytes(), &FieldMapping::default(), &limits).unwrap().collect();
         assert_eq!(results.len(), 3);
         assert_eq!(results[0].as_ref().unwrap().text, "short");
-        assert_eq!(results[1], row_error(2, "row is longer than 16 bytes"));
+        assert_eq!(results[1], row_error(2, "row is longer than max_record_mb allows (16 bytes)"));
         assert_eq!(results[2].as_ref().unwrap().text, "after");
     }
 
@@ -280,6 +290,9 @@ mod tests {
         let results: Vec<_> = open_csv(contents.as_bytes(), &FieldMapping::default(), &limits).unwrap().collect();
         assert_eq!(results.len(), 2);
         assert_eq!(results[0].as_ref().unwrap().text, "first");
-        assert_eq!(results[1], row_error(2, "row is longer than 16 bytes; the rest of the file is not read"));
+        assert_eq!(
+            results[1],
+            row_error(2, "row is longer than max_record_mb allows (16 bytes); the rest of the file is not read")
+        );
     }
 }

@@ -2,7 +2,10 @@
 //! The `dc:title` of `docProps/core.xml`, when there is one, goes to `meta["title"]`.
 //!
 //! Archive members are streamed through a byte budget (`Limits::max_unpacked_bytes`), so a zip bomb is
-//! refused after reading at most the budget, whatever its declared sizes say.
+//! refused after reading at most the budget, whatever its declared sizes say. The text pulled out of them
+//! obeys the whole-document limit (`Limits::max_file_bytes`), and so does every single piece of XML (a text
+//! node or a tag, which the XML reader holds whole): a bomb that unpacks to less than the budget still
+//! cannot make one document bigger than a text file may be.
 
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek};
@@ -48,8 +51,11 @@ pub(super) fn open(path: &Path, limits: &Limits) -> Result<DocumentStream, Forma
         if part.size() > budget {
             return Err(unpacks_too_large(DOCUMENT_PART, limits));
         }
-        let mut reader = BudgetReader::new(part, budget);
-        let text = document_text(&mut reader).map_err(|error| xml_error(DOCUMENT_PART, error, &reader, limits))?;
+        let mut reader = BudgetReader::new(part, budget).with_max_token(limits.max_file_bytes);
+        let text = document_text(&mut reader, limits.max_file_bytes).map_err(|error| match error {
+            TextError::TooLarge => text_too_large(limits),
+            TextError::Xml(error) => xml_error(DOCUMENT_PART, error, &reader, limits),
+        })?;
         budget -= reader.consumed;
         text
     };
@@ -64,17 +70,35 @@ pub(super) fn open(path: &Path, limits: &Limits) -> Result<DocumentStream, Forma
     Ok(one_document(document))
 }
 
-/// Reads a member up to a byte budget and fails (rather than truncating) once the member goes past it.
+/// Reads a member up to a byte budget and fails (rather than truncating) once the member goes past it, or
+/// once a run of bytes without `<` or `>` (one XML text node or tag) goes past `max_token`.
 struct BudgetReader<R> {
     inner: R,
     budget: u64,
     consumed: u64,
     over_budget: bool,
+    max_token: u64,
+    /// Bytes since the last `<` or `>`.
+    token: u64,
+    token_too_long: bool,
 }
 
 impl<R> BudgetReader<R> {
     fn new(inner: R, budget: u64) -> Self {
-        BudgetReader { inner, budget, consumed: 0, over_budget: false }
+        BudgetReader {
+            inner,
+            budget,
+            consumed: 0,
+            over_budget: false,
+            max_token: u64::MAX,
+            token: 0,
+            token_too_long: false,
+        }
+    }
+
+    fn with_max_token(mut self, max_token: u64) -> Self {
+        self.max_token = max_token;
+        self
     }
 }
 
@@ -86,15 +110,41 @@ impl<R: Read> Read for BudgetReader<R> {
             self.over_budget = true;
             return Err(io::Error::other("archive member unpacks past its byte budget"));
         }
+        for &byte in &buf[..read] {
+            if byte == b'<' || byte == b'>' {
+                self.token = 0;
+            } else {
+                self.token += 1;
+                if self.token > self.max_token {
+                    self.token_too_long = true;
+                    return Err(io::Error::other("one XML text node or tag is past the text limit"));
+                }
+            }
+        }
         Ok(read)
     }
 }
 
-/// Paragraph text of a WordprocessingML body.
-fn document_text<R: Read>(part: R) -> Result<String, quick_xml::Error> {
+/// Why the text of a part could not be read.
+#[derive(Debug)]
+enum TextError {
+    Xml(quick_xml::Error),
+    /// The text is longer than the limit.
+    TooLarge,
+}
+
+impl From<quick_xml::Error> for TextError {
+    fn from(error: quick_xml::Error) -> Self {
+        TextError::Xml(error)
+    }
+}
+
+/// Paragraph text of a WordprocessingML body, refused once it is longer than `max_text` bytes.
+fn document_text<R: Read>(part: R, max_text: u64) -> Result<String, TextError> {
     let mut xml = XmlReader::from_reader(BufReader::new(part));
     let mut buf = Vec::new();
-    let mut paragraphs: Vec<String> = Vec::new();
+    // Paragraphs so far, separated by blank lines; the one being read.
+    let mut text = String::new();
     let mut paragraph = String::new();
     // Depths of the elements whose content is not body text.
     let mut in_text_run = false;
@@ -118,10 +168,7 @@ fn document_text<R: Read>(part: R) -> Result<String, quick_xml::Error> {
                 "tabs" => tab_stops_depth = tab_stops_depth.saturating_sub(1),
                 "Fallback" => fallback_depth = fallback_depth.saturating_sub(1),
                 "p" if fallback_depth == 0 => {
-                    let text = paragraph.trim_end();
-                    if !text.trim_start().is_empty() {
-                        paragraphs.push(text.to_string());
-                    }
+                    push_paragraph(&mut text, &paragraph);
                     paragraph.clear();
                 }
                 _ => {}
@@ -133,12 +180,25 @@ fn document_text<R: Read>(part: R) -> Result<String, quick_xml::Error> {
             _ => {}
         }
         buf.clear();
+        if (text.len() + paragraph.len()) as u64 > max_text {
+            return Err(TextError::TooLarge);
+        }
     }
     // Text after the last paragraph (malformed but readable) still counts.
-    if !paragraph.trim().is_empty() {
-        paragraphs.push(paragraph.trim_end().to_string());
+    push_paragraph(&mut text, &paragraph);
+    Ok(text)
+}
+
+/// Appends a paragraph that has text, after a blank line.
+fn push_paragraph(text: &mut String, paragraph: &str) {
+    let paragraph = paragraph.trim_end();
+    if paragraph.trim_start().is_empty() {
+        return;
     }
-    Ok(paragraphs.join("\n\n"))
+    if !text.is_empty() {
+        text.push_str("\n\n");
+    }
+    text.push_str(paragraph);
 }
 
 /// `w:tab`, `w:br`, `w:cr` and `w:noBreakHyphen` stand for characters; `skipped_depth > 0` means not in body text.
@@ -218,6 +278,8 @@ fn member_error(member: &str, error: ZipError) -> FormatError {
 fn xml_error<R>(member: &str, error: quick_xml::Error, reader: &BudgetReader<R>, limits: &Limits) -> FormatError {
     if reader.over_budget {
         unpacks_too_large(member, limits)
+    } else if reader.token_too_long {
+        text_too_large(limits)
     } else {
         corrupt(format!("cannot read {member} ({error})"))
     }
@@ -225,6 +287,10 @@ fn xml_error<R>(member: &str, error: quick_xml::Error, reader: &BudgetReader<R>,
 
 fn unpacks_too_large(member: &str, limits: &Limits) -> FormatError {
     FormatError::UnpacksTooLarge { format: FORMAT, entry: member.to_string(), limit: limits.max_unpacked_bytes }
+}
+
+fn text_too_large(limits: &Limits) -> FormatError {
+    FormatError::TextTooLarge { format: FORMAT, limit: limits.max_file_bytes }
 }
 
 fn corrupt(message: String) -> FormatError {
@@ -304,7 +370,10 @@ mod tests {
             }
             other => panic!("expected UnpacksTooLarge, got {other:?}"),
         }
-        assert_eq!(error.to_string(), "word/document.xml in the docx file unpacks to more than the 1048576-byte limit");
+        assert_eq!(
+            error.to_string(),
+            "word/document.xml in the docx file unpacks to more than 1 MiB (a zip bomb, or a document too large to read)"
+        );
     }
 
     #[test]
@@ -317,7 +386,7 @@ mod tests {
         let declared = part.size();
         // Reading through the budget reader alone (no declared-size check) stops at the budget.
         let mut reader = BudgetReader::new(part, 64 * 1024);
-        let error = document_text(&mut reader).unwrap_err();
+        let error = document_text(&mut reader, u64::MAX).unwrap_err();
         assert!(reader.over_budget, "{error:?}");
         assert!(reader.consumed < declared);
     }
@@ -382,6 +451,41 @@ mod tests {
         std::fs::write(&legacy, &bytes[..128]).unwrap();
         let error = read_docx(&legacy, &Limits::default()).unwrap_err();
         assert!(matches!(error, FormatError::Corrupt { format: "docx", .. }), "{error:?}");
+    }
+
+    #[test]
+    fn a_bomb_under_the_unpacked_budget_is_refused_once_its_text_passes_the_file_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bomb.docx");
+        // 4 MiB of one text node, under the 8 MiB budget, over the 1 MiB whole-document limit.
+        testkit::write_zip_bomb_docx(&path, 4 << 20).unwrap();
+        let limits = Limits { max_file_bytes: 1 << 20, max_unpacked_bytes: 8 << 20, ..Limits::default() };
+        let error = read_docx(&path, &limits).unwrap_err();
+        assert!(matches!(error, FormatError::TextTooLarge { format: "docx", limit: 0x10_0000 }), "{error:?}");
+        assert_eq!(
+            error.to_string(),
+            "the text of the docx file is larger than max_file_mb allows (1 MiB) once unpacked"
+        );
+    }
+
+    #[test]
+    fn text_of_many_paragraphs_is_held_to_the_limit_too() {
+        let paragraphs: String =
+            (0..100).map(|n| format!("<w:p><w:r><w:t>paragraph {n:04}</w:t></w:r></w:p>")).collect();
+        let text = |max_text| document_text(paragraphs.as_bytes(), max_text);
+        let whole = text(u64::MAX).unwrap();
+        assert_eq!(whole.len(), 100 * 14 + 99 * 2);
+        assert_eq!(text(whole.len() as u64).unwrap(), whole);
+        assert!(matches!(text(whole.len() as u64 - 1), Err(TextError::TooLarge)));
+    }
+
+    #[test]
+    fn the_token_guard_counts_bytes_between_angle_brackets() {
+        let mut reader = BudgetReader::new(&b"<a>12345</a><b>123456</b>"[..], u64::MAX).with_max_token(5);
+        let error = io::Read::read_to_end(&mut reader, &mut Vec::new()).unwrap_err();
+        assert!(reader.token_too_long, "{error}");
+        let mut fits = BudgetReader::new(&b"<a>12345</a>"[..], u64::MAX).with_max_token(5);
+        assert!(io::Read::read_to_end(&mut fits, &mut Vec::new()).is_ok());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use super::{Document, DocumentStream, FieldMapping, FormatError, Limits, RecordError};
+use super::{Document, DocumentStream, FieldMapping, FormatError, Limits, RecordError, over_record_limit};
 
 pub(super) fn open(path: &Path, mapping: &FieldMapping, limits: &Limits) -> Result<DocumentStream, FormatError> {
     let file = File::open(path)?;
@@ -112,7 +112,7 @@ impl<R: BufRead> Iterator for JsonlRows<R> {
             self.line_number += 1;
             let bytes = match line {
                 Line::TooLong => {
-                    let reason = format!("line is longer than {} bytes", self.lines.max_bytes);
+                    let reason = over_record_limit("line", self.lines.max_bytes);
                     return Some(Err(self.error_at(self.line_number, reason)));
                 }
                 Line::Complete(bytes) => bytes,
@@ -263,7 +263,7 @@ mod tests {
         let results = read_jsonl(contents.as_bytes(), &FieldMapping::default(), &limits);
         assert_eq!(results.len(), 3);
         assert_eq!(results[0].as_ref().unwrap().text, "short");
-        assert_eq!(results[1], record_error(2, "line is longer than 64 bytes"));
+        assert_eq!(results[1], record_error(2, "line is longer than max_record_mb allows (64 bytes)"));
         assert_eq!(results[2].as_ref().unwrap().text, "after");
         assert_eq!(results[2].as_ref().unwrap().meta["line"], 3);
     }
@@ -287,7 +287,30 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_file_yields_nothing() {
-        assert!(read_jsonl(b"", &FieldMapping::default(), &Limits::default()).is_empty());
+    fn an_empty_file_is_refused_and_a_blank_one_yields_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty.jsonl");
+        std::fs::write(&path, b"").unwrap();
+        let error = open_file(&path, Format::Jsonl, &FieldMapping::default(), &Limits::default()).err().unwrap();
+        assert!(matches!(error, FormatError::Empty { format: "jsonl" }), "{error:?}");
+        assert!(read_jsonl(b"\n  \n", &FieldMapping::default(), &Limits::default()).is_empty());
+    }
+
+    #[test]
+    fn a_gigabyte_line_is_skipped_with_a_bounded_buffer() {
+        // 1 GiB of one line, streamed in (never stored): the reader keeps at most the limit.
+        struct Endless(u64);
+        impl io::Read for Endless {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let n = (buf.len() as u64).min(self.0) as usize;
+                buf[..n].fill(b'a');
+                self.0 -= n as u64;
+                Ok(n)
+            }
+        }
+        let source = io::Read::chain(Endless(1 << 30), &b"\n{\"text\": \"after\"}\n"[..]);
+        let mut lines = BoundedLines::new(BufReader::with_capacity(1 << 20, source), 16 << 20);
+        assert_eq!(lines.next_line().unwrap(), Some(Line::TooLong));
+        assert_eq!(lines.next_line().unwrap(), Some(Line::Complete(b"{\"text\": \"after\"}".to_vec())));
     }
 }

@@ -120,12 +120,13 @@ pub struct Document {
     pub extra: Vec<Option<String>>,
 }
 
-/// The whole file could not be read.
+/// The whole file could not be read. Each message is a sentence a user can act on: what is wrong, and for
+/// a limit, which `ingest` setting sets it.
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
     #[error("cannot read file: {0}")]
     Io(#[from] std::io::Error),
-    #[error("file is {size} bytes, over the {limit}-byte limit for {format} files")]
+    #[error("{format} file is too large ({}; max_file_mb allows {})", human_bytes(*size), human_bytes(*limit))]
     TooLarge { format: &'static str, size: u64, limit: u64 },
     #[error("binary content in a {format} file")]
     Binary { format: &'static str },
@@ -135,12 +136,39 @@ pub enum FormatError {
     Encrypted { format: &'static str },
     #[error("corrupt {format} file: {message}")]
     Corrupt { format: &'static str, message: String },
+    /// A row file that is readable but does not have the columns the field mapping asks for.
+    #[error("unexpected {format} schema: {message}")]
+    Schema { format: &'static str, message: String },
     /// The file is readable but holds no text (empty, whitespace only, or only markup).
     #[error("empty {format} file")]
     Empty { format: &'static str },
     /// An archive member expands past `Limits::max_unpacked_bytes` (a zip bomb, or just a huge document).
-    #[error("{entry} in the {format} file unpacks to more than the {limit}-byte limit")]
+    #[error(
+        "{entry} in the {format} file unpacks to more than {} (a zip bomb, or a document too large to read)",
+        human_bytes(*limit)
+    )]
     UnpacksTooLarge { format: &'static str, entry: String, limit: u64 },
+    /// The text an archive unpacks to (or one piece of its markup) is over the whole-document limit.
+    #[error("the text of the {format} file is larger than max_file_mb allows ({}) once unpacked", human_bytes(*limit))]
+    TextTooLarge { format: &'static str, limit: u64 },
+}
+
+/// Why a record over `Limits::max_record_bytes` was refused: `line is longer than max_record_mb allows (16 MiB)`.
+pub(crate) fn over_record_limit(what: &str, limit: u64) -> String {
+    format!("{what} is longer than max_record_mb allows ({})", human_bytes(limit))
+}
+
+/// A byte count as people read it: `64 MiB`, `1.5 MiB`, `12 KiB`, `100 bytes`.
+pub fn human_bytes(bytes: u64) -> String {
+    const KIB: u64 = 1 << 10;
+    const MIB: u64 = 1 << 20;
+    match bytes {
+        1 => "1 byte".to_string(),
+        _ if bytes >= MIB && bytes.is_multiple_of(MIB) => format!("{} MiB", bytes / MIB),
+        _ if bytes >= MIB => format!("{:.1} MiB", bytes as f64 / MIB as f64),
+        _ if bytes >= KIB && bytes.is_multiple_of(KIB) => format!("{} KiB", bytes / KIB),
+        _ => format!("{bytes} bytes"),
+    }
 }
 
 /// One record inside a readable file could not be read; the rest of the file still counts.
@@ -154,13 +182,17 @@ pub struct RecordError {
 /// The documents of one file, read lazily.
 pub type DocumentStream = Box<dyn Iterator<Item = Result<Document, RecordError>> + Send>;
 
-/// Opens `path` as `format`. Row formats use `mapping`; all formats obey `limits`.
+/// Opens `path` as `format`. Row formats use `mapping`; all formats obey `limits`. An empty file (no bytes
+/// at all) is refused in every format.
 pub fn open(
     path: &Path,
     format: Format,
     mapping: &FieldMapping,
     limits: &Limits,
 ) -> Result<DocumentStream, FormatError> {
+    if std::fs::metadata(path)?.len() == 0 {
+        return Err(FormatError::Empty { format: format.name() });
+    }
     match format {
         Format::Txt | Format::Md => txt::open(path, format, limits),
         Format::Html => html::open(path, limits),
@@ -169,5 +201,46 @@ pub fn open(
         Format::Jsonl => jsonl::open(path, mapping, limits),
         Format::Csv => csv_rows::open(path, mapping, limits),
         Format::Parquet => parquet_rows::open(path, mapping, limits),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_counts_read_like_people_write_them() {
+        assert_eq!(human_bytes(1), "1 byte");
+        assert_eq!(human_bytes(100), "100 bytes");
+        assert_eq!(human_bytes(12 << 10), "12 KiB");
+        assert_eq!(human_bytes(64 << 20), "64 MiB");
+        assert_eq!(human_bytes(1 << 30), "1024 MiB");
+        assert_eq!(human_bytes(3 << 19), "1.5 MiB");
+    }
+
+    #[test]
+    fn a_limit_message_names_the_setting() {
+        let error = FormatError::TooLarge { format: "txt", size: 1 << 30, limit: 64 << 20 };
+        assert_eq!(error.to_string(), "txt file is too large (1024 MiB; max_file_mb allows 64 MiB)");
+    }
+
+    #[test]
+    fn an_empty_file_is_refused_in_every_format() {
+        let dir = tempfile::tempdir().unwrap();
+        for format in [
+            Format::Txt,
+            Format::Md,
+            Format::Html,
+            Format::Pdf,
+            Format::Docx,
+            Format::Jsonl,
+            Format::Csv,
+            Format::Parquet,
+        ] {
+            let path = dir.path().join(format!("empty.{}", format.name()));
+            std::fs::write(&path, b"").unwrap();
+            let error = open(&path, format, &FieldMapping::default(), &Limits::default()).err();
+            assert_eq!(error.map(|e| e.to_string()), Some(format!("empty {} file", format.name())));
+        }
     }
 }

@@ -12,7 +12,7 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
-use super::{Document, DocumentStream, FieldMapping, FormatError, Limits, RecordError};
+use super::{Document, DocumentStream, FieldMapping, FormatError, Limits, RecordError, over_record_limit};
 
 const FORMAT: &str = "parquet";
 
@@ -23,12 +23,12 @@ pub(super) fn open(path: &Path, mapping: &FieldMapping, limits: &Limits) -> Resu
     let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(path)?)
         .map_err(|error| corrupt(format!("not a readable Parquet file ({error})")))?;
     let schema = builder.schema().clone();
-    let text_index = schema
-        .index_of(&mapping.text)
-        .map_err(|_| corrupt(format!("no \"{}\" column; the schema is {}", mapping.text, describe(&schema))))?;
+    let text_index = schema.index_of(&mapping.text).map_err(|_| {
+        unexpected_schema(format!("no \"{}\" column; the schema is {}", mapping.text, describe(&schema)))
+    })?;
     let text_type = schema.field(text_index).data_type();
     if !holds_strings(text_type) {
-        return Err(corrupt(format!(
+        return Err(unexpected_schema(format!(
             "column \"{}\" is {text_type}, not a string; the schema is {}",
             mapping.text,
             describe(&schema)
@@ -164,7 +164,7 @@ impl ParquetRows {
             }
             let text = texts.value(index);
             if text.len() as u64 > self.max_text_bytes {
-                let reason = format!("column \"{}\" is longer than {} bytes", self.text_field, self.max_text_bytes);
+                let reason = over_record_limit(&format!("column \"{}\"", self.text_field), self.max_text_bytes);
                 rows.push_back(Err(row_error(row, reason)));
                 continue;
             }
@@ -191,6 +191,11 @@ fn row_error(row: u64, reason: String) -> RecordError {
 
 fn corrupt(message: String) -> FormatError {
     FormatError::Corrupt { format: FORMAT, message }
+}
+
+/// The file reads, but not as the field mapping asks (`fields.text` names a column it lacks, or not text).
+fn unexpected_schema(message: String) -> FormatError {
+    FormatError::Schema { format: FORMAT, message: format!("{message} (set `fields.text` to the text column)") }
 }
 
 #[cfg(test)]
@@ -283,7 +288,8 @@ mod tests {
         let error = read_parquet(&path, &FieldMapping::default()).unwrap_err();
         assert_eq!(
             error.to_string(),
-            "corrupt parquet file: column \"text\" is Int64, not a string; the schema is {text: Int64, note: Utf8}"
+            "unexpected parquet schema: column \"text\" is Int64, not a string; the schema is {text: Int64, note: Utf8} \
+             (set `fields.text` to the text column)"
         );
     }
 
@@ -293,7 +299,10 @@ mod tests {
         let path = dir.path().join("other.parquet");
         testkit::write_parquet(&path, &[("content", vec![Some("a")])]).unwrap();
         let error = read_parquet(&path, &FieldMapping::default()).unwrap_err();
-        assert_eq!(error.to_string(), "corrupt parquet file: no \"text\" column; the schema is {content: Utf8}");
+        assert_eq!(
+            error.to_string(),
+            "unexpected parquet schema: no \"text\" column; the schema is {content: Utf8} (set `fields.text` to the text column)"
+        );
     }
 
     #[test]
@@ -334,7 +343,7 @@ mod tests {
             results[0],
             Err(RecordError {
                 locator: "row 1".to_string(),
-                reason: "column \"text\" is longer than 50 bytes".to_string()
+                reason: "column \"text\" is longer than max_record_mb allows (50 bytes)".to_string()
             })
         );
         assert_eq!(results[1].as_ref().unwrap().text, "ok");

@@ -18,22 +18,28 @@ fn big_corpus(root: &Path) {
     );
 }
 
-fn interrupt_with(signal: libc::c_int) {
-    let dir = tempfile::tempdir().unwrap();
-    big_corpus(dir.path());
+/// Starts a run into `out` and returns once it has committed two parts.
+fn start_and_wait_for_parts(root: &Path) -> std::process::Child {
     let child = common::sdg()
-        .current_dir(dir.path())
+        .current_dir(root)
         .args(["run", "graph.yaml", "-o", "out", "--workers", "2", "--quiet"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let data = dir.path().join("out/data");
     let deadline = Instant::now() + Duration::from_secs(120);
-    while parts(&data).len() < 2 {
+    while parts(&root.join("out/data")).len() < 2 {
         assert!(Instant::now() < deadline, "no part committed within 120 s");
         std::thread::sleep(Duration::from_millis(20));
     }
+    child
+}
+
+fn interrupt_with(signal: libc::c_int) {
+    let dir = tempfile::tempdir().unwrap();
+    big_corpus(dir.path());
+    let child = start_and_wait_for_parts(dir.path());
+    let data = dir.path().join("out/data");
     // SAFETY: sending a signal to our own child process.
     unsafe { libc::kill(child.id() as libc::pid_t, signal) };
     let output = child.wait_with_output().unwrap();
@@ -81,19 +87,8 @@ fn sorted_rows(dir: &Path) -> Vec<String> {
 fn a_second_ctrl_c_exits_at_once_and_the_run_still_resumes() {
     let dir = tempfile::tempdir().unwrap();
     big_corpus(dir.path());
-    let child = common::sdg()
-        .current_dir(dir.path())
-        .args(["run", "graph.yaml", "-o", "out", "--workers", "2", "--quiet"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = start_and_wait_for_parts(dir.path());
     let data = dir.path().join("out/data");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while parts(&data).len() < 2 {
-        assert!(Instant::now() < deadline, "no part committed within 120 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
     // SAFETY: sending signals to our own child process.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
     std::thread::sleep(Duration::from_millis(5));

@@ -467,7 +467,9 @@ fn run_once(
             }
         }
     }
-    // The engine opens the response cache itself; the pre-run service must let go of it first.
+    // The engine opens the response cache itself; the pre-run service must let go of it first. Its calls
+    // are added to the manifest's accounting below.
+    let pre_run = models.stats();
     drop(models);
     let node_ids: Vec<(String, String)> = plan.nodes.iter().map(|n| (n.id.clone(), n.kind.clone())).collect();
     let engine = Engine::new(plan, options);
@@ -478,7 +480,13 @@ fn run_once(
     if let Some(progress) = progress {
         progress.finish();
     }
-    let manifest = result.with_context(|| format!("run into {} failed", out.display()))?;
+    let mut manifest = result.with_context(|| format!("run into {} failed", out.display()))?;
+    if !pre_run.is_empty() && !dry_run {
+        for (name, stats) in &pre_run {
+            manifest.models.entry(name.clone()).or_default().merge(stats);
+        }
+        manifest.write(&out.join("manifest.json")).with_context(|| format!("cannot write {}", out.display()))?;
+    }
     if dry_run {
         print_estimate(&manifest);
         return Ok((ExitCode::SUCCESS, Some(manifest)));
@@ -712,6 +720,11 @@ impl PreRunModels {
             cache: cache_dir.map(|dir| dir.join("responses.redb")),
             service: std::cell::OnceCell::new(),
         }
+    }
+
+    /// What the calls made so far cost, per endpoint (empty when none was made).
+    fn stats(&self) -> std::collections::BTreeMap<String, sdg::models::EndpointStats> {
+        self.service.get().map(|service| service.stats()).unwrap_or_default()
     }
 
     fn ask(&self, request: sdg_operators::model::ModelRequest) -> anyhow::Result<String> {

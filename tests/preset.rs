@@ -444,6 +444,17 @@ fn the_teacher_judges_datasets_and_maps_their_fields() {
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", stderr(&output));
+    // The judging calls, made before the run, are in the manifest's accounting with the run's own.
+    let m = manifest(&root.join("out"));
+    let attempts = m["top_up"]["attempts"].as_array().map_or(1, |a| a.len());
+    let teacher = &m["models"]["teacher"];
+    let asked = teacher["cache_hits"].as_u64().unwrap() + teacher["cache_misses"].as_u64().unwrap();
+    let judged_and_verified =
+        m["nodes"].as_object().unwrap().values().map(|n| n["model_calls"].as_u64().unwrap()).sum::<u64>() + 2;
+    assert_eq!(asked, judged_and_verified, "2 judge calls + the nodes' calls ({attempts} attempts): {m:#}");
+    if attempts == 1 {
+        assert_eq!(teacher["requests"], server.stats()["requests"], "every request the server saw: {m:#}");
+    }
     let data = read_parquet_dir(&root.join("out/data"));
     assert!(!data.is_empty());
     assert!(strings(&data, "hub_dataset").iter().all(|d| d.as_deref() == Some("acme/sums")));

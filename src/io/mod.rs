@@ -2,6 +2,7 @@
 
 pub mod formats;
 pub mod hub_datasets;
+pub mod hub_push;
 pub mod hub_source;
 pub mod ingest;
 pub mod json_rows;

@@ -4,6 +4,7 @@
 //! sources and writes sinks, `run` owns the run directory and its manifest.
 
 pub mod config;
+pub mod export;
 pub mod io;
 pub mod models;
 pub mod plan;

@@ -89,6 +89,51 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Export a run's data for training: verl-rl, verl-sft, messages (TRL, `datasets`), alpaca, sharegpt,
+    /// jsonl; deterministic splits by a hash of the record id; a dataset card (README.md).
+    Export {
+        /// The run directory (of a run that wrote Parquet).
+        run_dir: PathBuf,
+        /// Where to write (default: RUN_DIR/export).
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+        /// A format to write (repeatable; default: all six).
+        #[arg(long = "format", value_name = "FORMAT")]
+        formats: Vec<String>,
+        /// Split shares by a hash of the record id, e.g. train=0.9,validation=0.05,test=0.05.
+        #[arg(long, default_value = "train=1")]
+        splits: String,
+        /// Only records of this category (repeatable), e.g. `--category learnable`.
+        #[arg(long = "category", value_name = "CATEGORY")]
+        categories: Vec<String>,
+        /// A system message put first in every conversation.
+        #[arg(long)]
+        system: Option<String>,
+        /// The column that holds the prompt.
+        #[arg(long, default_value = "question")]
+        prompt_column: String,
+        /// The column that holds the response (default: `response`, else the answer column).
+        #[arg(long)]
+        response_column: Option<String>,
+        /// The column that holds the reference answer (verl's ground_truth).
+        #[arg(long, default_value = "answer")]
+        answer_column: String,
+        /// verl's data_source for records not drawn from a Hub dataset.
+        #[arg(long, default_value = "sdg")]
+        data_source: String,
+        /// verl's ability.
+        #[arg(long, default_value = "general")]
+        ability: String,
+        /// A tokenizer.json for the card's token lengths (default: an estimate).
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+        /// Upload the export to this Hugging Face dataset repo (uses HF_TOKEN and HF_ENDPOINT).
+        #[arg(long, value_name = "OWNER/NAME")]
+        push_to_hub: Option<String>,
+        /// With --push-to-hub: create the repo private.
+        #[arg(long, requires = "push_to_hub")]
+        private: bool,
+    },
     /// The local model store ($SDG_HOME/models): list what is there, fetch models into it.
     Models {
         #[command(subcommand)]
@@ -252,7 +297,84 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             result
         }
         Command::Models { command } => models(command),
+        Command::Export {
+            run_dir,
+            out,
+            formats,
+            splits,
+            categories,
+            system,
+            prompt_column,
+            response_column,
+            answer_column,
+            data_source,
+            ability,
+            tokenizer,
+            push_to_hub,
+            private,
+        } => {
+            let formats = if formats.is_empty() {
+                sdg::export::ExportFormat::ALL.to_vec()
+            } else {
+                formats
+                    .iter()
+                    .map(|f| sdg::export::ExportFormat::parse(f))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(anyhow::Error::msg)?
+            };
+            let settings = sdg::export::ExportSettings {
+                formats,
+                splits: sdg::export::parse_splits(&splits)?,
+                categories,
+                system,
+                prompt_column,
+                response_column,
+                answer_column,
+                data_source,
+                ability,
+                tokenizer,
+            };
+            let out = out.unwrap_or_else(|| run_dir.join("export"));
+            let report = sdg::export::export(&run_dir, &out, &settings)?;
+            let splits: Vec<String> = report.rows_per_split.iter().map(|(name, n)| format!("{name} {n}")).collect();
+            println!("exported {} ({} files) into {}", splits.join(", "), report.files.len(), out.display());
+            for file in &report.files {
+                println!("  {file}");
+            }
+            println!("  README.md (dataset card)");
+            if report.skipped_incomplete + report.skipped_category > 0 {
+                println!(
+                    "left out: {} records without a prompt or response, {} of other categories",
+                    report.skipped_incomplete, report.skipped_category
+                );
+            }
+            if let Some(repo) = push_to_hub {
+                push_export(&out, &repo, private)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// Uploads an export folder to a Hub dataset repo (`HF_ENDPOINT`, `HF_TOKEN`), replacing what an earlier push
+/// left there.
+fn push_export(folder: &Path, repo: &str, private: bool) -> anyhow::Result<()> {
+    let options = sdg::io::hub_push::PushOptions {
+        message: "Upload dataset exported by sdg".to_string(),
+        private,
+        prune: true,
+        ..Default::default()
+    };
+    let report = sdg::io::hub_push::push_folder_from_env(repo, folder, &options)?;
+    println!(
+        "pushed {} files to {} ({}{}): {}",
+        report.files.len(),
+        report.repo,
+        if report.created { "created, " } else { "" },
+        report.revision,
+        report.commit_url
+    );
+    Ok(())
 }
 
 fn models(command: ModelsCommand) -> anyhow::Result<ExitCode> {
@@ -472,6 +594,7 @@ fn run_once(
     let pre_run = models.stats();
     drop(models);
     let node_ids: Vec<(String, String)> = plan.nodes.iter().map(|n| (n.id.clone(), n.kind.clone())).collect();
+    let export = plan.config.export.clone();
     let engine = Engine::new(plan, options);
     let files = engine.files_to_read();
     let progress =
@@ -492,6 +615,20 @@ fn run_once(
         return Ok((ExitCode::SUCCESS, Some(manifest)));
     }
     print_summary(&manifest, &out);
+    if manifest.status == RunStatus::Completed {
+        if let Err(error) = sdg::export::write_run_card(&out) {
+            eprintln!("warning: no dataset card: {error}");
+        }
+        // The config's `export:` section: checked when the config was loaded.
+        if let Some(export) = export
+            && let Ok(settings) = export.settings()
+        {
+            let report = sdg::export::export(&out, &out.join(&export.dir), &settings)
+                .with_context(|| format!("cannot export into {}", out.join(&export.dir).display()))?;
+            let splits: Vec<String> = report.rows_per_split.iter().map(|(name, n)| format!("{name} {n}")).collect();
+            println!("exported {} into {}", splits.join(", "), out.join(&export.dir).display());
+        }
+    }
     let code = match manifest.status {
         RunStatus::Completed => ExitCode::SUCCESS,
         RunStatus::Interrupted => ExitCode::from(130),

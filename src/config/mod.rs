@@ -189,6 +189,8 @@ pub struct Config {
     pub expanded: Option<String>,
     /// Records a `task:` recipe must deliver, when its source can draw more (web, distill): `sdg run` tops up.
     pub target_samples: Option<usize>,
+    /// What `sdg run` exports after a completed run (`export:`).
+    pub export: Option<crate::export::ExportConfig>,
 }
 
 impl Config {
@@ -299,7 +301,7 @@ impl Config {
                 format!("a config is a map with `nodes` (and optionally `run`), found {}", root.describe()),
             )]));
         };
-        const TOP: &[&str] = &["run", "models", "nodes", "task"];
+        const TOP: &[&str] = &["run", "models", "nodes", "task", "export"];
         for (key, _) in entries {
             let name = key.as_str().unwrap_or("");
             if !TOP.contains(&name) {
@@ -325,6 +327,16 @@ impl Config {
             }
             None => RunSettings::default(),
         };
+        let export = root.get("export").and_then(|node| {
+            let export = de::decode::<crate::export::ExportConfig>(node, "export", &mut diagnostics)?;
+            if let Err(problems) = export.settings() {
+                for (key, message) in problems {
+                    let at = node.get(key.split('[').next().unwrap_or(&key)).unwrap_or(node);
+                    diagnostics.push(Diagnostic::at(at, &format!("export.{key}"), message));
+                }
+            }
+            Some(export)
+        });
         let mut models = BTreeMap::new();
         if let Some(section) = root.get("models") {
             match &section.value {
@@ -435,6 +447,7 @@ impl Config {
             text: text.to_string(),
             expanded,
             target_samples: target,
+            export,
         };
         Ok((config, diagnostics))
     }
@@ -650,6 +663,20 @@ mod tests {
 
     fn parse(text: &str) -> (Config, Vec<Diagnostic>) {
         Config::parse(text, Path::new("t.yaml"), Path::new("/base")).unwrap()
+    }
+
+    #[test]
+    fn the_export_section_is_checked_with_the_rest() {
+        let (config, diagnostics) =
+            parse("export:\n  formats: [verl-rl, nope]\n  splits: {train: 0.9, test: 0.2}\nnodes: []\n");
+        let found: Vec<(usize, &str)> = diagnostics.iter().map(|d| (d.line, d.path.as_str())).collect();
+        assert_eq!(found, vec![(2, "export.formats[1]"), (3, "export.splits")]);
+        assert!(config.export.is_some());
+        let (config, diagnostics) =
+            parse("export: {formats: [messages], splits: {train: 0.5, test: 0.5}}\nnodes: []\n");
+        assert!(diagnostics.is_empty(), "{diagnostics:?}");
+        let settings = config.export.unwrap().settings().unwrap();
+        assert_eq!(settings.splits[0].0, "train");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -374,7 +374,12 @@ impl BucketWriter {
                         props = props.set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), false);
                     }
                 }
-                let props = props.build();
+                let props = props
+                    .set_key_value_metadata(Some(vec![parquet::file::metadata::KeyValue::new(
+                        "sdg.schema".to_string(),
+                        schema_doc(&self.schema).to_string(),
+                    )]))
+                    .build();
                 let writer = ArrowWriter::try_new(file, Arc::clone(&self.schema), Some(props))
                     .map_err(|source| SinkError::Parquet { path: temp.clone(), source })?;
                 Encoder::Parquet(Box::new(writer))
@@ -425,6 +430,33 @@ impl BucketWriter {
         self.committed.push(CommittedPart { path: format!("{}/{name}", self.relative_dir), rows: part.rows, bytes });
         Ok(())
     }
+}
+
+/// The role of an output column in sdg's output schema (v1), by its name: `core` (the record itself),
+/// `verification` (votes, scores, categories, rewrites, translations), `provenance` (where it came from and
+/// how it was made) or `user` (a column the config kept or named).
+pub fn column_role(name: &str) -> &'static str {
+    const CORE: &[&str] = &["id", "text", "question", "answer", "response", "instruction", "language"];
+    const VERIFICATION: &[&str] = &["agreement", "votes", "pass_rate", "category", "student_answers"];
+    const VERIFICATION_PREFIXES: &[&str] = &["vote_", "score_", "rewrite_", "translate_", "translation_"];
+    const PROVENANCE: &[&str] = &["source_path", "format", "meta", "doc_id", "parent_id", "sample_index"];
+    const PROVENANCE_PREFIXES: &[&str] = &["chunk_", "gen_", "hub_", "passage_", "retrieval_", "evol_", "judge_"];
+    if CORE.contains(&name) {
+        "core"
+    } else if VERIFICATION.contains(&name) || VERIFICATION_PREFIXES.iter().any(|p| name.starts_with(p)) {
+        "verification"
+    } else if PROVENANCE.contains(&name) || PROVENANCE_PREFIXES.iter().any(|p| name.starts_with(p)) {
+        "provenance"
+    } else {
+        "user"
+    }
+}
+
+/// The `sdg.schema` metadata of a part: schema version and each column's role.
+pub fn schema_doc(schema: &Schema) -> serde_json::Value {
+    let columns: serde_json::Map<String, serde_json::Value> =
+        schema.fields().iter().map(|f| (f.name().clone(), serde_json::json!(column_role(f.name())))).collect();
+    serde_json::json!({"version": 1, "columns": columns})
 }
 
 /// The parts committed in sink folder `relative_dir` (by this process or an earlier one), with their row
@@ -586,6 +618,24 @@ mod tests {
         let error =
             BucketWriter::resumable(dir.path(), "data", 0, b.schema(), settings(SinkFormat::Parquet, 5)).err().unwrap();
         assert!(error.to_string().contains("--overwrite"), "{error}");
+    }
+
+    #[test]
+    fn parquet_parts_carry_the_column_roles_in_their_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = batch(2);
+        let mut writer = BucketWriter::new(dir.path(), "data", 0, b.schema(), settings(SinkFormat::Parquet, 10));
+        writer.write(&b).unwrap();
+        writer.finish().unwrap();
+        let file = File::open(dir.path().join(&writer.committed[0].path)).unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        let metadata = reader.metadata().file_metadata().key_value_metadata().unwrap();
+        let doc = metadata.iter().find(|kv| kv.key == "sdg.schema").and_then(|kv| kv.value.clone()).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
+        assert_eq!(doc["columns"]["id"], "core");
+        assert_eq!(doc["columns"]["n"], "user");
+        assert_eq!(column_role("vote_samples"), "verification");
+        assert_eq!(column_role("gen_model"), "provenance");
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub struct Manifest {
     pub status: RunStatus,
     pub config_hash: String,
     pub config_origin: String,
+    /// The config text (for a recipe: the recipe as written), so the run can be reproduced and described.
+    #[serde(default)]
+    pub config: String,
     pub started_at_unix: u64,
     pub elapsed_s: f64,
     pub workers: usize,
@@ -90,6 +93,7 @@ mod tests {
             status: RunStatus::Completed,
             config_hash: "abc".into(),
             config_origin: "x.yaml".into(),
+            config: "nodes: []\n".into(),
             started_at_unix: 1,
             elapsed_s: 0.5,
             workers: 2,

@@ -133,6 +133,11 @@ impl RunDir {
             if manifest.exists() {
                 std::fs::remove_file(&manifest).map_err(io(&manifest))?;
             }
+            // The dataset card of the replaced run (a README of the user's own is left alone).
+            let card = self.root.join("README.md");
+            if std::fs::read_to_string(&card).is_ok_and(|text| text.contains("# Synthetic dataset made by sdg")) {
+                std::fs::remove_file(&card).map_err(io(&card))?;
+            }
         }
         for dir in sink_dirs.iter().map(|d| self.root.join(d)).chain([self.rejects(), self.state()]) {
             std::fs::create_dir_all(&dir).map_err(io(&dir))?;
@@ -264,6 +269,7 @@ mod tests {
             status: RunStatus::Running,
             config_hash: hash.into(),
             config_origin: "g.yaml".into(),
+            config: String::new(),
             started_at_unix: 0,
             elapsed_s: 0.0,
             workers: 1,

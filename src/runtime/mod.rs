@@ -637,6 +637,7 @@ fn build_manifest(
         status,
         config_hash: plan.config.hash.clone(),
         config_origin: plan.config.origin.display().to_string(),
+        config: plan.config.text.clone(),
         started_at_unix,
         elapsed_s: elapsed.as_secs_f64(),
         workers,

@@ -336,8 +336,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             };
             let out = out.unwrap_or_else(|| run_dir.join("export"));
             let report = sdg::export::export(&run_dir, &out, &settings)?;
-            let splits: Vec<String> = report.rows_per_split.iter().map(|(name, n)| format!("{name} {n}")).collect();
-            println!("exported {} ({} files) into {}", splits.join(", "), report.files.len(), out.display());
+            println!("exported {} ({} files) into {}", report.split_summary(), report.files.len(), out.display());
             for file in &report.files {
                 println!("  {file}");
             }
@@ -625,8 +624,7 @@ fn run_once(
         {
             let report = sdg::export::export(&out, &out.join(&export.dir), &settings)
                 .with_context(|| format!("cannot export into {}", out.join(&export.dir).display()))?;
-            let splits: Vec<String> = report.rows_per_split.iter().map(|(name, n)| format!("{name} {n}")).collect();
-            println!("exported {} into {}", splits.join(", "), out.join(&export.dir).display());
+            println!("exported {} into {}", report.split_summary(), out.join(&export.dir).display());
         }
     }
     let code = match manifest.status {

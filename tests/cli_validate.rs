@@ -4,20 +4,10 @@ mod common;
 
 use std::path::Path;
 
-use common::{run_in, stderr, stdout};
+use common::{assert_golden, run_in, stderr, stdout};
 
 fn fixtures() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"))
-}
-
-/// Compares with a golden file; `SDG_BLESS=1` rewrites it.
-fn assert_golden(name: &str, actual: &str) {
-    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden")).join(name);
-    if std::env::var_os("SDG_BLESS").is_some() {
-        std::fs::write(&path, actual).unwrap();
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_default();
-    assert_eq!(actual, expected, "golden {} differs (SDG_BLESS=1 to update)", path.display());
 }
 
 #[test]

@@ -28,43 +28,11 @@ fn corpus(root: &Path) {
     }
 }
 
-/// generate -> vote -> score: three model calls per record, on a server with latency and 5% of 500s.
+/// generate -> vote -> score: three model calls per record, parts of 4 rows.
 fn graph(root: &Path, server: &TestServer) {
-    write(
-        root,
-        "graph.yaml",
-        &format!(
-            r#"run: {{batch_rows: 3, partitions: 3, window: 2}}
-models:
-  teacher: {{base_url: "{url}", model: teacher-model, max_concurrency: 4}}
-  student: {{base_url: "{url}", model: student-model, max_concurrency: 4}}
-nodes:
-  - {{id: docs, kind: ingest, paths: [corpus]}}
-  - id: qa
-    kind: generate
-    input: docs
-    model: teacher
-    prompt: "Write one word problem about this passage, as JSON with question and answer: {{{{ text }}}}"
-    output: {{json: {{columns: [question, answer]}}}}
-  - id: verified
-    kind: vote
-    input: qa
-    model: teacher
-    n: 4
-    seed: 5
-    answer: {{marker: '####'}}
-  - id: scored
-    kind: score
-    input: verified
-    model: student
-    k: 4
-    seed: 5
-    answer: {{marker: '####'}}
-  - {{id: out, kind: sink, input: scored, rows_per_part: 4}}
-"#,
-            url = server.url
-        ),
-    );
+    let graph =
+        common::verified_qa_graph(&server.url, "batch_rows: 3, partitions: 3, window: 2", 4, 5, ", rows_per_part: 4");
+    write(root, "graph.yaml", &graph);
 }
 
 fn start_server() -> TestServer {

@@ -6,17 +6,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use common::{TestServer, read_parquet_dir, run_in, stderr, stdout, strings, write};
-
-/// Compares with a golden file; `SDG_BLESS=1` rewrites it.
-fn assert_golden(name: &str, actual: &str) {
-    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden")).join(name);
-    if std::env::var_os("SDG_BLESS").is_some() {
-        std::fs::write(&path, actual).unwrap();
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_default();
-    assert_eq!(actual, expected, "golden {} differs (SDG_BLESS=1 to update)", path.display());
-}
+use common::{TestServer, assert_golden, read_parquet_dir, read_parquet_file, run_in, stderr, stdout, strings, write};
 
 /// A generate -> vote -> score run on the test server (no faults, so its accounting is the same every time).
 fn run(root: &Path, server: &TestServer) {
@@ -27,41 +17,7 @@ fn run(root: &Path, server: &TestServer) {
             &format!("Passage {i}: the orchard has {} apple trees and {} pear trees.", i + 4, 2 * i + 1),
         );
     }
-    write(
-        root,
-        "graph.yaml",
-        &format!(
-            r#"run: {{batch_rows: 8, partitions: 2}}
-models:
-  teacher: {{base_url: "{url}", model: teacher-model}}
-  student: {{base_url: "{url}", model: student-model}}
-nodes:
-  - {{id: docs, kind: ingest, paths: [corpus]}}
-  - id: qa
-    kind: generate
-    input: docs
-    model: teacher
-    prompt: "Write one word problem about this passage, as JSON with question and answer: {{{{ text }}}}"
-    output: {{json: {{columns: [question, answer]}}}}
-  - id: verified
-    kind: vote
-    input: qa
-    model: teacher
-    n: 4
-    seed: 1
-    answer: {{marker: '####'}}
-  - id: scored
-    kind: score
-    input: verified
-    model: student
-    k: 4
-    seed: 1
-    answer: {{marker: '####'}}
-  - {{id: out, kind: sink, input: scored}}
-"#,
-            url = server.url
-        ),
-    );
+    write(root, "graph.yaml", &common::verified_qa_graph(&server.url, "batch_rows: 8, partitions: 2", 8, 1, ""));
     let output = run_in(root, &["run", "graph.yaml", "-o", "out", "--quiet"]);
     assert!(output.status.success(), "{}", stderr(&output));
 }
@@ -99,13 +55,7 @@ fn every_format_is_written_per_split_with_a_card() {
         if !path.exists() {
             continue;
         }
-        let file = std::fs::File::open(&path).unwrap();
-        let batches: Vec<_> = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-            .unwrap()
-            .build()
-            .unwrap()
-            .map(|b| b.unwrap())
-            .collect();
+        let batches = read_parquet_file(&path);
         for batch in &batches {
             for row in 0..batch.num_rows() {
                 let json = sdg::io::json_rows::row_to_json(batch, row).unwrap();
@@ -136,13 +86,7 @@ fn every_format_is_written_per_split_with_a_card() {
     assert!(again.status.success(), "{}", stderr(&again));
     for (id, split) in &split_of_id {
         let path = root.join(format!("again/messages/{split}.parquet"));
-        let file = std::fs::File::open(&path).unwrap();
-        let batches: Vec<_> = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-            .unwrap()
-            .build()
-            .unwrap()
-            .map(|b| b.unwrap())
-            .collect();
+        let batches = read_parquet_file(&path);
         assert!(strings(&batches, "id").iter().flatten().any(|i| i == id), "{id} moved out of {split}");
     }
 
@@ -198,13 +142,7 @@ fn a_config_export_section_exports_after_the_run() {
     let export = root.join("out/export");
     assert!(export.join("verl-rl/train.parquet").exists() && export.join("messages/test.parquet").exists());
     assert!(!export.join("alpaca").exists(), "only the formats asked for");
-    let file = std::fs::File::open(export.join("verl-rl/train.parquet")).unwrap();
-    let batches: Vec<_> = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap()
-        .map(|b| b.unwrap())
-        .collect();
+    let batches = read_parquet_file(&export.join("verl-rl/train.parquet"));
     assert!(strings(&batches, "ability").iter().all(|a| a.as_deref() == Some("arithmetic")));
 
     // A bad export section is a config error before anything runs.

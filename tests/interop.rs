@@ -220,41 +220,7 @@ fn corpus(root: &Path) {
 
 /// generate -> vote -> score: rows with `question`, `response`, `answer` and `category`.
 fn graph(root: &Path, server: &TestServer) {
-    write(
-        root,
-        "graph.yaml",
-        &format!(
-            r#"run: {{batch_rows: 8, partitions: 2}}
-models:
-  teacher: {{base_url: "{url}", model: teacher-model, max_concurrency: 8}}
-  student: {{base_url: "{url}", model: student-model, max_concurrency: 8}}
-nodes:
-  - {{id: docs, kind: ingest, paths: [corpus]}}
-  - id: qa
-    kind: generate
-    input: docs
-    model: teacher
-    prompt: "Write one word problem about this passage, as JSON with question and answer: {{{{ text }}}}"
-    output: {{json: {{columns: [question, answer]}}}}
-  - id: verified
-    kind: vote
-    input: qa
-    model: teacher
-    n: 4
-    seed: 5
-    answer: {{marker: '####'}}
-  - id: scored
-    kind: score
-    input: verified
-    model: student
-    k: 4
-    seed: 5
-    answer: {{marker: '####'}}
-  - {{id: out, kind: sink, input: scored}}
-"#,
-            url = server.url
-        ),
-    );
+    write(root, "graph.yaml", &common::verified_qa_graph(&server.url, "batch_rows: 8, partitions: 2", 8, 5, ""));
 }
 
 #[test]

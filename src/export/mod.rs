@@ -286,6 +286,14 @@ pub struct ExportReport {
     pub stats: card::Stats,
 }
 
+impl ExportReport {
+    /// Rows per split, as `train 90, validation 5, test 5`.
+    pub fn split_summary(&self) -> String {
+        let splits: Vec<String> = self.rows_per_split.iter().map(|(name, n)| format!("{name} {n}")).collect();
+        splits.join(", ")
+    }
+}
+
 enum Writer {
     Parquet(Box<ArrowWriter<File>>),
     Jsonl(BufWriter<File>),

@@ -756,7 +756,8 @@ fn error_detail(body: &[u8]) -> String {
     String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned()
 }
 
-fn describe(error: &reqwest::Error) -> String {
+/// A request error in words: its kind and causes, without the URL (the caller names it) or headers.
+pub(crate) fn describe(error: &reqwest::Error) -> String {
     let kind = if error.is_timeout() {
         "timed out"
     } else if error.is_connect() {

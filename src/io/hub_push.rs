@@ -29,7 +29,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::hub_datasets::HubClient;
+use super::hub_datasets::{HubClient, describe};
 
 /// The branch pushed to unless [`PushOptions::revision`] says otherwise.
 pub const DEFAULT_REVISION: &str = "main";
@@ -866,24 +866,6 @@ fn error_message(headers: &HeaderMap, body: &[u8]) -> String {
         Some(code) => format!("{text} ({code})"),
         None => text,
     }
-}
-
-fn describe(error: &reqwest::Error) -> String {
-    let kind = if error.is_timeout() {
-        "timed out"
-    } else if error.is_connect() {
-        "cannot connect"
-    } else {
-        "request failed"
-    };
-    // Without the URL (the caller names it) and never with headers, so no token.
-    let mut text = kind.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    text
 }
 
 /// Runs a push on a private runtime, for callers without one.

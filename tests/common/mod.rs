@@ -50,18 +50,64 @@ pub fn parts(dir: &Path) -> Vec<PathBuf> {
 
 /// All rows of all Parquet parts under `dir`.
 pub fn read_parquet_dir(dir: &Path) -> Vec<RecordBatch> {
-    parts(dir)
-        .iter()
-        .flat_map(|path| {
-            let file = File::open(path).expect("part opens");
-            ParquetRecordBatchReaderBuilder::try_new(file)
-                .expect("valid parquet")
-                .build()
-                .expect("reader")
-                .map(|b| b.expect("batch"))
-                .collect::<Vec<_>>()
-        })
+    parts(dir).iter().flat_map(|path| read_parquet_file(path)).collect()
+}
+
+/// All rows of one Parquet file.
+pub fn read_parquet_file(path: &Path) -> Vec<RecordBatch> {
+    let file = File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    ParquetRecordBatchReaderBuilder::try_new(file)
+        .expect("valid parquet")
+        .build()
+        .expect("reader")
+        .map(|b| b.expect("batch"))
         .collect()
+}
+
+/// Compares `actual` with `tests/golden/NAME`; `SDG_BLESS=1` rewrites the golden file.
+pub fn assert_golden(name: &str, actual: &str) {
+    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden")).join(name);
+    if std::env::var_os("SDG_BLESS").is_some() {
+        std::fs::write(&path, actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    assert_eq!(actual, expected, "golden {} differs (SDG_BLESS=1 to update)", path.display());
+}
+
+/// A generate -> vote -> score graph over `corpus/` on the test server at `url` (models `teacher-model` and
+/// `student-model`): rows with `question`, `response`, `answer`, `agreement`, `pass_rate` and `category`.
+/// `run` is the `run:` mapping, `concurrency` each model's `max_concurrency`, `sink` extra sink settings.
+pub fn verified_qa_graph(url: &str, run: &str, concurrency: usize, seed: u64, sink: &str) -> String {
+    format!(
+        r#"run: {{{run}}}
+models:
+  teacher: {{base_url: "{url}", model: teacher-model, max_concurrency: {concurrency}}}
+  student: {{base_url: "{url}", model: student-model, max_concurrency: {concurrency}}}
+nodes:
+  - {{id: docs, kind: ingest, paths: [corpus]}}
+  - id: qa
+    kind: generate
+    input: docs
+    model: teacher
+    prompt: "Write one word problem about this passage, as JSON with question and answer: {{{{ text }}}}"
+    output: {{json: {{columns: [question, answer]}}}}
+  - id: verified
+    kind: vote
+    input: qa
+    model: teacher
+    n: 4
+    seed: {seed}
+    answer: {{marker: '####'}}
+  - id: scored
+    kind: score
+    input: verified
+    model: student
+    k: 4
+    seed: {seed}
+    answer: {{marker: '####'}}
+  - {{id: out, kind: sink, input: scored{sink}}}
+"#
+    )
 }
 
 /// Values of a string column across batches.

@@ -4,8 +4,9 @@
 //! Face tokenizer's chat template. The examples in `train/` are checked to name only columns the export
 //! writes.
 //!
-//! Needs `python3 -m pip install pyarrow datasets transformers` (`.ci/run` installs them); without them the
-//! test fails and says so, it does not skip.
+//! Needs Python's pyarrow, datasets, transformers and jinja2. `.ci/run` installs them; when they are missing the test
+//! installs them itself (pip, into the target folder, so `cargo test` works on a fresh machine), and when
+//! that fails it fails and says so: it never skips.
 
 mod common;
 
@@ -188,20 +189,38 @@ fn training_examples_name_only_columns_the_export_writes() {
     }
 }
 
-fn python_clients() {
-    let probe = Command::new("python3").args(["-c", "import pyarrow, datasets, transformers"]).output();
-    match probe {
-        Ok(output) if output.status.success() => {}
-        Ok(output) => panic!(
-            "the interop test needs Python's pyarrow, datasets and transformers: run \
-             `python3 -m pip install pyarrow datasets transformers` (.ci/run does)\n{}",
-            stderr(&output)
-        ),
-        Err(error) => panic!(
-            "the interop test needs python3 with pyarrow, datasets and transformers ({error}): install Python 3, \
-             then run `python3 -m pip install pyarrow datasets transformers`"
-        ),
+/// The `PYTHONPATH` under which pyarrow, datasets and transformers import: none when the interpreter has
+/// them, else a folder in the target directory that pip fills once.
+fn python_clients() -> Option<PathBuf> {
+    let imports = |path: Option<&Path>| {
+        let mut probe = Command::new("python3");
+        probe.args(["-c", "import pyarrow, datasets, transformers, jinja2"]);
+        if let Some(path) = path {
+            probe.env("PYTHONPATH", path);
+        }
+        probe.output()
+    };
+    match imports(None) {
+        Ok(output) if output.status.success() => return None,
+        Ok(_) => {}
+        Err(error) => panic!("the interop test needs python3 with pyarrow, datasets and transformers ({error})"),
     }
+    let site = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("interop-python");
+    if !imports(Some(&site)).is_ok_and(|o| o.status.success()) {
+        let install = Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--target"])
+            .arg(&site)
+            .args(["pyarrow", "datasets", "transformers", "jinja2"])
+            .output()
+            .expect("pip starts");
+        assert!(
+            install.status.success() && imports(Some(&site)).is_ok_and(|o| o.status.success()),
+            "the interop test needs Python's pyarrow, datasets and transformers, and installing them failed: run \
+             `python3 -m pip install pyarrow datasets transformers jinja2` (.ci/run does)\n{}",
+            stderr(&install)
+        );
+    }
+    Some(site)
 }
 
 fn corpus(root: &Path) {
@@ -225,7 +244,7 @@ fn graph(root: &Path, server: &TestServer) {
 
 #[test]
 fn every_export_format_is_read_by_pyarrow_datasets_and_a_chat_template() {
-    python_clients();
+    let python_path = python_clients();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     corpus(root);
@@ -254,7 +273,11 @@ fn every_export_format_is_read_by_pyarrow_datasets_and_a_chat_template() {
     ] {
         let export = common::run_in(root, &args);
         assert!(export.status.success(), "sdg {args:?} failed\n{}\n{}", stdout(&export), stderr(&export));
-        let check = Command::new("python3")
+        let mut check = Command::new("python3");
+        if let Some(path) = &python_path {
+            check.env("PYTHONPATH", path);
+        }
+        let check = check
             .arg(repo().join("tests/interop/check_exports.py"))
             .arg(root.join(export_dir))
             .arg("--reward")

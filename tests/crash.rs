@@ -15,17 +15,7 @@ use common::{TestServer, manifest, read_parquet_dir, stderr, stdout, write};
 const QUESTIONS: usize = 48;
 
 fn corpus(root: &Path) {
-    for i in 0..QUESTIONS {
-        write(
-            &root.join("corpus"),
-            &format!("q{i:02}.txt"),
-            &format!(
-                "Passage {i}: a caravan of {} camels walks {} kilometres across the dunes each day.",
-                i + 3,
-                i * 7 + 11
-            ),
-        );
-    }
+    common::caravan_corpus(root, QUESTIONS);
 }
 
 /// generate -> vote -> score: three model calls per record, parts of 4 rows.

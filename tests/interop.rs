@@ -224,17 +224,7 @@ fn python_clients() -> Option<PathBuf> {
 }
 
 fn corpus(root: &Path) {
-    for i in 0..QUESTIONS {
-        write(
-            &root.join("corpus"),
-            &format!("q{i:02}.txt"),
-            &format!(
-                "Passage {i}: a caravan of {} camels walks {} kilometres across the dunes each day.",
-                i + 3,
-                i * 7 + 11
-            ),
-        );
-    }
+    common::caravan_corpus(root, QUESTIONS);
 }
 
 /// generate -> vote -> score: rows with `question`, `response`, `answer` and `category`.

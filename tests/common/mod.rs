@@ -74,6 +74,21 @@ pub fn assert_golden(name: &str, actual: &str) {
     assert_eq!(actual, expected, "golden {} differs (SDG_BLESS=1 to update)", path.display());
 }
 
+/// `n` one-line passages under `root/corpus` (`q00.txt`, ...), each with two numbers to ask about.
+pub fn caravan_corpus(root: &Path, n: usize) {
+    for i in 0..n {
+        write(
+            &root.join("corpus"),
+            &format!("q{i:02}.txt"),
+            &format!(
+                "Passage {i}: a caravan of {} camels walks {} kilometres across the dunes each day.",
+                i + 3,
+                i * 7 + 11
+            ),
+        );
+    }
+}
+
 /// A generate -> vote -> score graph over `corpus/` on the test server at `url` (models `teacher-model` and
 /// `student-model`): rows with `question`, `response`, `answer`, `agreement`, `pass_rate` and `category`.
 /// `run` is the `run:` mapping, `concurrency` each model's `max_concurrency`, `sink` extra sink settings.

@@ -60,17 +60,21 @@ fn interrupt_with(signal: libc::c_int) {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
-    // `--resume` finishes the job: the same records as a run that was never interrupted, each once.
-    let resumed =
-        common::run_in(dir.path(), &["run", "graph.yaml", "-o", "out", "--workers", "2", "--quiet", "--resume"]);
-    assert!(resumed.status.success(), "{}", common::stderr(&resumed));
-    let reference = common::run_in(dir.path(), &["run", "graph.yaml", "-o", "reference", "--quiet"]);
-    assert!(reference.status.success(), "{}", common::stderr(&reference));
-    assert_eq!(sorted_rows(&data), sorted_rows(&dir.path().join("reference/data")));
-    let m = manifest(&dir.path().join("out"));
+    let m = resume_to_the_uninterrupted_output(dir.path());
     assert_eq!(m["status"], "completed");
     assert_eq!(m["resumes"], 1);
     assert_eq!(m["nodes"]["out"]["already_committed"].as_u64().unwrap(), written, "{m:#}");
+}
+
+/// `--resume` finishes the job in `root/out`: the same records as a run that was never interrupted (made into
+/// `root/reference`), each once. Returns the resumed run's manifest.
+fn resume_to_the_uninterrupted_output(root: &Path) -> serde_json::Value {
+    let resumed = common::run_in(root, &["run", "graph.yaml", "-o", "out", "--workers", "2", "--quiet", "--resume"]);
+    assert!(resumed.status.success(), "{}", common::stderr(&resumed));
+    let reference = common::run_in(root, &["run", "graph.yaml", "-o", "reference", "--quiet"]);
+    assert!(reference.status.success(), "{}", common::stderr(&reference));
+    assert_eq!(sorted_rows(&root.join("out/data")), sorted_rows(&root.join("reference/data")));
+    manifest(&root.join("out"))
 }
 
 /// Every row under `dir` as JSON, sorted.
@@ -98,13 +102,7 @@ fn a_second_ctrl_c_exits_at_once_and_the_run_still_resumes() {
     // Whatever is visible is complete.
     let _ = read_parquet_dir(&data);
 
-    let resumed =
-        common::run_in(dir.path(), &["run", "graph.yaml", "-o", "out", "--workers", "2", "--quiet", "--resume"]);
-    assert!(resumed.status.success(), "{}", common::stderr(&resumed));
-    let reference = common::run_in(dir.path(), &["run", "graph.yaml", "-o", "reference", "--quiet"]);
-    assert!(reference.status.success(), "{}", common::stderr(&reference));
-    assert_eq!(sorted_rows(&data), sorted_rows(&dir.path().join("reference/data")));
-    assert_eq!(manifest(&dir.path().join("out"))["status"], "completed");
+    assert_eq!(resume_to_the_uninterrupted_output(dir.path())["status"], "completed");
 }
 
 #[test]

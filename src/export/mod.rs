@@ -19,6 +19,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
+use crate::io::rejects::text_column;
 use crate::run::manifest::Manifest;
 pub use formats::ExportFormat;
 
@@ -227,30 +228,26 @@ struct Columns<'a> {
     pass_rate: Option<&'a Float64Array>,
 }
 
-fn string_column<'a>(batch: &'a RecordBatch, name: &str) -> Option<&'a StringArray> {
-    batch.column_by_name(name)?.as_any().downcast_ref::<StringArray>()
-}
-
 impl<'a> Columns<'a> {
     fn of(batch: &'a RecordBatch, settings: &ExportSettings) -> Result<Columns<'a>, String> {
         let names: Vec<String> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
         let required = |name: &str| {
-            string_column(batch, name)
+            text_column(batch, name)
                 .ok_or_else(|| format!("the data has no text column `{name}` (columns: {})", names.join(", ")))
         };
         let response_name = match &settings.response_column {
             Some(name) => name.clone(),
-            None if string_column(batch, "response").is_some() => "response".to_string(),
+            None if text_column(batch, "response").is_some() => "response".to_string(),
             None => settings.answer_column.clone(),
         };
         Ok(Columns {
             id: required("id")?,
             prompt: required(&settings.prompt_column)?,
             response: required(&response_name)?,
-            answer: string_column(batch, &settings.answer_column),
-            source: string_column(batch, "source_path"),
-            hub_dataset: string_column(batch, "hub_dataset"),
-            category: string_column(batch, "category"),
+            answer: text_column(batch, &settings.answer_column),
+            source: text_column(batch, "source_path"),
+            hub_dataset: text_column(batch, "hub_dataset"),
+            category: text_column(batch, "category"),
             pass_rate: batch.column_by_name("pass_rate").and_then(|c| c.as_any().downcast_ref::<Float64Array>()),
         })
     }

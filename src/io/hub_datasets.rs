@@ -741,7 +741,8 @@ fn strip_shard_suffix(stem: &str) -> &str {
     stem
 }
 
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+/// A `Retry-After` in seconds, when the server sent a usable one.
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let seconds: f64 = headers.get(RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
     (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
 }
@@ -1040,13 +1041,23 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 /// Runs a Hub future to completion on a private runtime, for callers without one.
 pub fn block_on<T>(future: impl Future<Output = Result<T, HubError>>) -> Result<T, HubError> {
+    on_private_runtime(future, "block_on called inside a tokio runtime: await the future instead", HubError::Runtime)
+}
+
+/// Runs `future` on a private current-thread runtime. Inside a runtime that would deadlock or panic, so the
+/// caller gets `runtime_error(inside)` instead.
+pub(crate) fn on_private_runtime<T, E>(
+    future: impl Future<Output = Result<T, E>>,
+    inside: &str,
+    runtime_error: impl Fn(String) -> E,
+) -> Result<T, E> {
     if tokio::runtime::Handle::try_current().is_ok() {
-        return Err(HubError::Runtime("block_on called inside a tokio runtime: await the future instead".into()));
+        return Err(runtime_error(inside.to_string()));
     }
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| HubError::Runtime(e.to_string()))?
+        .map_err(|e| runtime_error(e.to_string()))?
         .block_on(future)
 }
 

@@ -24,12 +24,12 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::hub_datasets::{HubClient, describe};
+use super::hub_datasets::{HubClient, describe, on_private_runtime, retry_after};
 
 /// The branch pushed to unless [`PushOptions::revision`] says otherwise.
 pub const DEFAULT_REVISION: &str = "main";
@@ -847,11 +847,6 @@ fn bad_response(url: &Url, message: &str) -> HubPushError {
     HubPushError::BadResponse { url: shown(url), message: message.to_string() }
 }
 
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let seconds: f64 = headers.get(RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
-    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
-}
-
 /// The Hub's message for a failed call: `{"error": ...}` (or the start of the body), with its
 /// `x-error-code` when it sends one.
 fn error_message(headers: &HeaderMap, body: &[u8]) -> String {
@@ -870,16 +865,11 @@ fn error_message(headers: &HeaderMap, body: &[u8]) -> String {
 
 /// Runs a push on a private runtime, for callers without one.
 fn block_on<T>(future: impl Future<Output = Result<T, HubPushError>>) -> Result<T, HubPushError> {
-    if tokio::runtime::Handle::try_current().is_ok() {
-        return Err(HubPushError::Runtime(
-            "push_folder called inside a tokio runtime: await push_folder_async instead".into(),
-        ));
-    }
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| HubPushError::Runtime(e.to_string()))?
-        .block_on(future)
+    on_private_runtime(
+        future,
+        "push_folder called inside a tokio runtime: await push_folder_async instead",
+        HubPushError::Runtime,
+    )
 }
 
 #[cfg(test)]

@@ -65,8 +65,8 @@ pub fn to_batch(rows: &[RejectRow]) -> RecordBatch {
 
 /// Turns an operator's rejects (row indices into `input`) into reject rows of node `node`.
 pub fn from_operator(node: &str, input: &RecordBatch, rejects: &[Reject]) -> Result<Vec<RejectRow>, OpError> {
-    let ids = column(input, columns::ID);
-    let paths = column(input, columns::SOURCE_PATH);
+    let ids = text_column(input, columns::ID);
+    let paths = text_column(input, columns::SOURCE_PATH);
     rejects
         .iter()
         .map(|reject| {
@@ -85,7 +85,13 @@ pub fn from_operator(node: &str, input: &RecordBatch, rejects: &[Reject]) -> Res
         .collect()
 }
 
-fn column<'a>(batch: &'a RecordBatch, name: &str) -> Option<&'a StringArray> {
+/// The journal key of a reject: a record id names a row, not the node that dropped it, so both count.
+pub fn reject_key(node: &str, id: &str) -> String {
+    format!("{node}\u{0}{id}")
+}
+
+/// A string column by name, when the batch has one.
+pub fn text_column<'a>(batch: &'a RecordBatch, name: &str) -> Option<&'a StringArray> {
     batch.column_by_name(name)?.as_any().downcast_ref::<StringArray>()
 }
 

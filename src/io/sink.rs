@@ -478,7 +478,7 @@ pub fn committed_parts(run_dir: &Path, relative_dir: &str, format: SinkFormat) -
 }
 
 /// Names of the entries of `dir`, sorted (none when it does not exist).
-fn file_names(dir: &Path) -> std::io::Result<Vec<String>> {
+pub(crate) fn file_names(dir: &Path) -> std::io::Result<Vec<String>> {
     match std::fs::read_dir(dir) {
         Ok(entries) => {
             let mut names = Vec::new();

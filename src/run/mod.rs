@@ -6,11 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{BooleanArray, RecordBatch, StringArray};
+use arrow::array::BooleanArray;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use crate::io::sink::{journal_dir, journal_key, write_atomic};
+use crate::io::rejects::{reject_key, text_column};
+use crate::io::sink::{file_names, journal_dir, journal_key, write_atomic};
 use manifest::{Manifest, RunStatus};
 
 /// Paths inside a run directory.
@@ -172,10 +173,7 @@ fn drop_rejects_of(run_dir: &Path, nodes: &BTreeSet<String>) -> Result<(), RunDi
         let path = path.to_path_buf();
         move |e: parquet::errors::ParquetError| RunDirError::Io { path, source: std::io::Error::other(e) }
     };
-    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(()) };
-    let mut names: Vec<String> =
-        entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string()).collect();
-    names.sort();
+    let names = file_names(&dir).map_err(io(&dir))?;
     for name in names.iter().filter(|n| n.starts_with("part-") && n.ends_with(".parquet")) {
         let path = dir.join(name);
         let file = std::fs::File::open(&path).map_err(io(&path))?;
@@ -185,7 +183,7 @@ fn drop_rejects_of(run_dir: &Path, nodes: &BTreeSet<String>) -> Result<(), RunDi
         let mut dropped = 0;
         for batch in reader.build().map_err(parquet(&path))? {
             let batch = batch.map_err(|e| RunDirError::Io { path: path.clone(), source: std::io::Error::other(e) })?;
-            let node = string_column(&batch, "node");
+            let node = text_column(&batch, "node");
             let keep: BooleanArray =
                 (0..batch.num_rows()).map(|r| Some(!node.is_some_and(|n| nodes.contains(n.value(r))))).collect();
             dropped += keep.false_count();
@@ -196,10 +194,9 @@ fn drop_rejects_of(run_dir: &Path, nodes: &BTreeSet<String>) -> Result<(), RunDi
         let keys: Vec<u8> = kept_batches
             .iter()
             .flat_map(|batch| {
-                let (ids, node) = (string_column(batch, "id"), string_column(batch, "node"));
+                let (ids, node) = (text_column(batch, "id"), text_column(batch, "node"));
                 (0..batch.num_rows()).map(move |r| {
-                    let key = format!("{}\u{0}{}", node.map_or("", |n| n.value(r)), ids.map_or("", |i| i.value(r)));
-                    journal_key(&key)
+                    journal_key(&reject_key(node.map_or("", |n| n.value(r)), ids.map_or("", |i| i.value(r))))
                 })
             })
             .flat_map(|k| k.to_le_bytes())
@@ -219,10 +216,6 @@ fn drop_rejects_of(run_dir: &Path, nodes: &BTreeSet<String>) -> Result<(), RunDi
         write_atomic(&keys_path, &keys).map_err(io(&keys_path))?;
     }
     Ok(())
-}
-
-fn string_column<'a>(batch: &'a RecordBatch, name: &str) -> Option<&'a StringArray> {
-    batch.column_by_name(name)?.as_any().downcast_ref::<StringArray>()
 }
 
 fn non_empty(dir: &Path) -> bool {
@@ -331,7 +324,8 @@ mod tests {
             record: None,
         };
         let batch = to_batch(&[row("a", "docs"), row("b", "gen"), row("c", "gen")]);
-        let keys: Vec<String> = ["docs\u{0}a", "gen\u{0}b", "gen\u{0}c"].iter().map(|k| k.to_string()).collect();
+        let keys: Vec<String> =
+            [("docs", "a"), ("gen", "b"), ("gen", "c")].iter().map(|(n, i)| reject_key(n, i)).collect();
         let settings =
             PartSettings { format: SinkFormat::Parquet, rows_per_part: 10, row_group_rows: 10, zstd_level: 3 };
         let mut writer = BucketWriter::resumable(dir.path(), "rejects", 0, batch.schema(), settings.clone()).unwrap();

@@ -151,21 +151,33 @@ impl Engine {
         let started_at_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let options = self.options.clone();
         let run_dir = RunDir::new(&options.out);
-        let sinks: Vec<(String, String)> = self
+        // Sink nodes: id, folder, format.
+        let sinks: Vec<(String, String, SinkFormat)> = self
             .plan
             .nodes
             .iter()
             .filter_map(|n| match &n.spec {
-                NodeSpec::Sink(s) => Some((n.id.clone(), s.dir.clone())),
+                NodeSpec::Sink(s) => Some((n.id.clone(), s.dir.clone(), s.format)),
                 _ => None,
             })
             .collect();
-        let lineage: BTreeMap<String, String> =
-            self.plan.nodes.iter().map(|n| (n.id.clone(), n.lineage.clone())).collect();
         let mut resumes = 0;
         if options.process == 0 {
+            // From the start the folder is bound to this config: a killed run leaves this `running`
+            // manifest, which `--resume` checks against. Written only once the folder is ready.
+            let mut running = build_manifest(
+                &self.plan,
+                &[],
+                RunStatus::Running,
+                started_at_unix,
+                Duration::ZERO,
+                options.workers.max(1),
+                options.processes.max(1),
+            );
+            let dirs: Vec<(String, String)> = sinks.iter().map(|(id, dir, _)| (id.clone(), dir.clone())).collect();
             if options.resume {
-                let previous = run_dir.prepare_resume(&sinks, &self.plan.config.hash, &lineage, options.force)?;
+                let previous =
+                    run_dir.prepare_resume(&dirs, &self.plan.config.hash, &running.lineage, options.force)?;
                 if let Some(previous) = previous {
                     resumes = previous.resumes + 1;
                     if !previous.changed.is_empty() {
@@ -173,22 +185,10 @@ impl Engine {
                     }
                 }
             } else {
-                let dirs: Vec<String> = sinks.iter().map(|(_, dir)| dir.clone()).collect();
+                let dirs: Vec<String> = dirs.into_iter().map(|(_, dir)| dir).collect();
                 run_dir.prepare(&dirs, options.overwrite)?;
             }
-            // From now on the folder is bound to this config: a killed run leaves a `running` manifest that
-            // `--resume` checks against.
             if !options.dry_run {
-                let mut running = build_manifest(
-                    &self.plan,
-                    &[],
-                    RunStatus::Running,
-                    started_at_unix,
-                    Duration::ZERO,
-                    options.workers.max(1),
-                    options.processes.max(1),
-                );
-                running.lineage = lineage.clone();
                 running.resumes = resumes;
                 let path = run_dir.manifest();
                 running.write(&path).map_err(|source| RunError::Manifest { path, source })?;
@@ -291,20 +291,10 @@ impl Engine {
                 if let Some(service) = &service {
                     service.flush();
                 }
-                manifest.lineage = lineage;
                 manifest.resumes = resumes;
                 // Parts committed by earlier processes of a resumed run count too.
-                let formats: BTreeMap<String, SinkFormat> = self
-                    .plan
-                    .nodes
-                    .iter()
-                    .filter_map(|n| match &n.spec {
-                        NodeSpec::Sink(s) => Some((n.id.clone(), s.format)),
-                        _ => None,
-                    })
-                    .collect();
                 for (id, summary) in manifest.outputs.iter_mut() {
-                    let format = formats.get(id).copied().unwrap_or_default();
+                    let format = sinks.iter().find(|(sink, _, _)| sink == id).map(|(_, _, f)| *f).unwrap_or_default();
                     add_committed(summary, &run_dir.root, format);
                 }
                 add_committed(&mut manifest.rejects, &run_dir.root, SinkFormat::Parquet);
@@ -657,7 +647,7 @@ fn build_manifest(
         rejects,
         errors,
         models,
-        lineage: BTreeMap::new(),
+        lineage: plan.nodes.iter().map(|n| (n.id.clone(), n.lineage.clone())).collect(),
         resumes: 0,
     }
 }

@@ -546,7 +546,7 @@ fn write_time(
             .column_by_name("node")
             .and_then(|n| n.as_any().downcast_ref::<StringArray>().cloned())
             .ok_or("rejects have no `node` column")?;
-        (0..ids.len()).map(|row| format!("{}\u{0}{}", nodes.value(row), ids.value(row))).collect()
+        (0..ids.len()).map(|row| crate::io::rejects::reject_key(nodes.value(row), ids.value(row))).collect()
     } else {
         (0..ids.len()).map(|row| ids.value(row).to_string()).collect()
     };

@@ -8,6 +8,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use arrow::datatypes::DataType;
+
 use super::{ExportFormat, ExportReport, ExportSettings, Record};
 use crate::run::manifest::Manifest;
 
@@ -100,29 +102,17 @@ fn lengths(values: &mut [u32]) -> Lengths {
     }
 }
 
-/// The `features` of a format in the card's `dataset_info`, as YAML lines (indented by 4).
-fn features(format: ExportFormat) -> &'static str {
+/// The `features` of a format in the card's `dataset_info`, as YAML lines (indented by 4). The Parquet
+/// formats' come from their Arrow schema, so the card cannot disagree with the files.
+fn features(format: ExportFormat) -> String {
+    if let Some(schema) = format.schema(false) {
+        let mut yaml = String::new();
+        for field in schema.fields() {
+            feature_yaml(&mut yaml, field.name(), field.data_type(), "  ");
+        }
+        return yaml;
+    }
     match format {
-        ExportFormat::VerlRl => concat!(
-            "  - name: data_source\n    dtype: string\n",
-            "  - name: prompt\n",
-            "    list:\n    - name: content\n      dtype: string\n    - name: role\n      dtype: string\n",
-            "  - name: ability\n    dtype: string\n",
-            "  - name: reward_model\n    struct:\n    - name: ground_truth\n      dtype: string\n    - name: style\n      dtype: string\n",
-            "  - name: extra_info\n    struct:\n    - name: index\n      dtype: int64\n    - name: split\n      dtype: string\n    - name: id\n      dtype: string\n    - name: source\n      dtype: string\n    - name: category\n      dtype: string\n    - name: pass_rate\n      dtype: float64\n",
-        ),
-        ExportFormat::VerlSft => concat!(
-            "  - name: messages\n",
-            "    list:\n    - name: content\n      dtype: string\n    - name: role\n      dtype: string\n",
-            "  - name: prompt\n    dtype: string\n",
-            "  - name: response\n    dtype: string\n",
-            "  - name: extra_info\n    struct:\n    - name: index\n      dtype: int64\n    - name: split\n      dtype: string\n    - name: id\n      dtype: string\n    - name: source\n      dtype: string\n    - name: category\n      dtype: string\n    - name: pass_rate\n      dtype: float64\n",
-        ),
-        ExportFormat::Messages => concat!(
-            "  - name: id\n    dtype: string\n",
-            "  - name: messages\n",
-            "    list:\n    - name: content\n      dtype: string\n    - name: role\n      dtype: string\n",
-        ),
         ExportFormat::Alpaca => {
             "  - name: instruction\n    dtype: string\n  - name: input\n    dtype: string\n  - name: output\n    dtype: string\n"
         }
@@ -130,7 +120,45 @@ fn features(format: ExportFormat) -> &'static str {
             "  - name: conversations\n    list:\n    - name: from\n      dtype: string\n    - name: value\n      dtype: string\n"
         }
         // The run's own columns: left for `datasets` to infer.
-        ExportFormat::Jsonl => "",
+        _ => "",
+    }
+    .to_string()
+}
+
+/// One feature in `datasets`' YAML: a dtype, a `struct:` of features, or a `list:` of a struct's features.
+fn feature_yaml(yaml: &mut String, name: &str, data_type: &DataType, indent: &str) {
+    let _ = writeln!(yaml, "{indent}- name: {name}");
+    let fields = match data_type {
+        DataType::Struct(fields) => {
+            let _ = writeln!(yaml, "{indent}  struct:");
+            fields
+        }
+        DataType::List(item) => match item.data_type() {
+            DataType::Struct(fields) => {
+                let _ = writeln!(yaml, "{indent}  list:");
+                fields
+            }
+            other => {
+                let _ = writeln!(yaml, "{indent}  sequence: {}", dtype(other));
+                return;
+            }
+        },
+        other => {
+            let _ = writeln!(yaml, "{indent}  dtype: {}", dtype(other));
+            return;
+        }
+    };
+    for field in fields {
+        feature_yaml(yaml, field.name(), field.data_type(), &format!("{indent}  "));
+    }
+}
+
+fn dtype(data_type: &DataType) -> &'static str {
+    match data_type {
+        DataType::Int64 => "int64",
+        DataType::Float64 => "float64",
+        DataType::Boolean => "bool",
+        _ => "string",
     }
 }
 
@@ -176,7 +204,7 @@ pub fn render(manifest: &Manifest, settings: &ExportSettings, report: &ExportRep
         let features = features(*format);
         if !features.is_empty() {
             card.push_str("  features:\n");
-            card.push_str(features);
+            card.push_str(&features);
         }
         card.push_str("  splits:\n");
         for (split, rows) in &splits {

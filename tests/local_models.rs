@@ -174,6 +174,40 @@ fn sampling_is_seeded_and_n_samples_differ() {
     assert!(stopped.tokens[0].len() <= 5 && !stopped.texts[0].contains(' '), "{:?}", stopped.texts);
 }
 
+/// A JSON schema guides the sampler, so even a 135M model answers with JSON of the requested shape, for
+/// every sample of a request and whatever the temperature.
+#[test]
+fn a_json_schema_makes_the_reply_parse_with_the_requested_keys() {
+    let llm = smollm2();
+    let schema = serde_json::json!({"type": "object", "properties": {"question": {"type": "string"},
+        "answer": {"type": "string"}, "difficulty": {"enum": ["easy", "hard"]}, "steps": {"type": "integer"}}});
+    let prompt = Prompt::Chat(vec![ChatMessage::new(
+        "user",
+        "Passage: The Nile flows north through Egypt into the Mediterranean Sea.\nWrite a question about the \
+         passage and its answer. Reply with JSON only.",
+    )]);
+    let ids = llm.prompt_ids(&prompt).unwrap();
+    for temperature in [0.0, 0.9] {
+        let sampling = Sampling {
+            max_tokens: Some(160),
+            temperature: Some(temperature),
+            seed: Some(3),
+            json_schema: Some(schema.clone()),
+            ..Default::default()
+        };
+        let generated = llm.generate_blocking(ids.clone(), &sampling, 3).unwrap();
+        for text in &generated.texts {
+            println!("t={temperature}: {text}");
+            let value: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+            let keys: Vec<&str> = value.as_object().unwrap().keys().map(String::as_str).collect();
+            assert_eq!(keys, ["question", "answer", "difficulty", "steps"], "{text}");
+            assert!(["easy", "hard"].contains(&value["difficulty"].as_str().unwrap()), "{text}");
+            assert!(value["steps"].is_i64(), "{text}");
+            assert!(!value["question"].as_str().unwrap().trim().is_empty(), "{text}");
+        }
+    }
+}
+
 #[test]
 fn prompt_longer_than_the_context_is_refused_not_truncated() {
     let llm =

@@ -107,7 +107,8 @@ impl OpenAiClient {
         if let Some(schema) = &sampling.json_schema {
             object.insert(
                 "response_format".into(),
-                json!({"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": true}}),
+                json!({"type": "json_schema", "json_schema": {"name": "answer", "schema": schema,
+                    "strict": strict_compatible(schema)}}),
             );
         }
         let route = if matches!(prompt, Prompt::Chat(_)) { "chat/completions" } else { "completions" };
@@ -241,6 +242,26 @@ fn parse_reply(value: &Value, fallback_model: &str, latency_ms: f64) -> Result<M
     })
 }
 
+/// Whether OpenAI's strict structured output accepts `schema`: every object closed
+/// (`additionalProperties: false`) with all its properties required. Strict mode refuses other schemas
+/// with a 400, so those are sent as a non-strict hint.
+fn strict_compatible(schema: &Value) -> bool {
+    let Some(map) = schema.as_object() else { return true };
+    if let Some(properties) = map.get("properties").and_then(Value::as_object) {
+        let required: Vec<&str> = map
+            .get("required")
+            .and_then(Value::as_array)
+            .map_or(Vec::new(), |r| r.iter().filter_map(Value::as_str).collect());
+        if map.get("additionalProperties") != Some(&Value::Bool(false))
+            || properties.keys().any(|k| !required.contains(&k.as_str()))
+            || !properties.values().all(strict_compatible)
+        {
+            return false;
+        }
+    }
+    map.get("items").is_none_or(strict_compatible)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,6 +306,21 @@ mod tests {
         assert_eq!(body["stop"], json!(["\n"]));
         assert_eq!(body["response_format"]["type"], "json_schema");
         assert!(body.get("top_p").is_none());
+    }
+
+    #[test]
+    fn strict_mode_only_for_schemas_strict_mode_accepts() {
+        let closed = json!({"type": "object", "additionalProperties": false, "required": ["a", "b"],
+            "properties": {"a": {"type": "string"}, "b": {"type": "array", "items": {"type": "object",
+                "additionalProperties": false, "required": ["c"], "properties": {"c": {"type": "number"}}}}}});
+        assert!(strict_compatible(&closed));
+        let mut open_item = closed.clone();
+        open_item["properties"]["b"]["items"]["additionalProperties"] = json!(true);
+        assert!(!strict_compatible(&open_item));
+        let mut optional = closed.clone();
+        optional["required"] = json!(["a"]);
+        assert!(!strict_compatible(&optional));
+        assert!(strict_compatible(&json!({"type": "string"})));
     }
 
     /// A one-shot HTTP server on a std socket: answers the first request with `response`.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::LocalError;
+use super::guided::{Guide, GuideState};
 use super::sampler::{Rng, SamplerSettings, sample};
 use super::tokenizer::TextTokenizer;
 use super::transformer::{KvCache, Row, Transformer};
@@ -23,6 +24,8 @@ pub struct GenerateJob {
     pub sampler: SamplerSettings,
     /// Generate exactly `max_tokens`, through end-of-text tokens (benchmarks).
     pub ignore_eos: bool,
+    /// Structured output: every sampled token keeps the reply valid JSON of this schema.
+    pub guide: Option<Arc<Guide>>,
     pub reply: tokio::sync::oneshot::Sender<Result<Generated, LocalError>>,
 }
 
@@ -58,6 +61,8 @@ struct Sequence {
     generated: Vec<u32>,
     rng: Rng,
     prefilling: bool,
+    /// Where a guided reply is within its schema.
+    guide: Option<GuideState>,
 }
 
 struct ActiveJob {
@@ -75,6 +80,8 @@ struct Scheduler {
     free_slots: Vec<usize>,
     sequences: Vec<Sequence>,
     jobs: Vec<Option<ActiveJob>>,
+    /// The text of each vocabulary entry alone, built on the first guided job.
+    token_texts: Option<Arc<Vec<String>>>,
 }
 
 /// Serves jobs from `jobs` until every sender is gone.
@@ -92,6 +99,7 @@ pub fn run(
         free_slots: Vec::new(),
         sequences: Vec::new(),
         jobs: Vec::new(),
+        token_texts: None,
     };
     let mut waiting: VecDeque<GenerateJob> = VecDeque::new();
     loop {
@@ -149,7 +157,11 @@ impl Scheduler {
             generated: Vec::new(),
             rng: Rng::new(sample_seed(job.sampler.seed, 0)),
             prefilling: true,
+            guide: job.guide.as_ref().map(|g| g.start()),
         });
+        if job.guide.is_some() && self.token_texts.is_none() {
+            self.token_texts = Some(Arc::new(self.tokenizer.token_texts(self.model.config.vocab)));
+        }
         let n = job.n.max(1);
         self.jobs[index] = Some(ActiveJob { job, texts: vec![None; n], started: Instant::now(), first_token: None });
     }
@@ -240,6 +252,7 @@ impl Scheduler {
             self.caches[slot] = self.caches[self.sequences[parent].slot].clone();
             let parent = &self.sequences[parent];
             let seed = self.jobs[parent.job].as_ref().map_or(0, |j| j.job.sampler.seed);
+            let guide = self.jobs[parent.job].as_ref().and_then(|j| j.job.guide.as_ref()).map(|g| g.start());
             self.sequences.push(Sequence {
                 job: parent.job,
                 sample,
@@ -249,6 +262,7 @@ impl Scheduler {
                 generated: Vec::new(),
                 rng: Rng::new(sample_seed(seed, sample)),
                 prefilling: false,
+                guide,
             });
             let child = self.sequences.len() - 1;
             if self.advance(child, row_logits) {
@@ -269,11 +283,26 @@ impl Scheduler {
         let sequence = &mut self.sequences[index];
         let Some(active) = self.jobs[sequence.job].as_mut() else { return true };
         active.first_token.get_or_insert_with(|| active.started.elapsed().as_secs_f64() * 1000.0);
-        let token = sample(logits, &active.job.sampler, &mut sequence.rng);
+        let token = match (&active.job.guide, &mut sequence.guide, &self.token_texts) {
+            (Some(guide), Some(state), Some(texts)) => {
+                match guided_sample(logits, &active.job.sampler, &mut sequence.rng, guide, state, texts) {
+                    Some((token, next)) => {
+                        *state = next;
+                        token
+                    }
+                    // No token continues the reply (a vocabulary without the needed characters): stop.
+                    None => return true,
+                }
+            }
+            _ => sample(logits, &active.job.sampler, &mut sequence.rng),
+        };
         if !active.job.ignore_eos && self.tokenizer.stop_ids.contains(&token) {
             return true;
         }
         sequence.generated.push(token);
+        if sequence.guide.as_ref().is_some_and(GuideState::is_complete) {
+            return true;
+        }
         if sequence.generated.len() >= active.job.max_tokens || sequence.position + 1 >= max_positions {
             return true;
         }
@@ -324,6 +353,30 @@ impl Scheduler {
             let _ = active.job.reply.send(Err(LocalError::Prompt(format!("generation failed: {error}"))));
         }
     }
+}
+
+/// Samples a token that keeps a guided reply valid: draws as usual, and while the draw does not fit the
+/// schema, masks it and draws again; after a few misses, takes the most likely token that fits.
+fn guided_sample(
+    logits: &[f32],
+    settings: &SamplerSettings,
+    rng: &mut Rng,
+    guide: &Guide,
+    state: &GuideState,
+    texts: &[String],
+) -> Option<(u32, GuideState)> {
+    let fits = |token: u32| texts.get(token as usize).and_then(|text| state.after(guide, text));
+    let mut masked: Option<Vec<f32>> = None;
+    for _ in 0..16 {
+        let token = sample(masked.as_deref().unwrap_or(logits), settings, rng);
+        if let Some(next) = fits(token) {
+            return Some((token, next));
+        }
+        masked.get_or_insert_with(|| logits.to_vec())[token as usize] = f32::NEG_INFINITY;
+    }
+    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+    order.sort_unstable_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+    order.into_iter().find_map(|token| fits(token).map(|next| (token, next)))
 }
 
 /// Sample `k` of a request draws from its own stream, so samples differ and each is reproducible.

@@ -6,6 +6,7 @@
 
 pub mod embed;
 pub mod engine;
+pub mod guided;
 pub mod qmatmul;
 pub mod sampler;
 pub mod simd;
@@ -201,6 +202,7 @@ impl LocalLlm {
                 seed: sampling.seed.unwrap_or(0),
             },
             ignore_eos,
+            guide: sampling.json_schema.as_ref().map(|schema| Arc::new(guided::Guide::from_schema(schema))),
             reply,
         };
         self.jobs.send(job).map_err(|_| LocalError::Stopped)?;

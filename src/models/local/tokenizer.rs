@@ -98,6 +98,12 @@ impl TextTokenizer {
         }
     }
 
+    /// The text of each token id alone (empty for control tokens; U+FFFD for a part of a character), for
+    /// guided decoding.
+    pub fn token_texts(&self, vocab: usize) -> Vec<String> {
+        (0..vocab as u32).map(|id| self.decode(&[id]).unwrap_or_default()).collect()
+    }
+
     /// Text of `ids`, control tokens left out.
     pub fn decode(&self, ids: &[u32]) -> Result<String, LocalError> {
         match &self.kind {

@@ -466,3 +466,79 @@ fn the_teacher_judges_datasets_and_maps_their_fields() {
         assert_eq!(answer.as_deref(), Some(solutions[index].as_str()), "the ground truth, verbatim");
     }
 }
+
+/// A larger or smaller `num_samples` re-runs the local and distill recipes from the response cache: the
+/// local graph does not depend on it, and distill asks each of its samples in a request of its own, so the
+/// calls of a smaller run are a prefix of a larger one's.
+#[test]
+fn a_changed_num_samples_reuses_the_cache_for_local_and_distill() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write_corpus(root, &[0, 1, 2, 3, 4, 5]);
+    // The teacher writes the same three examples whenever asked for new ones.
+    let examples = serde_json::json!({"examples": [
+        {"question": "A baker makes 24 rolls an hour. How many rolls does she make in 5 hours?", "answer": "#### 120"},
+        {"question": "Anna has 45 stickers and gives away 17. How many does she keep?", "answer": "#### 28"},
+        {"question": "A train travels 60 km an hour for 3 hours. How far does it go?", "answer": "#### 180"},
+    ]});
+    let rules = serde_json::json!([{"contains": "Here is one example", "reply": examples.to_string()}]);
+    write(root, "script.json", &rules.to_string());
+    let server = TestServer::start(&[
+        "--skill",
+        "teacher-model=1.0",
+        "--skill",
+        "student-model=mixed",
+        "--script",
+        root.join("script.json").to_str().unwrap(),
+    ]);
+    let cache = root.join("cache");
+    let run = |config: &str, out: &str| {
+        let output = common::sdg()
+            .current_dir(root)
+            .args(["run", config, "-o", out, "--quiet", "--workers", "2", "--cache-dir"])
+            .arg(&cache)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", stderr(&output));
+        let m = manifest(&root.join(out));
+        let endpoint = |name: &str, key: &str| m["models"][name][key].as_u64().unwrap_or(0);
+        let hits = endpoint("teacher", "cache_hits") + endpoint("student", "cache_hits");
+        let misses = endpoint("teacher", "cache_misses") + endpoint("student", "cache_misses");
+        (hits, misses)
+    };
+
+    write(root, "local.yaml", &recipe(&server, ", match_generated: false"));
+    let (_, first) = run("local.yaml", "local-6");
+    assert!(first > 0);
+    let text = std::fs::read_to_string(root.join("local.yaml")).unwrap().replace("num_samples: 6", "num_samples: 3");
+    write(root, "local.yaml", &text);
+    let before = server.stats()["requests"].as_u64().unwrap();
+    let (hits, misses) = run("local.yaml", "local-3");
+    println!("local: first run {first} calls; num_samples 6 -> 3: {hits} from the cache, {misses} sent");
+    assert_eq!((misses, server.stats()["requests"].as_u64().unwrap() - before), (0, 0));
+    assert!(hits >= first, "{hits} < {first}");
+
+    write(
+        root,
+        "demos.jsonl",
+        "{\"question\": \"A shop sells 3 pens for 2 dollars. How much do 12 pens cost?\", \"answer\": \"#### 8\"}\n\
+         {\"question\": \"Tom reads 15 pages a day. How many pages does he read in a week?\", \"answer\": \"#### 105\"}\n",
+    );
+    let distill = |num_samples: usize| {
+        format!(
+            "task:\n  name: math\n  instruction: Grade-school word problems.\n  demos: demos.jsonl\n  num_samples: {num_samples}\n  \
+             source: distill\n  distill: {{per_call: 1, overgenerate: 1}}\n  seed: 2\n\
+             models:\n  teacher: {{base_url: \"{}\", model: teacher-model}}\n",
+            server.url
+        )
+    };
+    // 2 wanted from 2 demos at 1 per call: 1 call per demo; then 3 wanted: 2 calls per demo, the first cached.
+    // (Each reply holds the same 3 examples, so 3 distinct records survive dedup: both are met at once.)
+    write(root, "distill.yaml", &distill(2));
+    let (hits, first) = run("distill.yaml", "distill-2");
+    assert_eq!((hits, first), (0, 2));
+    write(root, "distill.yaml", &distill(3));
+    let (hits, misses) = run("distill.yaml", "distill-3");
+    println!("distill: first run {first} calls; num_samples 2 -> 3: {hits} from the cache, {misses} sent");
+    assert_eq!((hits, misses), (2, 2), "the first run's calls are reused, only the new ones are sent");
+}

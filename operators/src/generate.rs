@@ -97,6 +97,8 @@ const MAX_JSON_CANDIDATES: usize = 64;
 ///   samples: rows                   # default rows (one output row per sample); `list` (text output only)
 ///   json_schema: {type: object}     # optional; passed to the server as structured output
 ///   max_parse_retries: 2            # default 2
+///   request_per_sample: false       # true: one request per sample (seed derived from the sample index),
+///                                   # so a larger `n` later reuses every cached sample
 /// ```
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -143,6 +145,10 @@ pub struct GenerateSpec {
     /// Retries for samples whose reply does not parse (JSON modes).
     #[serde(default = "default_max_parse_retries")]
     pub max_parse_retries: u32,
+    /// One request per sample instead of one asking `n`: the prompt is paid per sample, but each sample is
+    /// cached on its own, so raising `n` later (a recipe's larger `num_samples`) reuses the cached ones.
+    #[serde(default)]
+    pub request_per_sample: bool,
 }
 
 fn default_n() -> u32 {
@@ -551,6 +557,22 @@ impl Generate {
             let RowStatus::Active(work) = status else { continue };
             let missing = work.missing();
             if missing.is_empty() {
+                continue;
+            }
+            if self.spec.request_per_sample && self.list_column.is_none() {
+                for slot in missing {
+                    let mut sampling = self.sampling(work, 1);
+                    // Sample k's own seed, whatever n is.
+                    let base = sampling.seed.unwrap_or_else(|| id_hash(&work.id));
+                    sampling.seed = Some(base ^ (slot as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+                    requests.push(ModelRequest {
+                        endpoint: self.spec.model.clone(),
+                        prompt: Prompt::Chat(work.messages.clone()),
+                        sampling: sampling.clone(),
+                        row,
+                    });
+                    flights.push(Flight { row, sampling, slots: vec![slot] });
+                }
                 continue;
             }
             let n = if self.list_column.is_some() { self.spec.n } else { missing.len() as u32 };
@@ -1483,5 +1505,26 @@ mod tests {
             (sampling.stop.clone(), sampling.top_p, sampling.max_tokens),
             (vec!["\n".to_string()], Some(0.9), Some(64))
         );
+    }
+
+    #[test]
+    fn request_per_sample_asks_each_sample_alone_so_a_larger_n_extends_the_cached_ones() {
+        let requests = |n: u32| {
+            let mut op = Generate::new(
+                spec(json!({"model": "m", "prompt": "p", "n": n, "seed": 5, "request_per_sample": true})),
+                Vec::new(),
+            )
+            .unwrap();
+            calls(op.start(0, batch()).unwrap())
+        };
+        let three = requests(3);
+        let rows = batch().num_rows();
+        assert_eq!(three.len(), 3 * rows);
+        assert!(three.iter().all(|r| r.sampling.n == 1));
+        let seeds: std::collections::HashSet<_> = three.iter().map(|r| (r.row, r.sampling.seed)).collect();
+        assert_eq!(seeds.len(), three.len(), "each sample of a row has its own seed");
+        let five = requests(5);
+        assert_eq!(five.len(), 5 * rows);
+        assert!(three.iter().all(|r| five.contains(r)), "n = 5 asks the same first three samples again");
     }
 }

@@ -38,7 +38,7 @@ use crate::models::ModelSpec;
 pub use de::Diagnostic;
 use yaml::{Node, Value};
 
-/// The config a run starts from when none is given: the quickstart graph over the bundled sample corpus.
+/// The config a run starts from when none is given: the quickstart recipe over the bundled sample corpus.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../configs/quickstart.yaml");
 
 /// Engine settings that are not a node.

@@ -374,7 +374,7 @@ pub fn expand(task: &TaskSpec, demo_count: usize, scale: f64) -> Result<Vec<Json
                 "system": system, "prompt": prompt, "n": local.per_passage, "temperature": 0.7,
                 "output": {"json": {"columns": ["question", "answer"]}},
                 "json_schema": {"type": "object", "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
-                                "required": ["question", "answer"]},
+                                "required": ["question", "answer"], "additionalProperties": false},
             });
             if let Some(demos) = &task.demos {
                 generate["demos"] = json!(demos);
@@ -384,7 +384,10 @@ pub fn expand(task: &TaskSpec, demo_count: usize, scale: f64) -> Result<Vec<Json
                 generate["seed"] = json!(seed);
             }
             nodes.push(generate);
-            "qa".to_string()
+            // Structured output guarantees the shape, not the substance: an empty question is dropped here.
+            nodes.push(json!({"id": "formed", "kind": "filter", "input": "qa", "where": {"all": [
+                {"len": {"column": "question", "min": 10}}, {"len": {"column": "answer", "min": 1}}]}}));
+            "formed".to_string()
         }
         Source::Web => {
             let web = task.web.as_ref().ok_or_else(|| {
@@ -449,6 +452,8 @@ pub fn expand(task: &TaskSpec, demo_count: usize, scale: f64) -> Result<Vec<Json
                 "system": system, "prompt": prompt, "n": calls, "temperature": 0.9,
                 "demos": demos, "demos_k": 2,
                 "output": {"json_list": {"columns": ["question", "answer"]}},
+                // Each call cached alone: a larger num_samples adds calls and reuses the earlier ones.
+                "request_per_sample": true,
             });
             if let Some(seed) = task.seed {
                 generate["seed"] = json!(seed);
@@ -616,11 +621,24 @@ mod tests {
         let ids: Vec<&str> = nodes.iter().map(|n| n["id"].as_str().unwrap()).collect();
         assert_eq!(
             ids,
-            ["docs", "chunks", "passages", "unique", "qa", "verified", "scored", "balanced", "multilingual", "out"]
+            [
+                "docs",
+                "chunks",
+                "passages",
+                "unique",
+                "qa",
+                "formed",
+                "verified",
+                "scored",
+                "balanced",
+                "multilingual",
+                "out"
+            ]
         );
-        assert_eq!(nodes[5]["expected"], "answer");
-        assert_eq!(nodes[6]["model"], "student");
-        assert_eq!(nodes[7]["vote"]["n"], 4);
+        assert_eq!(nodes[5]["input"], "qa");
+        assert_eq!(nodes[6]["expected"], "answer");
+        assert_eq!(nodes[7]["model"], "student");
+        assert_eq!(nodes[8]["vote"]["n"], 4);
         assert!(
             nodes[4]["system"].as_str().unwrap().contains("{% raw %}Write {{ tricky }} math problems.{% endraw %}")
         );

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use sdg_operators::model::{ModelReply, Prompt, Sampling};
 
 const RESPONSES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("responses");
@@ -18,6 +18,12 @@ const RESPONSES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("respo
 pub struct CacheError {
     pub path: PathBuf,
     pub message: String,
+}
+
+enum OpenError {
+    /// Another process holds the database.
+    Locked,
+    Failed(CacheError),
 }
 
 /// The cache key of a request.
@@ -44,13 +50,97 @@ struct Pending {
 /// Replies queued before a flush.
 const FLUSH_EVERY: usize = 512;
 
+/// Shards a process may fall back to while another process holds the cache.
+const MAX_SHARDS: usize = 32;
+
+/// `responses.redb` -> `responses.<n>.redb`.
+fn shard_path(path: &Path, n: usize) -> PathBuf {
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    let extension = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+    path.with_file_name(format!("{stem}.{n}{extension}"))
+}
+
 impl ResponseCache {
+    /// Opens the cache at `path`. redb lets one process hold a database; while another run holds it, this
+    /// one writes to a shard beside it (`responses.1.redb`, ...), which the next process that opens the
+    /// main file folds in, so concurrent runs work and no answer is lost to the cache.
     pub fn open(path: &Path) -> Result<Self, CacheError> {
-        let fail = |message: String| CacheError { path: path.to_path_buf(), message };
+        match Self::open_file(path) {
+            Ok(cache) => {
+                cache.fold_shards();
+                Ok(cache)
+            }
+            Err(OpenError::Locked) => {
+                for n in 1..=MAX_SHARDS {
+                    match Self::open_file(&shard_path(path, n)) {
+                        Ok(cache) => {
+                            tracing::warn!(
+                                "the response cache {} is in use by another run; this run caches into {} \
+                                 (merged into the main cache by a later run)",
+                                path.display(),
+                                cache.path.display()
+                            );
+                            return Ok(cache);
+                        }
+                        Err(OpenError::Locked) => continue,
+                        Err(OpenError::Failed(error)) => return Err(error),
+                    }
+                }
+                Err(CacheError { path: path.to_path_buf(), message: "the cache and all its shards are in use".into() })
+            }
+            Err(OpenError::Failed(error)) => Err(error),
+        }
+    }
+
+    /// Moves the answers of shards no process holds into this (main) cache and deletes the shards.
+    fn fold_shards(&self) {
+        for n in 1..=MAX_SHARDS {
+            let shard_file = shard_path(&self.path, n);
+            if !shard_file.exists() {
+                continue;
+            }
+            let shard = match Self::open_file(&shard_file) {
+                Ok(shard) => shard,
+                Err(_) => continue,
+            };
+            let moved = (|| -> Result<usize, String> {
+                let read = shard.db.begin_read().map_err(|e| e.to_string())?;
+                let Ok(table) = read.open_table(RESPONSES) else { return Ok(0) };
+                let write = self.db.begin_write().map_err(|e| e.to_string())?;
+                let mut count = 0;
+                {
+                    let mut into = write.open_table(RESPONSES).map_err(|e| e.to_string())?;
+                    for entry in table.iter().map_err(|e| e.to_string())? {
+                        let (key, value) = entry.map_err(|e| e.to_string())?;
+                        into.insert(key.value(), value.value()).map_err(|e| e.to_string())?;
+                        count += 1;
+                    }
+                }
+                write.commit().map_err(|e| e.to_string())?;
+                Ok(count)
+            })();
+            drop(shard);
+            match moved {
+                Ok(count) => {
+                    tracing::info!(count, shard = %shard_file.display(), "folded a response cache shard");
+                    let _ = std::fs::remove_file(wal_path(&shard_file));
+                    let _ = std::fs::remove_file(&shard_file);
+                }
+                Err(error) => tracing::warn!(%error, shard = %shard_file.display(), "could not fold a cache shard"),
+            }
+        }
+    }
+
+    fn open_file(path: &Path) -> Result<Self, OpenError> {
+        let fail = |message: String| OpenError::Failed(CacheError { path: path.to_path_buf(), message });
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| fail(e.to_string()))?;
         }
-        let db = Database::create(path).map_err(|e| fail(e.to_string()))?;
+        let db = match Database::create(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(OpenError::Locked),
+            Err(e) => return Err(fail(e.to_string())),
+        };
         // The database is open (and locked) by us: replies a killed process left in the log go in first.
         let wal_path = wal_path(path);
         let replayed = match std::fs::read(&wal_path) {
@@ -63,7 +153,7 @@ impl ResponseCache {
             db,
             pending: Mutex::new(Pending { replies: replayed, wal: None }),
         };
-        cache.flush()?;
+        cache.flush().map_err(OpenError::Failed)?;
         let wal = OpenOptions::new()
             .create(true)
             .append(true)
@@ -225,6 +315,28 @@ mod tests {
         let cache = ResponseCache::open(&path).unwrap();
         assert_eq!(cache.get(&k).unwrap(), reply("hello"));
         assert!(cache.get(&[0; 32]).is_none());
+    }
+
+    #[test]
+    fn a_second_holder_writes_a_shard_that_the_next_open_folds_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("responses.redb");
+        let (first, second) = ([1u8; 32], [2u8; 32]);
+        let main = ResponseCache::open(&path).unwrap();
+        main.put(first, &reply("main"));
+        {
+            // The main file is held: this one becomes shard 1 (its own WAL, its own database).
+            let shard = ResponseCache::open(&path).unwrap();
+            assert_eq!(shard.path, dir.path().join("responses.1.redb"));
+            shard.put(second, &reply("shard"));
+            assert!(shard.get(&first).is_none(), "a shard starts empty");
+        }
+        assert!(main.get(&second).is_none());
+        drop(main);
+        let reopened = ResponseCache::open(&path).unwrap();
+        assert_eq!(reopened.get(&first).unwrap().texts, vec!["main"]);
+        assert_eq!(reopened.get(&second).unwrap().texts, vec!["shard"], "the shard was folded in");
+        assert!(!dir.path().join("responses.1.redb").exists() && !dir.path().join("responses.1.redb.wal").exists());
     }
 
     #[test]

@@ -89,6 +89,25 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Serve the web UI: write a recipe, start runs, watch them live, read and download their data.
+    Serve {
+        /// Port to listen on (0: any free port).
+        #[arg(long, default_value_t = 8787)]
+        port: u16,
+        /// Address to bind; anything but loopback requires the access token printed at start.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+        /// Folder of the run folders (each run: config.yaml, inputs/, out/, run.log).
+        #[arg(long, default_value = "runs")]
+        runs: PathBuf,
+        /// Folder of the model response cache the runs share (default as for `sdg run`).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// Require the token in this environment variable, even on loopback (default: a random token,
+        /// off loopback only). A variable, so the token is not in the process list.
+        #[arg(long, value_name = "VAR")]
+        token_env: Option<String>,
+    },
     /// Export a run's data for training: verl-rl, verl-sft, messages (TRL, `datasets`), alpaca, sharegpt,
     /// jsonl; deterministic splits by a hash of the record id; a dataset card (README.md).
     Export {
@@ -297,6 +316,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             result
         }
         Command::Models { command } => models(command),
+        Command::Serve { port, host, runs, cache_dir, token_env } => {
+            let token = match token_env {
+                Some(var) => Some(std::env::var(&var).with_context(|| format!("--token-env: ${var} is not set"))?),
+                None => None,
+            };
+            serve(port, host, runs, cache_dir, token)
+        }
         Command::Export {
             run_dir,
             out,
@@ -426,6 +452,27 @@ fn models(command: ModelsCommand) -> anyhow::Result<ExitCode> {
             Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
     }
+}
+
+fn serve(
+    port: u16,
+    host: std::net::IpAddr,
+    runs: PathBuf,
+    cache_dir: Option<PathBuf>,
+    token: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe().context("cannot find the sdg binary to run runs with")?;
+    let runs_dir = std::path::absolute(&runs).with_context(|| format!("bad runs folder {}", runs.display()))?;
+    let options = sdg::serve::ServeOptions {
+        bind: std::net::SocketAddr::new(host, port),
+        runs_dir,
+        exe,
+        cache_dir: cache_dir.map(std::path::absolute).transpose()?,
+        token,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(sdg::serve::serve(options))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A fresh, private scratch folder.
@@ -594,13 +641,19 @@ fn run_once(
     drop(models);
     let node_ids: Vec<(String, String)> = plan.nodes.iter().map(|n| (n.id.clone(), n.kind.clone())).collect();
     let export = plan.config.export.clone();
+    let target_samples = plan.config.target_samples;
     let engine = Engine::new(plan, options);
     let files = engine.files_to_read();
+    let live =
+        (!dry_run).then(|| LiveProgressFile::start(&out, &node_ids, engine.counters(), files.clone(), target_samples));
     let progress =
         (!quiet && std::io::stderr().is_terminal()).then(|| Progress::start(&node_ids, engine.counters(), files));
     let result = engine.run(Arc::clone(stop));
     if let Some(progress) = progress {
         progress.finish();
+    }
+    if let Some(live) = live {
+        live.finish();
     }
     let mut manifest = result.with_context(|| format!("run into {} failed", out.display()))?;
     if !pre_run.is_empty() && !dry_run {
@@ -732,6 +785,88 @@ fn print_summary(manifest: &Manifest, out: &Path) {
     if matches!(manifest.status, RunStatus::Interrupted | RunStatus::Failed) {
         println!("everything committed so far is kept; go on with: sdg run <config> -o {} --resume", out.display());
     }
+}
+
+/// `OUT/state/progress.json`, rewritten twice a second while the run works: per-node counts, requests in
+/// flight, rows/s, and an overall fraction and ETA, for `sdg serve` and anyone watching a run.
+struct LiveProgressFile {
+    done: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl LiveProgressFile {
+    fn start(
+        out: &Path,
+        nodes: &[(String, String)],
+        counters: Vec<Arc<WorkerCounters>>,
+        files: Vec<u64>,
+        target_samples: Option<usize>,
+    ) -> LiveProgressFile {
+        let path = out.join("state").join("progress.json");
+        let nodes = nodes.to_vec();
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&done);
+        let thread = std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            loop {
+                let finished = flag.load(Ordering::Relaxed);
+                let secs = started.elapsed().as_secs_f64().max(1e-3);
+                let totals: Vec<_> = (0..nodes.len()).map(|i| process_totals(&counters, i)).collect();
+                let fraction = live_fraction(&nodes, &totals, &files, target_samples);
+                let mut by_node = serde_json::Map::new();
+                for ((id, kind), t) in nodes.iter().zip(&totals) {
+                    by_node.insert(
+                        id.clone(),
+                        serde_json::json!({"kind": kind, "rows_in": t.rows_in, "rows_out": t.rows_out,
+                            "rejected": t.rejected, "in_flight": t.in_flight, "model_calls": t.model_calls,
+                            "cache_hits": t.cache_hits, "prompt_tokens": t.prompt_tokens,
+                            "completion_tokens": t.completion_tokens,
+                            "already_committed": t.already_committed, "rows_per_s": t.rows_in.max(t.rows_out) as f64 / secs}),
+                    );
+                }
+                let eta = fraction.filter(|f| *f > 0.0 && !finished).map(|f| secs * (1.0 - f) / f);
+                let status = if finished { "finishing" } else { "running" };
+                let value = serde_json::json!({"status": status, "elapsed_s": secs, "fraction": fraction,
+                    "eta_s": eta, "nodes": by_node});
+                if std::fs::create_dir_all(path.parent().expect("state folder")).is_ok()
+                    && let Ok(bytes) = serde_json::to_vec(&value)
+                {
+                    let _ = write_atomically(&path, &bytes);
+                }
+                if finished {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        LiveProgressFile { done, thread }
+    }
+
+    fn finish(self) {
+        self.done.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}
+
+/// How far a run is, from 0 to 1: the sinks' rows against `num_samples` for a recipe, else the files the
+/// sources have read; held below 1 while requests are in flight. `None` when nothing tells.
+fn live_fraction(
+    nodes: &[(String, String)],
+    totals: &[sdg::runtime::metrics::NodeStats],
+    files: &[u64],
+    target_samples: Option<usize>,
+) -> Option<f64> {
+    let in_flight: u64 = totals.iter().map(|t| t.in_flight).sum();
+    let sunk: u64 = nodes.iter().zip(totals).filter(|((_, kind), _)| kind == "sink").map(|(_, t)| t.rows_in).sum();
+    let read: u64 = totals.iter().map(|t| t.files_done).sum();
+    let to_read: u64 = files.iter().sum();
+    let fraction = match (target_samples, to_read) {
+        (Some(target), _) if target > 0 => sunk as f64 / target as f64,
+        (_, 0) => return None,
+        (_, to_read) => read as f64 / to_read as f64,
+    };
+    let cap = if in_flight > 0 { 0.99 } else { 1.0 };
+    Some(fraction.clamp(0.0, cap))
 }
 
 /// One progress line per node, refreshed from the workers' counters.

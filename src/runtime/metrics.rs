@@ -16,6 +16,8 @@ pub struct NodeCounters {
     pub busy_nanos: AtomicU64,
     pub text_bytes_in: AtomicU64,
     pub model_calls: AtomicU64,
+    /// Requests handed to the model service; those not answered yet are in flight.
+    pub requests_sent: AtomicU64,
     pub cache_hits: AtomicU64,
     pub prompt_tokens: AtomicU64,
     pub completion_tokens: AtomicU64,
@@ -37,6 +39,7 @@ impl Default for NodeCounters {
             busy_nanos: AtomicU64::new(0),
             text_bytes_in: AtomicU64::new(0),
             model_calls: AtomicU64::new(0),
+            requests_sent: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
             prompt_tokens: AtomicU64::new(0),
             completion_tokens: AtomicU64::new(0),
@@ -96,6 +99,10 @@ impl NodeCounters {
             busy_s: self.busy_nanos.load(Ordering::Relaxed) as f64 / 1e9,
             text_bytes_in: self.text_bytes_in.load(Ordering::Relaxed),
             model_calls: self.model_calls.load(Ordering::Relaxed),
+            in_flight: self
+                .requests_sent
+                .load(Ordering::Relaxed)
+                .saturating_sub(self.model_calls.load(Ordering::Relaxed)),
             cache_hits: self.cache_hits.load(Ordering::Relaxed),
             prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),
             completion_tokens: self.completion_tokens.load(Ordering::Relaxed),
@@ -134,6 +141,9 @@ pub struct NodeStats {
     /// (cached answers cost nothing this run).
     #[serde(default)]
     pub model_calls: u64,
+    /// Requests sent and not answered yet (live progress; 0 once a run ends).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub in_flight: u64,
     #[serde(default)]
     pub cache_hits: u64,
     #[serde(default)]
@@ -169,6 +179,7 @@ impl NodeStats {
         self.busy_s += other.busy_s;
         self.text_bytes_in += other.text_bytes_in;
         self.model_calls += other.model_calls;
+        self.in_flight += other.in_flight;
         self.cache_hits += other.cache_hits;
         self.prompt_tokens += other.prompt_tokens;
         self.completion_tokens += other.completion_tokens;

@@ -268,6 +268,7 @@ pub fn model_transform<'s>(
                         drop(cap);
                     }
                     Ok(Step::Call(requests)) => {
+                        c.add(&c.requests_sent, requests.len() as u64);
                         let sender = sender.clone();
                         let activator = Arc::clone(&activator);
                         pending.insert(id, (cap, batch));

@@ -11,4 +11,5 @@ pub mod plan;
 pub mod retrieve;
 pub mod run;
 pub mod runtime;
+pub mod serve;
 pub mod testkit;

@@ -542,3 +542,50 @@ fn a_changed_num_samples_reuses_the_cache_for_local_and_distill() {
     println!("distill: first run {first} calls; num_samples 2 -> 3: {hits} from the cache, {misses} sent");
     assert_eq!((hits, misses), (2, 2), "the first run's calls are reused, only the new ones are sent");
 }
+
+/// `distill.evolve`: the new questions go through Evol-Instruct rounds and the teacher answers the evolved
+/// ones; each row keeps its evolution lineage.
+#[test]
+fn a_distill_task_can_evolve_its_questions() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(
+        root,
+        "demos.jsonl",
+        "{\"question\": \"A shop sells 3 pens for 2 dollars. How much do 12 pens cost?\", \"answer\": \"#### 8\"}\n",
+    );
+    let examples = serde_json::json!({"examples": [
+        {"question": "A baker makes 24 rolls an hour. How many rolls does she make in 5 hours?", "answer": "#### 120"},
+        {"question": "Anna has 45 stickers and gives away 17. How many does she keep?", "answer": "#### 28"},
+    ]});
+    let rules = serde_json::json!([{"contains": "Here is one example", "reply": examples.to_string()}]);
+    write(root, "script.json", &rules.to_string());
+    let server =
+        TestServer::start(&["--skill", "teacher-model=1.0", "--script", root.join("script.json").to_str().unwrap()]);
+    write(
+        root,
+        "evolve.yaml",
+        &format!(
+            "task:\n  name: math\n  instruction: Grade-school word problems.\n  demos: demos.jsonl\n  num_samples: 2\n  \
+             source: distill\n  distill: {{per_call: 2, evolve: 1}}\n  seed: 4\n\
+             models:\n  teacher: {{base_url: \"{}\", model: teacher-model}}\n",
+            server.url
+        ),
+    );
+    let output = run_in(root, &["run", "evolve.yaml", "-o", "out", "--quiet"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let m = manifest(&root.join("out"));
+    assert!(m["nodes"]["evolved"]["model_calls"].as_u64().unwrap() > 0, "{m:#}");
+    assert!(m["nodes"]["answered"]["model_calls"].as_u64().unwrap() > 0, "{m:#}");
+    let data = read_parquet_dir(&root.join("out/data"));
+    let questions: Vec<String> = strings(&data, "question").into_iter().flatten().collect();
+    assert!(!questions.is_empty());
+    let scripted = ["A baker makes 24 rolls", "Anna has 45 stickers"];
+    assert!(questions.iter().all(|q| !scripted.iter().any(|s| q.starts_with(s))), "evolved: {questions:?}");
+    assert!(strings(&data, "evol_parent_id").iter().all(Option::is_some), "each row points at its parent");
+    let answers = strings(&data, "answer");
+    assert!(
+        answers.iter().flatten().all(|a| !a.contains("#### 120") && !a.contains("#### 28")),
+        "re-answered: {answers:?}"
+    );
+}

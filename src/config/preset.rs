@@ -182,6 +182,10 @@ pub struct DistillSource {
     /// Near-duplicate threshold (MinHash Jaccard) over the questions.
     #[serde(default = "default_near")]
     pub near_duplicate: f64,
+    /// Evol-Instruct rounds over the new questions (in-depth and in-breadth); the teacher then answers the
+    /// evolved question. Rows whose every round failed are dropped. 0: no evolution.
+    #[serde(default)]
+    pub evolve: u32,
 }
 
 impl Default for DistillSource {
@@ -190,6 +194,7 @@ impl Default for DistillSource {
             per_call: default_per_call(),
             overgenerate: default_overgenerate(),
             near_duplicate: default_near(),
+            evolve: 0,
         }
     }
 }
@@ -378,7 +383,8 @@ pub fn expand(task: &TaskSpec, demo_count: usize, scale: f64) -> Result<Vec<Json
             });
             if let Some(demos) = &task.demos {
                 generate["demos"] = json!(demos);
-                generate["demos_k"] = json!(2);
+                // Two demos per prompt, or as many as there are.
+                generate["demos_k"] = json!(demo_count.clamp(1, 2));
             }
             if let Some(seed) = task.seed {
                 generate["seed"] = json!(seed);
@@ -450,7 +456,7 @@ pub fn expand(task: &TaskSpec, demo_count: usize, scale: f64) -> Result<Vec<Json
             let mut generate = json!({
                 "id": "qa", "kind": "generate", "input": "seeds", "model": task.teacher,
                 "system": system, "prompt": prompt, "n": calls, "temperature": 0.9,
-                "demos": demos, "demos_k": 2,
+                "demos": demos, "demos_k": demo_count.clamp(1, 2),
                 "output": {"json_list": {"columns": ["question", "answer"]}},
                 // Each call cached alone: a larger num_samples adds calls and reuses the earlier ones.
                 "request_per_sample": true,
@@ -461,7 +467,27 @@ pub fn expand(task: &TaskSpec, demo_count: usize, scale: f64) -> Result<Vec<Json
             nodes.push(generate);
             nodes.push(json!({"id": "fresh", "kind": "dedup", "input": "qa", "column": "question",
                 "near": {"threshold": distill.near_duplicate}}));
-            "fresh".to_string()
+            if distill.evolve == 0 {
+                "fresh".to_string()
+            } else {
+                // Evol-Instruct: each question is made deeper or broader for `evolve` rounds (failed rounds
+                // eliminated, rows with no success dropped), and the old answer no longer fits: the teacher
+                // answers the evolved question.
+                let mut evolve = json!({"id": "evolved", "kind": "evol_instruct", "input": "fresh",
+                    "model": task.teacher, "column": "question", "generations": distill.evolve,
+                    "on_no_evolution": "reject"});
+                let mut answer = json!({"id": "answered", "kind": "generate", "input": "evolved",
+                    "model": task.teacher, "system": system,
+                    "prompt": format!("{{{{ question }}}}\n\nSolve it step by step. {format}"),
+                    "output": {"text": {"column": "answer"}}});
+                if let Some(seed) = task.seed {
+                    evolve["seed"] = json!(seed);
+                    answer["seed"] = json!(seed);
+                }
+                nodes.push(evolve);
+                nodes.push(answer);
+                "answered".to_string()
+            }
         }
     };
     let mut last = last;
@@ -657,6 +683,15 @@ mod tests {
         assert_eq!(nodes[1]["output"]["json_list"]["columns"], json!(["question", "answer"]));
         let err = expand(&task(json!({"source": "distill"})), 0, 1.0).unwrap_err();
         assert_eq!(err.key, "demos");
+        // Evol-Instruct: the new questions evolve, then the teacher answers the evolved ones.
+        let spec = task(json!({"source": "distill", "local": null, "demos": "demos.jsonl", "num_samples": 30,
+            "distill": {"evolve": 2}, "verify": {"vote": {"n": 4}}}));
+        let nodes = expand(&spec, 3, 1.0).unwrap();
+        let ids: Vec<&str> = nodes.iter().map(|n| n["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["seeds", "qa", "fresh", "evolved", "answered", "verified", "out"]);
+        assert_eq!((nodes[3]["generations"].as_u64(), nodes[3]["on_no_evolution"].as_str()), (Some(2), Some("reject")));
+        assert_eq!(nodes[4]["output"]["text"]["column"], "answer");
+        assert_eq!(nodes[5]["input"], "answered");
     }
 
     #[test]

@@ -21,6 +21,33 @@ fn write_corpus(root: &std::path::Path, which: &[usize]) {
     }
 }
 
+/// Two arithmetic demos, one JSON object a line.
+const DEMOS: [&str; 2] = [
+    "{\"question\": \"A shop sells 3 pens for 2 dollars. How much do 12 pens cost?\", \"answer\": \"#### 8\"}",
+    "{\"question\": \"Tom reads 15 pages a day. How many pages does he read in a week?\", \"answer\": \"#### 105\"}",
+];
+
+/// Writes the first `demos` demos and starts the test server scripted to answer every request for new
+/// examples with the same three.
+fn examples_server(root: &std::path::Path, demos: usize) -> TestServer {
+    write(root, "demos.jsonl", &(DEMOS[..demos].join("\n") + "\n"));
+    let examples = serde_json::json!({"examples": [
+        {"question": "A baker makes 24 rolls an hour. How many rolls does she make in 5 hours?", "answer": "#### 120"},
+        {"question": "Anna has 45 stickers and gives away 17. How many does she keep?", "answer": "#### 28"},
+        {"question": "A train travels 60 km an hour for 3 hours. How far does it go?", "answer": "#### 180"},
+    ]});
+    let rules = serde_json::json!([{"contains": "Here is one example", "reply": examples.to_string()}]);
+    write(root, "script.json", &rules.to_string());
+    TestServer::start(&[
+        "--skill",
+        "teacher-model=1.0",
+        "--skill",
+        "student-model=mixed",
+        "--script",
+        root.join("script.json").to_str().unwrap(),
+    ])
+}
+
 fn recipe(server: &TestServer, vote: &str) -> String {
     format!(
         r#"# A local-documents recipe.
@@ -147,21 +174,7 @@ fn task_errors_point_at_the_task() {
 fn a_distill_task_generates_from_demos_and_removes_repeats() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    write(
-        root,
-        "demos.jsonl",
-        "{\"question\": \"A shop sells 3 pens for 2 dollars. How much do 12 pens cost?\", \"answer\": \"#### 8\"}\n\
-         {\"question\": \"Tom reads 15 pages a day. How many pages does he read in a week?\", \"answer\": \"#### 105\"}\n",
-    );
-    let examples = serde_json::json!({"examples": [
-        {"question": "A baker makes 24 rolls an hour. How many rolls does she make in 5 hours?", "answer": "#### 120"},
-        {"question": "Anna has 45 stickers and gives away 17. How many does she keep?", "answer": "#### 28"},
-        {"question": "A train travels 60 km an hour for 3 hours. How far does it go?", "answer": "#### 180"},
-    ]});
-    let rules = serde_json::json!([{"contains": "Here is one example", "reply": examples.to_string()}]);
-    write(root, "script.json", &rules.to_string());
-    let server =
-        TestServer::start(&["--skill", "teacher-model=1.0", "--script", root.join("script.json").to_str().unwrap()]);
+    let server = examples_server(root, 2);
     write(
         root,
         "distill.yaml",
@@ -476,21 +489,7 @@ fn a_changed_num_samples_reuses_the_cache_for_local_and_distill() {
     let root = dir.path();
     write_corpus(root, &[0, 1, 2, 3, 4, 5]);
     // The teacher writes the same three examples whenever asked for new ones.
-    let examples = serde_json::json!({"examples": [
-        {"question": "A baker makes 24 rolls an hour. How many rolls does she make in 5 hours?", "answer": "#### 120"},
-        {"question": "Anna has 45 stickers and gives away 17. How many does she keep?", "answer": "#### 28"},
-        {"question": "A train travels 60 km an hour for 3 hours. How far does it go?", "answer": "#### 180"},
-    ]});
-    let rules = serde_json::json!([{"contains": "Here is one example", "reply": examples.to_string()}]);
-    write(root, "script.json", &rules.to_string());
-    let server = TestServer::start(&[
-        "--skill",
-        "teacher-model=1.0",
-        "--skill",
-        "student-model=mixed",
-        "--script",
-        root.join("script.json").to_str().unwrap(),
-    ]);
+    let server = examples_server(root, 2);
     let cache = root.join("cache");
     let run = |config: &str, out: &str| {
         let output = common::sdg()
@@ -518,12 +517,6 @@ fn a_changed_num_samples_reuses_the_cache_for_local_and_distill() {
     assert_eq!((misses, server.stats()["requests"].as_u64().unwrap() - before), (0, 0));
     assert!(hits >= first, "{hits} < {first}");
 
-    write(
-        root,
-        "demos.jsonl",
-        "{\"question\": \"A shop sells 3 pens for 2 dollars. How much do 12 pens cost?\", \"answer\": \"#### 8\"}\n\
-         {\"question\": \"Tom reads 15 pages a day. How many pages does he read in a week?\", \"answer\": \"#### 105\"}\n",
-    );
     let distill = |num_samples: usize| {
         format!(
             "task:\n  name: math\n  instruction: Grade-school word problems.\n  demos: demos.jsonl\n  num_samples: {num_samples}\n  \
@@ -549,19 +542,7 @@ fn a_changed_num_samples_reuses_the_cache_for_local_and_distill() {
 fn a_distill_task_can_evolve_its_questions() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    write(
-        root,
-        "demos.jsonl",
-        "{\"question\": \"A shop sells 3 pens for 2 dollars. How much do 12 pens cost?\", \"answer\": \"#### 8\"}\n",
-    );
-    let examples = serde_json::json!({"examples": [
-        {"question": "A baker makes 24 rolls an hour. How many rolls does she make in 5 hours?", "answer": "#### 120"},
-        {"question": "Anna has 45 stickers and gives away 17. How many does she keep?", "answer": "#### 28"},
-    ]});
-    let rules = serde_json::json!([{"contains": "Here is one example", "reply": examples.to_string()}]);
-    write(root, "script.json", &rules.to_string());
-    let server =
-        TestServer::start(&["--skill", "teacher-model=1.0", "--script", root.join("script.json").to_str().unwrap()]);
+    let server = examples_server(root, 1);
     write(
         root,
         "evolve.yaml",
@@ -580,12 +561,12 @@ fn a_distill_task_can_evolve_its_questions() {
     let data = read_parquet_dir(&root.join("out/data"));
     let questions: Vec<String> = strings(&data, "question").into_iter().flatten().collect();
     assert!(!questions.is_empty());
-    let scripted = ["A baker makes 24 rolls", "Anna has 45 stickers"];
+    let scripted = ["A baker makes 24 rolls", "Anna has 45 stickers", "A train travels 60 km"];
     assert!(questions.iter().all(|q| !scripted.iter().any(|s| q.starts_with(s))), "evolved: {questions:?}");
     assert!(strings(&data, "evol_parent_id").iter().all(Option::is_some), "each row points at its parent");
-    let answers = strings(&data, "answer");
-    assert!(
-        answers.iter().flatten().all(|a| !a.contains("#### 120") && !a.contains("#### 28")),
-        "re-answered: {answers:?}"
-    );
+    // The answers were written for the evolved questions (the test server quotes the prompt it answers).
+    let answers: Vec<String> = strings(&data, "answer").into_iter().flatten().collect();
+    for (question, answer) in questions.iter().zip(&answers) {
+        assert!(answer.contains(question.as_str()), "{answer:?} does not answer {question:?}");
+    }
 }

@@ -66,6 +66,7 @@
 //! the LFS storage routes (`/lfs/...`) wants `Authorization: Bearer T` and answers others 401 (before
 //! any injected failure), for tests that a client sends its token.
 
+use sdg::io::url_query::form_pairs as query_pairs;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
@@ -524,41 +525,6 @@ async fn dataset_info_at(
     headers: HeaderMap,
 ) -> Response {
     info(server, RepoKind::Dataset, (owner, name, Some(revision)), headers).await
-}
-
-/// `application/x-www-form-urlencoded` pairs of a query string.
-fn query_pairs(query: &str) -> Vec<(String, String)> {
-    fn decode(text: &str) -> String {
-        let bytes = text.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            match bytes[i] {
-                b'+' => out.push(b' '),
-                b'%' if i + 2 < bytes.len() => {
-                    let hex = |b: u8| (b as char).to_digit(16);
-                    match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                        (Some(high), Some(low)) => {
-                            out.push((high * 16 + low) as u8);
-                            i += 2;
-                        }
-                        _ => out.push(b'%'),
-                    }
-                }
-                byte => out.push(byte),
-            }
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    }
-    query
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode(key), decode(value))
-        })
-        .collect()
 }
 
 async fn search(server: Arc<Server>, kind: RepoKind, uri: Uri, headers: HeaderMap) -> Response {
@@ -1318,14 +1284,5 @@ mod tests {
             "a".repeat(64)
         );
         assert!(parse_commit(root.path(), format!("{header}\n{lfs}").as_bytes()).is_err(), "object not uploaded");
-    }
-
-    #[test]
-    fn query_strings() {
-        assert_eq!(
-            query_pairs("search=tiny%2Dmodel&author=a+b&full"),
-            [("search".into(), "tiny-model".into()), ("author".into(), "a b".into()), ("full".into(), String::new())]
-        );
-        assert_eq!(query_pairs("q=100%"), [("q".to_string(), "100%".to_string())]);
     }
 }

@@ -9,3 +9,4 @@ pub mod json_rows;
 pub mod passages_source;
 pub mod rejects;
 pub mod sink;
+pub mod url_query;

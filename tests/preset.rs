@@ -282,6 +282,24 @@ fn a_web_task_samples_hub_rows_with_provenance() {
     let sent = server.stats()["requests"].as_u64().unwrap() - requests_before;
     println!("second run: {hits} calls from the cache, {sent} sent");
     assert!(hits >= 15, "the first run's rows are reused: {hits} cache hits, {sent} sent");
+
+    // `reformat`: the teacher rewrites the questions; the original stays in `text`, the answer is untouched.
+    let text = std::fs::read_to_string(root.join("web.yaml"))
+        .unwrap()
+        .replace("web: {datasets: [acme/sums]}", "web: {datasets: [acme/sums], reformat: true}");
+    write(root, "web.yaml", &text);
+    let output = run("reformatted");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let data = read_parquet_dir(&root.join("reformatted/data"));
+    let rows = strings(&data, "hub_row");
+    assert!(!rows.is_empty());
+    let (asked, originals, truths) = (strings(&data, "question"), strings(&data, "text"), strings(&data, "answer"));
+    for (i, row) in rows.iter().enumerate() {
+        let index: usize = row.as_deref().unwrap().parse().unwrap();
+        assert_eq!(originals[i].as_deref(), Some(questions[index].as_str()), "the original question is kept");
+        assert_ne!(asked[i].as_deref(), Some(questions[index].as_str()), "the question was rewritten");
+        assert_eq!(truths[i].as_deref(), Some(answers[index].as_str()), "the answer stays verbatim");
+    }
 }
 
 /// `local` with queries: only the passages retrieved for the queries are asked about (hybrid BM25 + MiniLM,

@@ -148,6 +148,10 @@ pub struct WebSource {
     /// and answer fields, which then replace `question` / `answer` for that dataset.
     #[serde(default)]
     pub judge: Option<WebJudge>,
+    /// The teacher rewrites each question in the task's style (`input_instruction`, else `instruction`),
+    /// keeping its facts; the original stays in `text` and the answer is never touched.
+    #[serde(default)]
+    pub reformat: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -427,7 +431,24 @@ pub fn expand(task: &TaskSpec, demo_count: usize, scale: f64) -> Result<Vec<Json
             }
             nodes.push(hub);
             ground_truth = Some(web.answer.clone());
-            "rows".to_string()
+            if web.reformat {
+                let style = task.input_instruction.as_deref().unwrap_or(&task.instruction);
+                let mut reformat = json!({"id": "reformatted", "kind": "generate", "input": "rows",
+                    "model": task.teacher, "system": system,
+                    "prompt": format!("Rewrite this question in the style the task asks for: {}\nKeep every fact, number \
+                        and condition, and do not answer it. Reply with the rewritten question only.\n\n\
+                        Question: {{{{ {} }}}}", raw(style), web.question),
+                    "temperature": 0.3,
+                    // Only the question column is written: the dataset's answer stays the ground truth.
+                    "output": {"text": {"column": web.question}}});
+                if let Some(seed) = task.seed {
+                    reformat["seed"] = json!(seed);
+                }
+                nodes.push(reformat);
+                "reformatted".to_string()
+            } else {
+                "rows".to_string()
+            }
         }
         Source::Distill => {
             // Each demo is a slot: the teacher writes `per_call` new examples in its style per sample, with
@@ -692,6 +713,21 @@ mod tests {
         assert_eq!((nodes[3]["generations"].as_u64(), nodes[3]["on_no_evolution"].as_str()), (Some(2), Some("reject")));
         assert_eq!(nodes[4]["output"]["text"]["column"], "answer");
         assert_eq!(nodes[5]["input"], "answered");
+    }
+
+    #[test]
+    fn web_task_can_reformat_questions_without_touching_answers() {
+        let spec = task(json!({"source": "web", "local": null, "num_samples": 4, "input_instruction": "One line.",
+            "web": {"datasets": ["acme/sums"], "question": "problem", "answer": "solution", "reformat": true}}));
+        let nodes = expand(&spec, 0, 1.0).unwrap();
+        let ids: Vec<&str> = nodes.iter().map(|n| n["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["rows", "reformatted", "out"]);
+        assert_eq!(nodes[1]["output"], json!({"text": {"column": "problem"}}));
+        let prompt = nodes[1]["prompt"].as_str().unwrap();
+        assert!(
+            prompt.contains("{% raw %}One line.{% endraw %}") && prompt.ends_with("Question: {{ problem }}"),
+            "{prompt}"
+        );
     }
 
     #[test]

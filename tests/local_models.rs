@@ -279,3 +279,54 @@ fn generate_graph_with_a_local_model_writes_parquet_with_provenance() {
     let manifest = common::manifest(&out);
     assert_eq!(manifest["models"]["teacher"]["requests"], 2, "{manifest}");
 }
+
+/// The quickstart recipe (`configs/quickstart.yaml`, the README's main job) with SmolLM2 in-process, on two
+/// short passages so that a debug build runs it in reasonable time: structured question/answer rows with
+/// their provenance. (The full sample corpus: `cargo run --release -- run -o out/quickstart`.)
+#[test]
+fn the_quickstart_recipe_writes_grounded_questions_with_the_local_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    std::fs::write(
+        corpus.join("tides.txt"),
+        "Tides are caused by the gravity of the Moon and the Sun pulling on the oceans.",
+    )
+    .unwrap();
+    std::fs::write(
+        corpus.join("bees.txt"),
+        "Bees carry pollen between flowers, which lets the plants make seeds and fruit.",
+    )
+    .unwrap();
+    let quickstart =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/quickstart.yaml")).unwrap();
+    let recipe = quickstart
+        .replace("paths: [sample-corpus]", "paths: [corpus]")
+        .replace("min_chars: 120", "min_chars: 40")
+        .replace("num_samples: 8", "num_samples: 2");
+    assert_ne!(recipe, quickstart);
+    std::fs::write(dir.path().join("quickstart.yaml"), recipe).unwrap();
+    let out = dir.path().join("out");
+    let output = Command::new(env!("CARGO_BIN_EXE_sdg"))
+        .current_dir(dir.path())
+        .args(["run", "quickstart.yaml", "-o", "out", "--quiet", "--cache-dir"])
+        .arg(dir.path().join("cache"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let batches = common::read_parquet_dir(&out.join("data"));
+    let questions = common::strings(&batches, "question");
+    let answers = common::strings(&batches, "answer");
+    assert!(!questions.is_empty(), "the recipe writes rows");
+    for (question, answer) in questions.iter().zip(&answers) {
+        let (question, answer) = (question.as_deref().unwrap(), answer.as_deref().unwrap());
+        println!("Q: {question}\nA: {answer}\n");
+        assert!(question.chars().count() >= 10 && !answer.is_empty());
+    }
+    for column in ["source_path", "doc_id", "text", "gen_model", "gen_params"] {
+        assert!(common::strings(&batches, column).iter().all(Option::is_some), "{column}");
+    }
+    let manifest = common::manifest(&out);
+    assert_eq!(manifest["status"], "completed");
+    assert!(manifest["config"].as_str().unwrap().contains("source: local"), "the recipe is recorded");
+}

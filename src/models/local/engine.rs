@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use super::LocalError;
 use super::guided::{Guide, GuideState};
-use super::sampler::{Rng, SamplerSettings, sample};
+use super::sampler::{Rng, SamplerSettings, sample, sample_where};
 use super::tokenizer::TextTokenizer;
 use super::transformer::{KvCache, Row, Transformer};
 
@@ -355,8 +355,7 @@ impl Scheduler {
     }
 }
 
-/// Samples a token that keeps a guided reply valid: draws as usual, and while the draw does not fit the
-/// schema, masks it and draws again; after a few misses, takes the most likely token that fits.
+/// Samples a token that keeps a guided reply valid (see [`sample_where`]), with the state after it.
 fn guided_sample(
     logits: &[f32],
     settings: &SamplerSettings,
@@ -365,18 +364,12 @@ fn guided_sample(
     state: &GuideState,
     texts: &[String],
 ) -> Option<(u32, GuideState)> {
-    let fits = |token: u32| texts.get(token as usize).and_then(|text| state.after(guide, text));
-    let mut masked: Option<Vec<f32>> = None;
-    for _ in 0..16 {
-        let token = sample(masked.as_deref().unwrap_or(logits), settings, rng);
-        if let Some(next) = fits(token) {
-            return Some((token, next));
-        }
-        masked.get_or_insert_with(|| logits.to_vec())[token as usize] = f32::NEG_INFINITY;
-    }
-    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
-    order.sort_unstable_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
-    order.into_iter().find_map(|token| fits(token).map(|next| (token, next)))
+    let mut next = None;
+    let token = sample_where(logits, settings, rng, |token| {
+        next = texts.get(token as usize).and_then(|text| state.after(guide, text));
+        next.is_some()
+    })?;
+    next.map(|state| (token, state))
 }
 
 /// Sample `k` of a request draws from its own stream, so samples differ and each is reproducible.

@@ -51,7 +51,63 @@ pub fn sample(logits: &[f32], settings: &SamplerSettings, rng: &mut Rng) -> u32 
     if settings.temperature <= 0.0 || settings.top_k == 1 {
         return argmax(logits);
     }
-    // Candidates, best first: all of them, or the top k.
+    let (candidates, probabilities) = distribution(logits, settings);
+    let kept: f32 = probabilities.iter().sum();
+    let mut target = rng.next_f32() * kept;
+    for (i, p) in probabilities.iter().enumerate() {
+        if target < *p {
+            return candidates[i].0;
+        }
+        target -= p;
+    }
+    candidates[candidates.len() - 1].0
+}
+
+/// Picks the next token among those `fits` accepts (guided decoding). The draw is the one [`sample`] makes;
+/// a draw that does not fit is taken out and the rest renormalized, without sorting again. After a few
+/// misses, or when the sampling candidates (top-k, top-p) hold no fitting token, the most likely fitting
+/// token of the whole vocabulary is taken. `None`: no token fits.
+pub fn sample_where(
+    logits: &[f32],
+    settings: &SamplerSettings,
+    rng: &mut Rng,
+    mut fits: impl FnMut(u32) -> bool,
+) -> Option<u32> {
+    let greedy = settings.temperature <= 0.0 || settings.top_k == 1;
+    if greedy {
+        let best = argmax(logits);
+        if fits(best) {
+            return Some(best);
+        }
+    } else {
+        let (candidates, mut probabilities) = distribution(logits, settings);
+        for _ in 0..16 {
+            let total: f32 = probabilities.iter().sum();
+            if total <= 0.0 || !total.is_finite() {
+                break;
+            }
+            let mut target = rng.next_f32() * total;
+            let mut pick = probabilities.iter().rposition(|p| *p > 0.0).unwrap_or(0);
+            for (i, p) in probabilities.iter().enumerate() {
+                if target < *p {
+                    pick = i;
+                    break;
+                }
+                target -= p;
+            }
+            if fits(candidates[pick].0) {
+                return Some(candidates[pick].0);
+            }
+            probabilities[pick] = 0.0;
+        }
+    }
+    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+    order.sort_unstable_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+    order.into_iter().find(|&token| fits(token))
+}
+
+/// The candidates [`sample`] draws from, best first, and their probabilities (top-k, temperature, top-p).
+fn distribution(logits: &[f32], settings: &SamplerSettings) -> (Vec<(u32, f32)>, Vec<f32>) {
     let mut candidates: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
     let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
     if settings.top_k > 0 && settings.top_k < candidates.len() {
@@ -64,27 +120,18 @@ pub fn sample(logits: &[f32], settings: &SamplerSettings, rng: &mut Rng) -> u32 
         candidates.iter().map(|(_, l)| ((l - max) / settings.temperature).exp()).collect();
     let total: f32 = probabilities.iter().sum();
     probabilities.iter_mut().for_each(|p| *p /= total);
-    // Nucleus: the smallest prefix whose mass reaches top_p.
-    let mut keep = probabilities.len();
     if settings.top_p > 0.0 && settings.top_p < 1.0 {
         let mut mass = 0.0;
         for (i, p) in probabilities.iter().enumerate() {
             mass += p;
             if mass >= settings.top_p {
-                keep = i + 1;
+                candidates.truncate(i + 1);
+                probabilities.truncate(i + 1);
                 break;
             }
         }
     }
-    let kept: f32 = probabilities[..keep].iter().sum();
-    let mut target = rng.next_f32() * kept;
-    for (i, p) in probabilities[..keep].iter().enumerate() {
-        if target < *p {
-            return candidates[i].0;
-        }
-        target -= p;
-    }
-    candidates[keep - 1].0
+    (candidates, probabilities)
 }
 
 fn argmax(logits: &[f32]) -> u32 {
@@ -135,6 +182,28 @@ mod tests {
         assert_ne!(draw(11), draw(12));
         let distinct: std::collections::BTreeSet<_> = draw(11).into_iter().collect();
         assert!(distinct.len() > 10, "{distinct:?}");
+    }
+
+    #[test]
+    fn guided_draws_only_take_fitting_tokens_and_keep_the_distribution_otherwise() {
+        let logits = [5.0, 4.9, 0.0, -1.0, 4.8];
+        let mut rng = Rng::new(3);
+        // Greedy: the best fitting token.
+        assert_eq!(sample_where(&logits, &settings(0.0, 0, 1.0), &mut rng, |t| t != 0), Some(1));
+        assert_eq!(sample_where(&logits, &settings(0.0, 0, 1.0), &mut rng, |_| false), None);
+        // Sampled: never an unfitting token; a token outside top-k is reached through the fallback.
+        for _ in 0..200 {
+            let token = sample_where(&logits, &settings(1.0, 0, 1.0), &mut rng, |t| t % 2 == 0).unwrap();
+            assert!(token % 2 == 0, "{token}");
+            assert_eq!(sample_where(&logits, &settings(1.0, 2, 1.0), &mut rng, |t| t == 3), Some(3));
+        }
+        // When everything fits, the draws are the unguided ones.
+        let mut a = Rng::new(9);
+        let mut b = Rng::new(9);
+        for _ in 0..100 {
+            let settings = settings(0.8, 0, 0.95);
+            assert_eq!(sample_where(&logits, &settings, &mut a, |_| true), Some(sample(&logits, &settings, &mut b)));
+        }
     }
 
     #[test]

@@ -517,6 +517,7 @@ fn run(plan: Plan, options: RunOptions, quiet: bool) -> anyhow::Result<ExitCode>
     // and the run is repeated. Rows already verified are answered from the response cache, so a repeat costs
     // only the new rows.
     let (text, origin, base_dir) = (plan.config.text.clone(), plan.config.origin.clone(), plan.config.base_dir.clone());
+    let plan_can_top_up = plan.config.can_top_up;
     let out = options.out.clone();
     let mut attempts = Vec::new();
     let mut scale = 1.0f64;
@@ -554,13 +555,19 @@ fn run(plan: Plan, options: RunOptions, quiet: bool) -> anyhow::Result<ExitCode>
         let rows: u64 = manifest.outputs.values().map(|o| o.rows).sum();
         attempts.push(serde_json::json!({"scale": scale, "records": rows}));
         let done = rows >= target as u64
+            || !plan_can_top_up
             || attempts.len() >= MAX_ATTEMPTS
             || manifest.status != RunStatus::Completed
             || stop.load(Ordering::SeqCst);
         if done {
             let met = rows >= target as u64;
             record_attempts(&out, target, &attempts, met)?;
-            if !met {
+            if !met && !plan_can_top_up {
+                eprintln!(
+                    "warning: {rows} of the {target} records asked for: the corpus was read whole; add documents, \
+                     raise `per_passage` or loosen verification (see `top_up` in the manifest)"
+                );
+            } else if !met {
                 eprintln!(
                     "warning: {rows} of the {target} records asked for after {} attempts; see `top_up` in the manifest",
                     attempts.len()

@@ -111,6 +111,14 @@ fn a_task_expands_ejects_and_runs() {
     let reasons = strings(&rejects, "reason");
     assert_eq!(reasons.len(), 6);
     assert!(reasons.iter().flatten().all(|r| r.contains("disagrees with the expected answer")), "{reasons:?}");
+    // A local corpus is read whole: the shortfall is reported, not retried.
+    let top_up = &manifest(&root.join("checked"))["top_up"];
+    assert_eq!(
+        (top_up["met"].as_bool(), top_up["attempts"].as_array().map(Vec::len)),
+        (Some(false), Some(1)),
+        "{top_up}"
+    );
+    assert!(stderr(&output).contains("0 of the 6 records asked for: the corpus was read whole"), "{}", stderr(&output));
 
     write(root, "recipe.yaml", &recipe(&server, ", match_generated: false"));
     let output = run_in(root, &["run", "recipe.yaml", "-o", "out", "--quiet", "--workers", "2"]);

@@ -187,8 +187,11 @@ pub struct Config {
     pub text: String,
     /// The `nodes:` YAML a `task:` expanded to (`sdg plan --eject` writes it out).
     pub expanded: Option<String>,
-    /// Records a `task:` recipe must deliver, when its source can draw more (web, distill): `sdg run` tops up.
+    /// Records a `task:` recipe must deliver (`num_samples`).
     pub target_samples: Option<usize>,
+    /// Whether the recipe's source can draw more when too few survive (web, distill): `sdg run` tops up.
+    /// A local corpus is read whole in one pass, so a shortfall is reported instead.
+    pub can_top_up: bool,
     /// What `sdg run` exports after a completed run (`export:`).
     pub export: Option<crate::export::ExportConfig>,
 }
@@ -372,6 +375,7 @@ impl Config {
         let mut nodes = Vec::new();
         let mut expanded = None;
         let mut target = None;
+        let mut can_top_up = false;
         match (root.get("task"), root.get("nodes")) {
             (Some(task), Some(_)) => diagnostics.push(Diagnostic::at(
                 task,
@@ -385,9 +389,8 @@ impl Config {
                         std::fs::read_to_string(resolve(base_dir, file))
                             .map_or(0, |text| text.lines().filter(|l| !l.trim().is_empty()).count())
                     });
-                    if matches!(spec.source, preset::Source::Web | preset::Source::Distill) {
-                        target = Some(spec.num_samples);
-                    }
+                    target = Some(spec.num_samples);
+                    can_top_up = matches!(spec.source, preset::Source::Web | preset::Source::Distill);
                     match preset::expand(&spec, demo_count, scale) {
                         Ok(list) => {
                             let text = preset::to_yaml(&serde_json::json!({ "nodes": list }));
@@ -447,6 +450,7 @@ impl Config {
             text: text.to_string(),
             expanded,
             target_samples: target,
+            can_top_up,
             export,
         };
         Ok((config, diagnostics))

@@ -1,7 +1,7 @@
 //! A run's committed Parquet, read for the web UI: filtered pages of rows, one record with its lineage,
 //! and the rejects. Parts are streamed batch by batch, so a page costs one pass and memory for one batch.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use arrow::array::RecordBatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -86,27 +86,30 @@ fn source_of(row: &Map<String, Value>) -> Option<String> {
         .find_map(|key| row.get(*key).and_then(Value::as_str).map(str::to_string))
 }
 
-/// The Parquet parts of a folder, in name order (the order they were committed in per bucket).
-fn parts(dir: &Path) -> Vec<PathBuf> {
-    let mut parts: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.extension().is_some_and(|e| e == "parquet")
-                        && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
-                })
-                .collect()
-        })
+/// The folders a run's sinks write to, from its manifest (`data` before there is one).
+fn sink_dirs(out: &Path) -> Vec<String> {
+    let manifest = super::runs::read_json(&out.join("manifest.json"));
+    let dirs: Vec<String> = manifest
+        .as_ref()
+        .and_then(|m| m["outputs"].as_object())
+        .map(|outputs| outputs.values().filter_map(|o| o["dir"].as_str().map(str::to_string)).collect())
         .unwrap_or_default();
-    parts.sort();
-    parts
+    if dirs.is_empty() { vec!["data".to_string()] } else { dirs }
 }
 
-/// Every row of the folder's parts, one batch at a time.
-fn for_each_row(dir: &Path, mut visit: impl FnMut(&RecordBatch, Map<String, Value>) -> bool) -> Result<(), String> {
-    for part in parts(dir) {
+/// Every row of the parts committed in the run's folders `dirs`, one batch at a time.
+fn for_each_row(
+    out: &Path,
+    dirs: &[String],
+    mut visit: impl FnMut(&RecordBatch, Map<String, Value>) -> bool,
+) -> Result<(), String> {
+    let mut parts = Vec::new();
+    for dir in dirs {
+        let committed = crate::io::sink::committed_parts(out, dir, crate::io::sink::SinkFormat::Parquet)
+            .map_err(|e| format!("{}: {e}", out.join(dir).display()))?;
+        parts.extend(committed.into_iter().map(|part| out.join(part.path)));
+    }
+    for part in parts {
         let file = std::fs::File::open(&part).map_err(|e| format!("{}: {e}", part.display()))?;
         let reader = ParquetRecordBatchReaderBuilder::try_new(file)
             .and_then(|b| b.with_batch_size(1024).build())
@@ -132,7 +135,7 @@ pub fn page(out: &Path, query: &RowQuery) -> Result<Value, String> {
     let mut total = 0usize;
     let mut categories = std::collections::BTreeSet::new();
     let mut sources = std::collections::BTreeSet::new();
-    for_each_row(&out.join("data"), |batch, row| {
+    for_each_row(out, &sink_dirs(out), |batch, row| {
         if columns.is_empty() {
             columns = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
         }
@@ -157,7 +160,7 @@ pub fn page(out: &Path, query: &RowQuery) -> Result<Value, String> {
 /// the rewrites, and the provenance columns.
 pub fn record(out: &Path, id: &str) -> Result<Option<Value>, String> {
     let mut found = None;
-    for_each_row(&out.join("data"), |_, row| {
+    for_each_row(out, &sink_dirs(out), |_, row| {
         if row.get("id").and_then(Value::as_str) == Some(id) {
             found = Some(row);
             return false;
@@ -193,7 +196,7 @@ pub fn rejects(out: &Path, offset: usize, limit: usize, text: Option<&str>) -> R
     let text = text.map(str::to_lowercase);
     let mut rows = Vec::new();
     let mut total = 0usize;
-    for_each_row(&out.join("rejects"), |_, row| {
+    for_each_row(out, &[crate::runtime::REJECTS.to_string()], |_, row| {
         let keep = text
             .as_ref()
             .is_none_or(|t| row.values().any(|v| v.as_str().is_some_and(|s| s.to_lowercase().contains(t.as_str()))));

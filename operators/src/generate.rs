@@ -564,7 +564,7 @@ impl Generate {
                     let mut sampling = self.sampling(work, 1);
                     // Sample k's own seed, whatever n is.
                     let base = sampling.seed.unwrap_or_else(|| id_hash(&work.id));
-                    sampling.seed = Some(base ^ (slot as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+                    sampling.seed = Some(crate::model::sample_seed(base, slot as u64));
                     requests.push(ModelRequest {
                         endpoint: self.spec.model.clone(),
                         prompt: Prompt::Chat(work.messages.clone()),

@@ -42,6 +42,13 @@ impl Prompt {
     }
 }
 
+/// The seed of sample `k` of a request seeded with `seed`: its own stream, so samples differ and each is
+/// reproducible alone. Sample 0 keeps the request's seed. A local model draws sample k of an `n`-sample
+/// request from this seed, and `generate` with `request_per_sample` asks sample k with it, so both agree.
+pub fn sample_seed(seed: u64, sample: u64) -> u64 {
+    seed ^ sample.wrapping_mul(0xD1B5_4A32_D192_ED03)
+}
+
 /// Sampling parameters. `None` leaves the server's default.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Sampling {
@@ -106,4 +113,15 @@ pub enum Step {
     Emit(crate::Output),
     /// Perform these requests, then call `resume(pending, responses)`.
     Call(Vec<ModelRequest>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_seeds_differ_per_sample_and_keep_sample_zero() {
+        assert_eq!(sample_seed(42, 0), 42);
+        assert_ne!(sample_seed(42, 1), sample_seed(42, 2));
+    }
 }

@@ -14,6 +14,7 @@ use super::guided::{Guide, GuideState};
 use super::sampler::{Rng, SamplerSettings, sample, sample_where};
 use super::tokenizer::TextTokenizer;
 use super::transformer::{KvCache, Row, Transformer};
+use sdg_operators::model::sample_seed;
 
 /// One generation request.
 pub struct GenerateJob {
@@ -260,7 +261,7 @@ impl Scheduler {
                 position: parent.position,
                 pending: VecDeque::new(),
                 generated: Vec::new(),
-                rng: Rng::new(sample_seed(seed, sample)),
+                rng: Rng::new(sample_seed(seed, sample as u64)),
                 prefilling: false,
                 guide,
             });
@@ -372,11 +373,6 @@ fn guided_sample(
     next.map(|state| (token, state))
 }
 
-/// Sample `k` of a request draws from its own stream, so samples differ and each is reproducible.
-fn sample_seed(seed: u64, sample: usize) -> u64 {
-    seed ^ (sample as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)
-}
-
 /// The text up to the earliest stop string.
 fn cut_at_stop(mut text: String, stops: &[String]) -> String {
     if let Some(at) = stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min() {
@@ -395,11 +391,5 @@ mod tests {
         assert_eq!(cut_at_stop("one END two\n\nthree".into(), &stops), "one ");
         assert_eq!(cut_at_stop("no stop here".into(), &stops), "no stop here");
         assert_eq!(cut_at_stop("x".into(), &[String::new()]), "x");
-    }
-
-    #[test]
-    fn sample_seeds_differ_per_sample_and_keep_sample_zero() {
-        assert_eq!(sample_seed(42, 0), 42);
-        assert_ne!(sample_seed(42, 1), sample_seed(42, 2));
     }
 }

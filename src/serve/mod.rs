@@ -250,21 +250,17 @@ async fn estimate(State(app): State<Shared>, bytes: Bytes) -> ApiResult {
     let body = body_json(&bytes)?;
     let yaml = body["yaml"].as_str().ok_or_else(|| ApiError::bad("`yaml` is missing"))?.to_string();
     let base = base_dir(&app, &body)?;
-    if !validation_errors(&yaml, &base).is_empty() {
-        return Err(ApiError::bad("the config has errors; see validation"));
-    }
-    let exe = app.runs_exe();
-    let report = tokio::task::spawn_blocking(move || dry_run(&exe, &yaml, &base))
-        .await
-        .map_err(|e| ApiError::bad(e.to_string()))?
-        .map_err(ApiError::bad)?;
+    let exe = app.runs.exe().to_path_buf();
+    let report = tokio::task::spawn_blocking(move || {
+        if !validation_errors(&yaml, &base).is_empty() {
+            return Err("the config has errors; see validation".to_string());
+        }
+        dry_run(&exe, &yaml, &base)
+    })
+    .await
+    .map_err(|e| ApiError::bad(e.to_string()))?
+    .map_err(ApiError::bad)?;
     ok(report)
-}
-
-impl App {
-    fn runs_exe(&self) -> PathBuf {
-        self.runs.exe().to_path_buf()
-    }
 }
 
 fn dry_run(exe: &Path, yaml: &str, base: &Path) -> Result<Value, String> {
@@ -372,24 +368,27 @@ async fn start_run(State(app): State<Shared>, bytes: Bytes) -> ApiResult {
         }
         None => app.runs.create()?,
     };
-    let errors = validation_errors(&yaml, &app.runs.dir(&id)?);
-    if !errors.is_empty() {
-        return Err(ApiError(StatusCode::BAD_REQUEST, json!({"error": "the config has errors", "errors": errors})));
-    }
-    app.runs.start(&id, &yaml)?;
+    let started = Arc::clone(&app);
+    let run_id = id.clone();
+    tokio::task::spawn_blocking(move || {
+        let errors = validation_errors(&yaml, &started.runs.dir(&run_id)?);
+        if !errors.is_empty() {
+            return Err(ApiError(StatusCode::BAD_REQUEST, json!({"error": "the config has errors", "errors": errors})));
+        }
+        Ok(started.runs.start(&run_id, &yaml)?)
+    })
+    .await
+    .map_err(|e| ApiError::bad(e.to_string()))??;
     Ok((StatusCode::CREATED, axum::Json(json!({"id": id}))).into_response())
 }
 
 /// Progress as the page shows it: the live file (or, once the run ended, the manifest's counts).
-fn progress_of(app: &App, id: &str) -> Result<Value, RunsError> {
-    let summary = app.runs.summary(id)?;
-    let out = app.runs.dir(id)?.join("out");
-    let manifest = runs::read_json(&out.join("manifest.json"));
-    let live = app.runs.progress(id)?.unwrap_or_else(|| json!({"nodes": {}}));
-    let active = summary["active"].as_bool().unwrap_or(false);
-    let mut progress = live;
+fn progress_of(app: &App, id: &str, summary: &Value, manifest: Option<&Value>) -> Result<Value, RunsError> {
+    let mut progress = app.runs.progress(id)?.unwrap_or_else(|| json!({"nodes": {}}));
     progress["status"] = summary["status"].clone();
-    if !active && let Some(manifest) = &manifest {
+    if !summary["active"].as_bool().unwrap_or(false)
+        && let Some(manifest) = manifest
+    {
         progress["nodes"] = manifest["nodes"].clone();
         if summary["status"] == "completed" {
             progress["fraction"] = json!(1.0);
@@ -397,15 +396,23 @@ fn progress_of(app: &App, id: &str) -> Result<Value, RunsError> {
         }
         progress["elapsed_s"] = manifest["elapsed_s"].clone();
     }
-    progress["models"] = manifest.map(|m| m["models"].clone()).unwrap_or(json!({}));
+    progress["models"] = manifest.map_or(json!({}), |m| m["models"].clone());
     Ok(progress)
+}
+
+/// A run's summary and progress, from one read of its manifest.
+fn snapshot(app: &App, id: &str) -> Result<(Value, Value, Option<Value>), RunsError> {
+    let manifest = app.runs.manifest(id)?;
+    let summary = app.runs.summary_given(id, manifest.as_ref())?;
+    let progress = progress_of(app, id, &summary, manifest.as_ref())?;
+    Ok((summary, progress, manifest))
 }
 
 async fn run_detail(State(app): State<Shared>, UrlPath(id): UrlPath<String>) -> ApiResult {
     let value = tokio::task::spawn_blocking(move || -> Result<Value, RunsError> {
         let dir = app.runs.dir(&id)?;
         let yaml = std::fs::read_to_string(dir.join("config.yaml")).unwrap_or_default();
-        let manifest = runs::read_json(&dir.join("out").join("manifest.json"));
+        let (summary, progress, manifest) = snapshot(&app, &id)?;
         // The graph: from the manifest once the run has one, else planned from the config.
         let graph = match manifest.as_ref().map(|m| m["graph"].clone()) {
             Some(Value::Array(nodes)) => Value::Array(nodes),
@@ -418,8 +425,7 @@ async fn run_detail(State(app): State<Shared>, UrlPath(id): UrlPath<String>) -> 
                 })
                 .unwrap_or(json!([])),
         };
-        Ok(json!({"summary": app.runs.summary(&id)?, "yaml": yaml, "graph": graph,
-            "progress": progress_of(&app, &id)?, "manifest": manifest}))
+        Ok(json!({"summary": summary, "yaml": yaml, "graph": graph, "progress": progress, "manifest": manifest}))
     })
     .await
     .map_err(|e| ApiError::bad(e.to_string()))??;
@@ -447,12 +453,8 @@ async fn events(State(app): State<Shared>, UrlPath(id): UrlPath<String>) -> ApiR
         }
         watch.first = false;
         let (app, id) = (Arc::clone(&watch.app), watch.id.clone());
-        let snapshot =
-            tokio::task::spawn_blocking(move || Ok::<_, RunsError>((app.runs.summary(&id)?, progress_of(&app, &id)?)))
-                .await
-                .ok()
-                .and_then(Result::ok);
-        let (summary, progress) = snapshot?;
+        let taken = tokio::task::spawn_blocking(move || snapshot(&app, &id)).await.ok().and_then(Result::ok);
+        let (summary, progress, _) = taken?;
         let status = summary["status"].as_str().unwrap_or_default().to_string();
         let mut events =
             vec![Ok::<Event, std::convert::Infallible>(Event::default().event("progress").data(progress.to_string()))];

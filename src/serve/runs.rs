@@ -208,14 +208,23 @@ impl Runs {
     /// The run's status and whether it is active. A run is active while its process lives, or (after a
     /// server restart) while its progress file keeps being rewritten.
     pub fn status(&self, id: &str) -> Result<(String, bool), RunsError> {
+        self.status_given(id, self.manifest(id)?.as_ref())
+    }
+
+    /// The run's `manifest.json`, when it has one.
+    pub fn manifest(&self, id: &str) -> Result<Option<Value>, RunsError> {
+        Ok(read_json(&self.dir(id)?.join("out").join("manifest.json")))
+    }
+
+    /// As [`status`](Self::status), with the manifest already read.
+    fn status_given(&self, id: &str, manifest: Option<&Value>) -> Result<(String, bool), RunsError> {
         let dir = self.dir(id)?;
         let out = dir.join("out");
-        let manifest = read_json(&out.join("manifest.json"));
         let alive = self.alive(id);
         let fresh = std::fs::metadata(out.join("state").join("progress.json"))
             .and_then(|m| m.modified())
             .is_ok_and(|t| t.elapsed().unwrap_or_default() < Duration::from_secs(3));
-        let written = manifest.as_ref().and_then(|m| m["status"].as_str()).map(str::to_string);
+        let written = manifest.and_then(|m| m["status"].as_str()).map(str::to_string);
         let started = dir.join("config.yaml").exists();
         let status = match (written.as_deref(), alive || fresh) {
             (_, true) => "running".to_string(),
@@ -230,9 +239,14 @@ impl Runs {
     }
 
     pub fn summary(&self, id: &str) -> Result<Value, RunsError> {
+        self.summary_given(id, self.manifest(id)?.as_ref())
+    }
+
+    /// As [`summary`](Self::summary), with the manifest already read.
+    pub fn summary_given(&self, id: &str, manifest: Option<&Value>) -> Result<Value, RunsError> {
         let dir = self.dir(id)?;
-        let (status, active) = self.status(id)?;
-        let manifest = read_json(&dir.join("out").join("manifest.json")).unwrap_or(Value::Null);
+        let (status, active) = self.status_given(id, manifest)?;
+        let manifest = manifest.unwrap_or(&Value::Null);
         let config = std::fs::read_to_string(dir.join("config.yaml")).unwrap_or_default();
         let name = crate::config::yaml::parse(&config)
             .ok()

@@ -12,8 +12,8 @@ use candle_core::{Device, Module, Tensor};
 use rayon::prelude::*;
 
 use super::LocalError;
-use super::qmatmul::Q8Matrix;
-use super::simd;
+use super::qmatmul::QMatrix;
+use super::simd::{self, HeadAttention};
 
 /// The model families this engine runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,32 +175,33 @@ struct Linear {
 }
 
 enum Weight {
-    /// Q8_0, Q4_1, Q5_0, Q5_1: our int8 kernel (candle runs the last three with scalar code).
-    Int8(Q8Matrix),
+    /// Q4_1, Q8_0, Q5_0, Q5_1: our kernels (candle runs the last three with scalar code, and none of them
+    /// shares a weight load across rows).
+    Blocks(QMatrix),
     /// Q4_0, the K-quants and float tensors: candle's kernels.
     Candle(QMatMul),
 }
 
 impl Linear {
     fn new(tensor: Arc<QTensor>) -> Result<Linear, LocalError> {
-        let (outputs, inputs) = tensor.shape().dims2()?;
-        // Int8 blocks hold Q4_1/Q5_0/Q5_1 values with finer steps, so the requantization loses nothing.
-        let int8 = match tensor.dtype() {
-            GgmlDType::Q8_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => Q8Matrix::from_qtensor(&tensor)?,
-            _ => None,
-        };
-        let weight = match int8 {
-            Some(matrix) => Weight::Int8(matrix),
-            None => Weight::Candle(QMatMul::from_arc(tensor)?),
-        };
-        Ok(Linear { weight, inputs, outputs })
+        Ok(match QMatrix::from_qtensor(&tensor)? {
+            Some(matrix) => Linear::blocks(matrix),
+            None => {
+                let (outputs, inputs) = tensor.shape().dims2()?;
+                Linear { weight: Weight::Candle(QMatMul::from_arc(tensor)?), inputs, outputs }
+            }
+        })
+    }
+
+    fn blocks(matrix: QMatrix) -> Linear {
+        Linear { inputs: matrix.inputs, outputs: matrix.outputs, weight: Weight::Blocks(matrix) }
     }
 
     /// `x` is `[rows, inputs]`, the result `[rows, outputs]`.
     fn forward(&self, x: &[f32], rows: usize, pool: &rayon::ThreadPool) -> Result<Vec<f32>, LocalError> {
         debug_assert_eq!(x.len(), rows * self.inputs);
         match &self.weight {
-            Weight::Int8(matrix) => Ok(matrix.forward(x, rows, Some(pool))),
+            Weight::Blocks(matrix) => Ok(matrix.forward(x, rows, Some(pool))),
             Weight::Candle(weight) => {
                 let input = Tensor::from_slice(x, (rows, self.inputs), &Device::Cpu)?;
                 let output = weight.forward(&input)?;
@@ -208,6 +209,70 @@ impl Linear {
                 Ok(output.flatten_all()?.to_vec1::<f32>()?)
             }
         }
+    }
+
+    fn bytes(&self) -> usize {
+        match &self.weight {
+            Weight::Blocks(matrix) => matrix.bytes(),
+            Weight::Candle(QMatMul::QTensor(t)) => t.storage_size_in_bytes(),
+            Weight::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.elem_count() * t.dtype().size_in_bytes(),
+        }
+    }
+}
+
+/// Weight matrices that read the same input (q, k, v; gate, up). When our kernels run all of them they are
+/// joined into one matrix: the input is quantized once and the threads are dispatched once, which is a good
+/// part of a small model's decoding step.
+struct Projections {
+    linears: Vec<Linear>,
+    /// Each part's outputs.
+    widths: Vec<usize>,
+}
+
+impl Projections {
+    fn new(tensors: Vec<Arc<QTensor>>) -> Result<Projections, LocalError> {
+        let mut widths = Vec::with_capacity(tensors.len());
+        let mut matrices = Vec::with_capacity(tensors.len());
+        for tensor in &tensors {
+            widths.push(tensor.shape().dims2()?.0);
+            matrices.push(QMatrix::from_qtensor(tensor)?);
+        }
+        let linears = match matrices.into_iter().collect::<Option<Vec<QMatrix>>>() {
+            Some(matrices) => match QMatrix::concat(matrices) {
+                Ok(whole) => vec![Linear::blocks(whole)],
+                Err(parts) => parts.into_iter().map(Linear::blocks).collect(),
+            },
+            None => tensors.into_iter().map(Linear::new).collect::<Result<_, _>>()?,
+        };
+        Ok(Projections { linears, widths })
+    }
+
+    /// Each part's `[rows, width]` output for `x` (`[rows, inputs]`).
+    fn forward(&self, x: &[f32], rows: usize, pool: &rayon::ThreadPool) -> Result<Vec<Vec<f32>>, LocalError> {
+        if self.linears.len() == self.widths.len() {
+            return self.linears.iter().map(|linear| linear.forward(x, rows, pool)).collect();
+        }
+        let whole = self.linears[0].forward(x, rows, pool)?;
+        let total = self.linears[0].outputs;
+        let mut start = 0;
+        let mut parts = Vec::with_capacity(self.widths.len());
+        for &width in &self.widths {
+            let mut part = Vec::with_capacity(rows * width);
+            for row in whole.chunks_exact(total) {
+                part.extend_from_slice(&row[start..start + width]);
+            }
+            parts.push(part);
+            start += width;
+        }
+        Ok(parts)
+    }
+
+    fn inputs(&self) -> usize {
+        self.linears[0].inputs
+    }
+
+    fn bytes(&self) -> usize {
+        self.linears.iter().map(Linear::bytes).sum()
     }
 }
 
@@ -267,9 +332,8 @@ impl Rope {
 
 struct Layer {
     attn_norm: Vec<f32>,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// q, k and v.
+    qkv: Projections,
     o: Linear,
     q_bias: Option<Vec<f32>>,
     k_bias: Option<Vec<f32>>,
@@ -279,8 +343,8 @@ struct Layer {
     post_attn_norm: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
     post_ffn_norm: Option<Vec<f32>>,
-    gate: Linear,
-    up: Linear,
+    /// gate and up.
+    gate_up: Projections,
     down: Linear,
     /// Positions a query may look back (itself included), for sliding-window layers.
     window: Option<usize>,
@@ -298,11 +362,13 @@ pub struct Row {
     pub logits: bool,
 }
 
-/// Keys and values of one sequence, per layer, `[position][kv_head][head_dim]`.
+/// Keys and values of one sequence, per layer, `[position][kv_head][head_dim]`, as f16 bits: attention reads
+/// every cached position of every layer for every new token, so bytes per position are what batched decoding
+/// pays for (llama.cpp keeps its cache in f16 too).
 #[derive(Clone, Default)]
 pub struct KvCache {
-    keys: Vec<Vec<f32>>,
-    values: Vec<Vec<f32>>,
+    keys: Vec<Vec<u16>>,
+    values: Vec<Vec<u16>>,
 }
 
 impl KvCache {
@@ -317,7 +383,7 @@ impl KvCache {
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.keys.iter().chain(&self.values).map(|v| v.capacity() * 4).sum()
+        self.keys.iter().chain(&self.values).map(|v| v.capacity() * 2).sum()
     }
 
     fn write(&mut self, layer: usize, position: usize, key: &[f32], value: &[f32]) {
@@ -325,9 +391,11 @@ impl KvCache {
         for (store, row) in [(&mut self.keys[layer], key), (&mut self.values[layer], value)] {
             let end = (position + 1) * width;
             if store.len() < end {
-                store.resize(end, 0.0);
+                store.resize(end, 0);
             }
-            store[position * width..end].copy_from_slice(row);
+            for (bits, &x) in store[position * width..end].iter_mut().zip(row) {
+                *bits = simd::f32_to_f16(x);
+            }
         }
     }
 }
@@ -396,9 +464,11 @@ impl Transformer {
             let sliding = config.sliding_window.is_some() && (index + 1) % config.sliding_pattern != 0;
             layers.push(Layer {
                 attn_norm: vector(&*tensor(&name("attn_norm.weight"))?)?,
-                q: Linear::new(tensor(&name("attn_q.weight"))?)?,
-                k: Linear::new(tensor(&name("attn_k.weight"))?)?,
-                v: Linear::new(tensor(&name("attn_v.weight"))?)?,
+                qkv: Projections::new(vec![
+                    tensor(&name("attn_q.weight"))?,
+                    tensor(&name("attn_k.weight"))?,
+                    tensor(&name("attn_v.weight"))?,
+                ])?,
                 o: Linear::new(tensor(&name("attn_output.weight"))?)?,
                 q_bias,
                 k_bias,
@@ -408,30 +478,27 @@ impl Transformer {
                 post_attn_norm,
                 ffn_norm: vector(&*tensor(&name("ffn_norm.weight"))?)?,
                 post_ffn_norm,
-                gate: Linear::new(tensor(&name("ffn_gate.weight"))?)?,
-                up: Linear::new(tensor(&name("ffn_up.weight"))?)?,
+                gate_up: Projections::new(vec![tensor(&name("ffn_gate.weight"))?, tensor(&name("ffn_up.weight"))?])?,
                 down: Linear::new(tensor(&name("ffn_down.weight"))?)?,
                 window: if sliding { config.sliding_window } else { None },
                 rope: if sliding { Arc::clone(&local_rope) } else { Arc::clone(&global_rope) },
             });
         }
-        let check = |linear: &Linear, outputs: usize, inputs: usize, what: &str| {
-            if linear.outputs != outputs || linear.inputs != inputs {
-                Err(LocalError::Format(format!(
-                    "{what} is [{}, {}], expected [{outputs}, {inputs}]",
-                    linear.outputs, linear.inputs
-                )))
+        let check = |(outputs, inputs): (usize, usize), expected: (usize, usize), what: &str| {
+            if (outputs, inputs) != expected {
+                Err(LocalError::Format(format!("{what} is [{outputs}, {inputs}], expected {expected:?}")))
             } else {
                 Ok(())
             }
         };
         if let Some(layer) = layers.first() {
-            check(&layer.q, config.q_dim(), config.hidden, "attn_q")?;
-            check(&layer.k, config.kv_dim(), config.hidden, "attn_k")?;
-            check(&layer.o, config.hidden, config.q_dim(), "attn_output")?;
+            let qkv_inputs = layer.qkv.inputs();
+            check((layer.qkv.widths[0], qkv_inputs), (config.q_dim(), config.hidden), "attn_q")?;
+            check((layer.qkv.widths[1], qkv_inputs), (config.kv_dim(), config.hidden), "attn_k")?;
+            check((layer.o.outputs, layer.o.inputs), (config.hidden, config.q_dim()), "attn_output")?;
         }
         let output = Linear::new(output)?;
-        check(&output, config.vocab, config.hidden, "output")?;
+        check((output.outputs, output.inputs), (config.vocab, config.hidden), "output")?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
             .thread_name(|i| format!("sdg-attn-{i}"))
@@ -475,9 +542,8 @@ impl Transformer {
         let mut normed = vec![0.0f32; m * h];
         for (index, layer) in self.layers.iter().enumerate() {
             rms_norm_rows(&hidden, &layer.attn_norm, config.eps, &mut normed);
-            let mut q = layer.q.forward(&normed, m, &self.pool)?;
-            let mut k = layer.k.forward(&normed, m, &self.pool)?;
-            let mut v = layer.v.forward(&normed, m, &self.pool)?;
+            let [mut q, mut k, mut v]: [Vec<f32>; 3] =
+                layer.qkv.forward(&normed, m, &self.pool)?.try_into().expect("q, k and v");
             add_bias(&mut q, layer.q_bias.as_deref());
             add_bias(&mut k, layer.k_bias.as_deref());
             add_bias(&mut v, layer.v_bias.as_deref());
@@ -509,8 +575,8 @@ impl Transformer {
             simd::add_assign(&mut hidden, &out);
 
             rms_norm_rows(&hidden, &layer.ffn_norm, config.eps, &mut normed);
-            let mut gate = layer.gate.forward(&normed, m, &self.pool)?;
-            let up = layer.up.forward(&normed, m, &self.pool)?;
+            let [mut gate, up]: [Vec<f32>; 2] =
+                layer.gate_up.forward(&normed, m, &self.pool)?.try_into().expect("gate and up");
             match config.arch {
                 Arch::Gemma3 => gate.iter_mut().zip(&up).for_each(|(g, u)| *g = gelu_tanh(*g) * u),
                 _ => gate.iter_mut().zip(&up).for_each(|(g, u)| *g = silu(*g) * u),
@@ -542,34 +608,34 @@ impl Transformer {
         let group = config.heads / config.kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
         let mut out = vec![0.0f32; rows.len() * q_dim];
-        let work = |(r, out_row): (usize, &mut [f32])| {
+        // One task per row and key/value head: the query heads sharing that key/value head are adjacent, so the
+        // task owns one contiguous piece of the output, and even a single decoding row spreads over the threads.
+        let work = |(task, out_heads): (usize, &mut [f32])| {
+            let (r, kv_head) = (task / config.kv_heads, task % config.kv_heads);
             let row = rows[r];
             let cache = &caches[row.slot];
-            let (keys, values) = (&cache.keys[layer], &cache.values[layer]);
             let first = window.map_or(0, |w| (row.position + 1).saturating_sub(w));
-            let span = row.position + 1 - first;
-            let mut scores = vec![0.0f32; span];
-            for head in 0..config.heads {
-                let kv_head = head / group;
-                let query = &q[r * q_dim + head * hd..r * q_dim + (head + 1) * hd];
-                for (i, score) in scores.iter_mut().enumerate() {
-                    let offset = (first + i) * kv_dim + kv_head * hd;
-                    *score = simd::dot(query, &keys[offset..offset + hd]) * scale;
+            let start = first * kv_dim + kv_head * hd;
+            let mut scores = Vec::new();
+            for (g, target) in out_heads.chunks_exact_mut(hd).enumerate() {
+                let head = kv_head * group + g;
+                HeadAttention {
+                    query: &q[r * q_dim + head * hd..r * q_dim + (head + 1) * hd],
+                    keys: &cache.keys[layer][start..],
+                    values: &cache.values[layer][start..],
+                    stride: kv_dim,
+                    span: row.position + 1 - first,
+                    scale,
                 }
-                softmax(&mut scores);
-                let target = &mut out_row[head * hd..(head + 1) * hd];
-                for (i, &weight) in scores.iter().enumerate() {
-                    let offset = (first + i) * kv_dim + kv_head * hd;
-                    simd::axpy(weight, &values[offset..offset + hd], target);
-                }
+                .run(&mut scores, target);
             }
         };
         // Threads pay off once the rows look back over enough positions.
         let positions: usize = rows.iter().map(|r| r.position + 1).sum();
-        if positions * config.heads * hd < 1 << 16 {
-            out.chunks_exact_mut(q_dim).enumerate().for_each(work);
+        if positions * config.heads * hd < 1 << 14 {
+            out.chunks_exact_mut(group * hd).enumerate().for_each(work);
         } else {
-            self.pool.install(|| out.par_chunks_exact_mut(q_dim).enumerate().for_each(work));
+            self.pool.install(|| out.par_chunks_exact_mut(group * hd).enumerate().for_each(work));
         }
         out
     }
@@ -579,20 +645,9 @@ impl Transformer {
         let quantized = |t: &QTensor| t.storage_size_in_bytes();
         let mut total = quantized(&self.embeddings);
         for layer in &self.layers {
-            total += [&layer.q, &layer.k, &layer.v, &layer.o, &layer.gate, &layer.up, &layer.down]
-                .iter()
-                .map(|l| linear_bytes(l))
-                .sum::<usize>();
+            total += layer.qkv.bytes() + layer.o.bytes() + layer.gate_up.bytes() + layer.down.bytes();
         }
-        total + linear_bytes(&self.output)
-    }
-}
-
-fn linear_bytes(linear: &Linear) -> usize {
-    match &linear.weight {
-        Weight::Int8(matrix) => matrix.bytes(),
-        Weight::Candle(QMatMul::QTensor(t)) => t.storage_size_in_bytes(),
-        Weight::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.elem_count() * t.dtype().size_in_bytes(),
+        total + self.output.bytes()
     }
 }
 
@@ -628,17 +683,6 @@ fn rms_norm_rows_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
     }
 }
 
-fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    let inverse = 1.0 / sum;
-    x.iter_mut().for_each(|v| *v *= inverse);
-}
-
 fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
@@ -652,14 +696,6 @@ fn gelu_tanh(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn softmax_sums_to_one_and_keeps_order() {
-        let mut x = vec![1.0, 2.0, 3.0, -1000.0];
-        softmax(&mut x);
-        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-        assert!(x[2] > x[1] && x[1] > x[0] && x[3] < 1e-30);
-    }
 
     #[test]
     fn rope_rotations_preserve_length_and_position_zero_is_identity() {

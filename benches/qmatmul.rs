@@ -1,0 +1,58 @@
+//! The quantized matmul kernels alone, on SmolLM2-135M's weight shapes: how close a decoding step's matmuls
+//! come to memory bandwidth (one row) and to arithmetic throughput (tiles of rows).
+//!
+//!     cargo bench --bench qmatmul             # threads: SDG_BENCH_THREADS (default: every core)
+//!
+//! Per shape and row count: time per call, weight GB/s (weight bytes / time; the figure that bounds a single
+//! decoding stream) and nanoseconds per row and 32-value block (the figure that bounds batched decoding).
+
+use std::time::Instant;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use sdg::models::local::qmatmul::QMatrix;
+
+fn weights(outputs: usize, inputs: usize, dtype: GgmlDType) -> QMatrix {
+    let values: Vec<f32> = (0..outputs * inputs).map(|i| ((i * 2_654_435_761) % 1000) as f32 / 500.0 - 1.0).collect();
+    let tensor = Tensor::from_vec(values, (outputs, inputs), &Device::Cpu).unwrap();
+    QMatrix::from_qtensor(&QTensor::quantize(&tensor, dtype).unwrap()).unwrap().expect("a kernel runs this type")
+}
+
+fn main() {
+    let threads: usize = std::env::var("SDG_BENCH_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(sdg::models::local::default_threads);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    println!("quantized matmul, {threads} threads");
+    let shapes = [
+        ("qkv    Q4_1", 960, 576, GgmlDType::Q4_1),
+        ("gate+up Q4_1", 3072, 576, GgmlDType::Q4_1),
+        ("down   Q4_1", 576, 1536, GgmlDType::Q4_1),
+        ("output Q8_0", 49152, 576, GgmlDType::Q8_0),
+    ];
+    for (name, outputs, inputs, dtype) in shapes {
+        let matrix = weights(outputs, inputs, dtype);
+        for rows in [1usize, 4, 16, 64] {
+            let x: Vec<f32> = (0..rows * inputs).map(|i| (i % 17) as f32 * 0.1 - 0.8).collect();
+            matrix.forward(&x, rows, Some(&pool));
+            // Enough calls for ~0.3 s.
+            let started = Instant::now();
+            let mut calls = 0u32;
+            while started.elapsed().as_secs_f64() < 0.3 {
+                std::hint::black_box(matrix.forward(&x, rows, Some(&pool)));
+                calls += 1;
+            }
+            let seconds = started.elapsed().as_secs_f64() / calls as f64;
+            let row_blocks = (rows * outputs * inputs / 32) as f64;
+            println!(
+                "{name} [{outputs:>5} x {inputs:>4}] rows {rows:>2}: {:>8.1} us/call, weights {:>5.1} GB/s, \
+                 {:.2} ns per row-block ({:.2} per thread)",
+                seconds * 1e6,
+                matrix.bytes() as f64 / seconds / 1e9,
+                seconds * 1e9 / row_blocks,
+                seconds * 1e9 * threads as f64 / row_blocks,
+            );
+        }
+    }
+}

@@ -172,12 +172,13 @@ impl QMatrix {
         debug_assert_eq!(x.len(), rows * self.inputs);
         let activations = quantize(x, rows, self.inputs);
         let mut out = vec![0.0f32; rows * self.outputs];
-        // Fills `part` ([rows][columns.len()]) with outputs `columns`, a tile of rows at a time.
-        let fill = |columns: Range<usize>, part: &mut [f32]| {
+        let shared = SharedOut { ptr: out.as_mut_ptr(), rows, outputs: self.outputs };
+        // Writes outputs `columns` of every row, a tile of rows at a time.
+        let fill = |columns: Range<usize>| {
             let mut first = 0;
             while first < rows {
                 let count = tile_rows(rows - first);
-                let tile = Tile { first, width: columns.len(), part: &mut *part };
+                let tile = Tile { out: &shared, first };
                 match count {
                     1 => self.tile::<1>(columns.clone(), &activations, tile),
                     2 => self.tile::<2>(columns.clone(), &activations, tile),
@@ -189,29 +190,16 @@ impl QMatrix {
             }
         };
         match pool.filter(|p| p.current_num_threads() > 1) {
-            None => fill(0..self.outputs, &mut out),
+            None => fill(0..self.outputs),
             Some(pool) => {
-                // A few chunks per thread keeps them busy when one is preempted.
+                // A few ranges per thread keeps them busy when one is preempted. The ranges are disjoint, so
+                // every output element is written by exactly one thread.
                 let chunk = self.outputs.div_ceil(pool.current_num_threads() * 4).max(16);
-                let starts: Vec<usize> = (0..self.outputs).step_by(chunk).collect();
-                let parts: Vec<Vec<f32>> = pool.install(|| {
-                    starts
-                        .par_iter()
-                        .map(|&start| {
-                            let columns = start..(start + chunk).min(self.outputs);
-                            let mut part = vec![0.0f32; rows * columns.len()];
-                            fill(columns, &mut part);
-                            part
-                        })
-                        .collect()
+                pool.install(|| {
+                    (0..self.outputs.div_ceil(chunk))
+                        .into_par_iter()
+                        .for_each(|i| fill(i * chunk..((i + 1) * chunk).min(self.outputs)))
                 });
-                for (start, part) in starts.iter().zip(&parts) {
-                    let width = part.len() / rows;
-                    for r in 0..rows {
-                        out[r * self.outputs + start..r * self.outputs + start + width]
-                            .copy_from_slice(&part[r * width..(r + 1) * width]);
-                    }
-                }
             }
         }
         out
@@ -220,7 +208,7 @@ impl QMatrix {
     /// Dot products of weight rows `columns` with the `R` activation rows from `tile.first`.
     fn tile<const R: usize>(&self, columns: Range<usize>, activations: &Q8Rows, mut tile: Tile) {
         assert!(columns.end <= self.outputs && tile.first + R <= activations.scales.len() / self.stride);
-        assert!(tile.part.len() >= (tile.first + R) * tile.width && columns.len() <= tile.width);
+        assert!(columns.end <= tile.out.outputs && tile.first + R <= tile.out.rows);
         let rows: [RowRef; R] = std::array::from_fn(|r| activations.row(tile.first + r));
         let (blocks, stride) = (self.blocks, self.stride);
         match &self.weights {
@@ -256,19 +244,30 @@ fn tile_rows(remaining: usize) -> usize {
     }
 }
 
-/// Where a kernel writes: `part` is `[rows][width]`, the tile's rows start at `first`, and weight row `c` of the
-/// kernel's range goes to column `c - range.start`.
+/// The `[rows][outputs]` result, written by several threads at once, each only at the columns of its own range.
+struct SharedOut {
+    ptr: *mut f32,
+    rows: usize,
+    outputs: usize,
+}
+
+// SAFETY: `forward` hands each thread a disjoint range of columns, so no element is written by two threads, and
+// the buffer outlives the threads' scope.
+unsafe impl Sync for SharedOut {}
+
+/// Where a kernel writes: the tile's rows start at row `first` of `out`.
 struct Tile<'a> {
+    out: &'a SharedOut,
     first: usize,
-    width: usize,
-    part: &'a mut [f32],
 }
 
 impl Tile<'_> {
     #[inline(always)]
     fn store<const R: usize>(&mut self, column: usize, sums: [f32; R]) {
+        assert!(column < self.out.outputs && self.first + R <= self.out.rows);
         for (r, sum) in sums.into_iter().enumerate() {
-            self.part[(self.first + r) * self.width + column] = sum;
+            // SAFETY: in bounds (asserted), and only this tile's thread writes this column (see `SharedOut`).
+            unsafe { *self.out.ptr.add((self.first + r) * self.out.outputs + column) = sum };
         }
     }
 }
@@ -291,7 +290,7 @@ struct NibbleView<'a> {
 }
 
 fn int8_tile_portable<const R: usize>(w: &Int8View, columns: Range<usize>, rows: &[RowRef; R], tile: &mut Tile) {
-    for (c, column) in columns.enumerate() {
+    for column in columns {
         let mut sums = [0.0f32; R];
         for b in 0..w.blocks {
             let weights = &w.quants[(column * w.blocks + b) * BLOCK..][..BLOCK];
@@ -301,12 +300,12 @@ fn int8_tile_portable<const R: usize>(w: &Int8View, columns: Range<usize>, rows:
                 *sum += dot as f32 * w.scales[column * w.stride + b] * row.scales[b];
             }
         }
-        tile.store(c, sums);
+        tile.store(column, sums);
     }
 }
 
 fn nibble_tile_portable<const R: usize>(w: &NibbleView, columns: Range<usize>, rows: &[RowRef; R], tile: &mut Tile) {
-    for (c, column) in columns.enumerate() {
+    for column in columns {
         let mut sums = [0.0f32; R];
         for b in 0..w.blocks {
             let packed = &w.quants[(column * w.blocks + b) * BLOCK / 2..][..BLOCK / 2];
@@ -321,7 +320,7 @@ fn nibble_tile_portable<const R: usize>(w: &NibbleView, columns: Range<usize>, r
                 *sum += dot as f32 * d * row.scales[b] + m * row.sums[b];
             }
         }
-        tile.store(c, sums);
+        tile.store(column, sums);
     }
 }
 
@@ -331,7 +330,7 @@ unsafe fn int8_tile_avx2<const R: usize>(w: &Int8View, columns: Range<usize>, ro
     use std::arch::x86_64::*;
     let ones = _mm256_set1_epi16(1);
     let (blocks, stride) = (w.blocks, w.stride);
-    for (c, column) in columns.enumerate() {
+    for column in columns {
         // SAFETY (every load below): the caller checked `column` < outputs and that the rows exist; a weight row
         // holds `blocks` blocks of 32 bytes and `stride` scales, an activation row likewise.
         let quants = unsafe { w.quants.as_ptr().add(column * blocks * BLOCK) };
@@ -369,7 +368,7 @@ unsafe fn int8_tile_avx2<const R: usize>(w: &Int8View, columns: Range<usize>, ro
             }
             group += GROUP;
         }
-        tile.store(c, std::array::from_fn::<f32, R, _>(|r| horizontal_sum(sum[r])));
+        tile.store(column, std::array::from_fn::<f32, R, _>(|r| horizontal_sum(sum[r])));
     }
 }
 
@@ -380,7 +379,7 @@ unsafe fn nibble_tile_avx2<const R: usize>(w: &NibbleView, columns: Range<usize>
     let ones = _mm256_set1_epi16(1);
     let low_nibbles = _mm_set1_epi8(0x0F);
     let (blocks, stride) = (w.blocks, w.stride);
-    for (c, column) in columns.enumerate() {
+    for column in columns {
         // SAFETY (every load below): as in `int8_tile_avx2`, with 16-byte weight blocks.
         let quants = unsafe { w.quants.as_ptr().add(column * blocks * BLOCK / 2) };
         let (d, m) = unsafe { (w.d.as_ptr().add(column * stride), w.m.as_ptr().add(column * stride)) };
@@ -421,7 +420,7 @@ unsafe fn nibble_tile_avx2<const R: usize>(w: &NibbleView, columns: Range<usize>
             }
             group += GROUP;
         }
-        tile.store(c, std::array::from_fn::<f32, R, _>(|r| horizontal_sum(sum[r])));
+        tile.store(column, std::array::from_fn::<f32, R, _>(|r| horizontal_sum(sum[r])));
     }
 }
 
@@ -581,10 +580,12 @@ mod tests {
     fn dispatched_and_portable<const R: usize>(q: &QMatrix, activations: &Q8Rows) -> (Vec<f32>, Vec<f32>) {
         let width = q.outputs;
         let mut dispatched = vec![0.0f32; R * width];
-        q.tile::<R>(0..width, activations, Tile { first: 0, width, part: &mut dispatched });
+        let out = SharedOut { ptr: dispatched.as_mut_ptr(), rows: R, outputs: width };
+        q.tile::<R>(0..width, activations, Tile { out: &out, first: 0 });
         let rows: [RowRef; R] = std::array::from_fn(|r| activations.row(r));
         let mut portable = vec![0.0f32; R * width];
-        let mut tile = Tile { first: 0, width, part: &mut portable };
+        let out = SharedOut { ptr: portable.as_mut_ptr(), rows: R, outputs: width };
+        let mut tile = Tile { out: &out, first: 0 };
         let (blocks, stride) = (q.blocks, q.stride);
         match &q.weights {
             Weights::Int8 { scales, quants } => {

@@ -59,7 +59,7 @@ impl HeadAttention<'_> {
             }
             *score = horizontal_sum(_mm256_add_ps(even, odd)) * self.scale;
         }
-        softmax(scores);
+        softmax_avx2(scores);
         // Eight vectors of output at a time (64 dims), summed over every position.
         let mut start = 0;
         while start < hd {
@@ -93,6 +93,50 @@ pub fn softmax(x: &mut [f32]) {
     }
     let inverse = 1.0 / sum;
     x.iter_mut().for_each(|v| *v *= inverse);
+}
+
+/// [`softmax`] with vector exponentials ([`exp_avx2`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn softmax_avx2(x: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut chunks = x.chunks_exact_mut(8);
+    let mut sums = _mm256_setzero_ps();
+    for chunk in &mut chunks {
+        // SAFETY: the chunk holds 8 values.
+        let e = exp_avx2(_mm256_sub_ps(unsafe { _mm256_loadu_ps(chunk.as_ptr()) }, _mm256_set1_ps(max)));
+        unsafe { _mm256_storeu_ps(chunk.as_mut_ptr(), e) };
+        sums = _mm256_add_ps(sums, e);
+    }
+    let mut sum = horizontal_sum(sums);
+    for v in chunks.into_remainder() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inverse = 1.0 / sum;
+    x.iter_mut().for_each(|v| *v *= inverse);
+}
+
+/// e^x per lane, within 2 ulp over the f32 range (Cephes' expf: 2^n times a degree-5 polynomial on
+/// [-ln2/2, ln2/2]); inputs below -87.3 give ~0, as the softmax wants.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn exp_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.336_54)), _mm256_set1_ps(88.376_26));
+    // n = round(x / ln 2), r = x - n ln 2 with ln 2 split in two for precision.
+    let n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E), _mm256_set1_ps(0.5)));
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+    let mut p = _mm256_set1_ps(1.987_569_1e-4);
+    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    }
+    let p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0)));
+    let two_n =
+        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+    _mm256_mul_ps(p, two_n)
 }
 
 /// An f32 as f16 bits, rounded to nearest even (what F16C does too).
@@ -186,6 +230,33 @@ mod tests {
         softmax(&mut x);
         assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
         assert!(x[2] > x[1] && x[1] > x[0] && x[3] < 1e-30);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_exp_is_within_a_few_ulp_of_libm() {
+        if !has_f16c() {
+            return;
+        }
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let lanes: [f32; 8] = std::array::from_fn(|i| x + i as f32 * 0.013);
+            // SAFETY: AVX2 checked above.
+            let got: [f32; 8] =
+                unsafe { std::mem::transmute(exp_avx2(std::arch::x86_64::_mm256_loadu_ps(lanes.as_ptr()))) };
+            for (value, exp) in lanes.iter().zip(got) {
+                let want = value.exp();
+                assert!((exp - want).abs() <= want * 4e-7, "exp({value}) = {exp}, libm {want}");
+            }
+            x += 0.37;
+        }
+        let mut scores = vec![1.0, 2.0, 3.0, -1000.0, 0.5, 0.25, -2.0, 4.0, 1.5, 2.5];
+        let mut reference = scores.clone();
+        unsafe { softmax_avx2(&mut scores) };
+        softmax(&mut reference);
+        for (a, b) in scores.iter().zip(&reference) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
     }
 
     #[test]

@@ -247,24 +247,24 @@ impl Projections {
         Ok(Projections { linears, widths })
     }
 
-    /// Each part's `[rows, width]` output for `x` (`[rows, inputs]`).
-    fn forward(&self, x: &[f32], rows: usize, pool: &rayon::ThreadPool) -> Result<Vec<Vec<f32>>, LocalError> {
-        if self.linears.len() == self.widths.len() {
-            return self.linears.iter().map(|linear| linear.forward(x, rows, pool)).collect();
-        }
-        let whole = self.linears[0].forward(x, rows, pool)?;
-        let total = self.linears[0].outputs;
-        let mut start = 0;
-        let mut parts = Vec::with_capacity(self.widths.len());
-        for &width in &self.widths {
-            let mut part = Vec::with_capacity(rows * width);
-            for row in whole.chunks_exact(total) {
-                part.extend_from_slice(&row[start..start + width]);
+    /// Every part's output for `x` (`[rows, inputs]`), side by side in each row.
+    fn forward(&self, x: &[f32], rows: usize, pool: &rayon::ThreadPool) -> Result<Projected, LocalError> {
+        let total: usize = self.widths.iter().sum();
+        let data = if self.linears.len() == 1 {
+            self.linears[0].forward(x, rows, pool)?
+        } else {
+            let parts: Vec<Vec<f32>> =
+                self.linears.iter().map(|linear| linear.forward(x, rows, pool)).collect::<Result<_, _>>()?;
+            let mut data = Vec::with_capacity(rows * total);
+            for r in 0..rows {
+                for (part, &width) in parts.iter().zip(&self.widths) {
+                    data.extend_from_slice(&part[r * width..(r + 1) * width]);
+                }
             }
-            parts.push(part);
-            start += width;
-        }
-        Ok(parts)
+            data
+        };
+        let offsets = self.widths.iter().scan(0, |start, &w| Some(std::mem::replace(start, *start + w))).collect();
+        Ok(Projected { data, total, offsets, widths: self.widths.clone() })
     }
 
     fn inputs(&self) -> usize {
@@ -273,6 +273,26 @@ impl Projections {
 
     fn bytes(&self) -> usize {
         self.linears.iter().map(Linear::bytes).sum()
+    }
+}
+
+/// The outputs of [`Projections`]: `[rows][total]`, each row holding every part's outputs in order.
+struct Projected {
+    data: Vec<f32>,
+    total: usize,
+    offsets: Vec<usize>,
+    widths: Vec<usize>,
+}
+
+impl Projected {
+    fn part(&self, row: usize, part: usize) -> &[f32] {
+        let start = row * self.total + self.offsets[part];
+        &self.data[start..start + self.widths[part]]
+    }
+
+    fn part_mut(&mut self, row: usize, part: usize) -> &mut [f32] {
+        let start = row * self.total + self.offsets[part];
+        &mut self.data[start..start + self.widths[part]]
     }
 }
 
@@ -538,36 +558,28 @@ impl Transformer {
             hidden.iter_mut().for_each(|x| *x *= scale);
         }
         let (h, hd) = (config.hidden, config.head_dim);
-        let (q_dim, kv_dim) = (config.q_dim(), config.kv_dim());
         let mut normed = vec![0.0f32; m * h];
         for (index, layer) in self.layers.iter().enumerate() {
             rms_norm_rows(&hidden, &layer.attn_norm, config.eps, &mut normed);
-            let [mut q, mut k, mut v]: [Vec<f32>; 3] =
-                layer.qkv.forward(&normed, m, &self.pool)?.try_into().expect("q, k and v");
-            add_bias(&mut q, layer.q_bias.as_deref());
-            add_bias(&mut k, layer.k_bias.as_deref());
-            add_bias(&mut v, layer.v_bias.as_deref());
+            // Parts 0, 1 and 2 of each row: q, k and v.
+            let mut qkv = layer.qkv.forward(&normed, m, &self.pool)?;
             for (r, row) in rows.iter().enumerate() {
-                for head in q[r * q_dim..(r + 1) * q_dim].chunks_exact_mut(hd) {
-                    if let Some(norm) = &layer.q_norm {
-                        rms_norm_in_place(head, norm, config.eps);
+                for (part, bias) in [&layer.q_bias, &layer.k_bias, &layer.v_bias].into_iter().enumerate() {
+                    if let Some(bias) = bias {
+                        simd::add_assign(qkv.part_mut(r, part), bias);
                     }
-                    layer.rope.apply(head, row.position);
                 }
-                for head in k[r * kv_dim..(r + 1) * kv_dim].chunks_exact_mut(hd) {
-                    if let Some(norm) = &layer.k_norm {
-                        rms_norm_in_place(head, norm, config.eps);
+                for (part, norm) in [(0, &layer.q_norm), (1, &layer.k_norm)] {
+                    for head in qkv.part_mut(r, part).chunks_exact_mut(hd) {
+                        if let Some(norm) = norm {
+                            rms_norm_in_place(head, norm, config.eps);
+                        }
+                        layer.rope.apply(head, row.position);
                     }
-                    layer.rope.apply(head, row.position);
                 }
-                caches[row.slot].write(
-                    index,
-                    row.position,
-                    &k[r * kv_dim..(r + 1) * kv_dim],
-                    &v[r * kv_dim..(r + 1) * kv_dim],
-                );
+                caches[row.slot].write(index, row.position, qkv.part(r, 1), qkv.part(r, 2));
             }
-            let attended = self.attention(rows, &q, caches, index, layer.window);
+            let attended = self.attention(rows, &qkv, caches, index, layer.window);
             let mut out = layer.o.forward(&attended, m, &self.pool)?;
             if let Some(norm) = &layer.post_attn_norm {
                 rms_norm_rows_in_place(&mut out, norm, config.eps);
@@ -575,13 +587,15 @@ impl Transformer {
             simd::add_assign(&mut hidden, &out);
 
             rms_norm_rows(&hidden, &layer.ffn_norm, config.eps, &mut normed);
-            let [mut gate, up]: [Vec<f32>; 2] =
-                layer.gate_up.forward(&normed, m, &self.pool)?.try_into().expect("gate and up");
-            match config.arch {
-                Arch::Gemma3 => gate.iter_mut().zip(&up).for_each(|(g, u)| *g = gelu_tanh(*g) * u),
-                _ => gate.iter_mut().zip(&up).for_each(|(g, u)| *g = silu(*g) * u),
+            // Parts 0 and 1 of each row: gate and up.
+            let gate_up = layer.gate_up.forward(&normed, m, &self.pool)?;
+            let activation = if config.arch == Arch::Gemma3 { gelu_tanh } else { silu };
+            let mut gated = Vec::with_capacity(m * gate_up.widths[0]);
+            for r in 0..m {
+                let up = gate_up.part(r, 1);
+                gated.extend(gate_up.part(r, 0).iter().zip(up).map(|(&g, u)| activation(g) * u));
             }
-            let mut down = layer.down.forward(&gate, m, &self.pool)?;
+            let mut down = layer.down.forward(&gated, m, &self.pool)?;
             if let Some(norm) = &layer.post_ffn_norm {
                 rms_norm_rows_in_place(&mut down, norm, config.eps);
             }
@@ -602,7 +616,15 @@ impl Transformer {
 
     /// Scaled dot-product attention of every row's query heads over its own sequence's cached positions
     /// (causal: up to and including the row's position; within the window on sliding layers).
-    fn attention(&self, rows: &[Row], q: &[f32], caches: &[KvCache], layer: usize, window: Option<usize>) -> Vec<f32> {
+    /// `qkv` holds each row's queries as part 0.
+    fn attention(
+        &self,
+        rows: &[Row],
+        qkv: &Projected,
+        caches: &[KvCache],
+        layer: usize,
+        window: Option<usize>,
+    ) -> Vec<f32> {
         let config = &self.config;
         let (hd, q_dim, kv_dim) = (config.head_dim, config.q_dim(), config.kv_dim());
         let group = config.heads / config.kv_heads;
@@ -620,7 +642,7 @@ impl Transformer {
             for (g, target) in out_heads.chunks_exact_mut(hd).enumerate() {
                 let head = kv_head * group + g;
                 HeadAttention {
-                    query: &q[r * q_dim + head * hd..r * q_dim + (head + 1) * hd],
+                    query: &qkv.part(r, 0)[head * hd..(head + 1) * hd],
                     keys: &cache.keys[layer][start..],
                     values: &cache.values[layer][start..],
                     stride: kv_dim,
@@ -657,14 +679,6 @@ fn vector(tensor: &QTensor) -> Result<Vec<f32>, LocalError> {
         return Err(LocalError::Format(format!("expected a vector, got {:?} {:?}", tensor.dtype(), tensor.shape())));
     }
     Ok(tensor.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?)
-}
-
-fn add_bias(x: &mut [f32], bias: Option<&[f32]>) {
-    if let Some(bias) = bias {
-        for row in x.chunks_exact_mut(bias.len()) {
-            simd::add_assign(row, bias);
-        }
-    }
 }
 
 fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {

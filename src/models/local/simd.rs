@@ -1,11 +1,14 @@
 //! The vector loops of attention, compiled twice: for the baseline target and with AVX2+FMA(+F16C), picked at
 //! run time. The default x86_64 target only has SSE2, and these loops run once per cached position and head.
 
-/// One query head attending over its sequence's cached keys and values, which are f16 (half the bytes to read
-/// per position, as llama.cpp keeps them). Position `i` of the span has its key at `keys[i * stride..][..hd]`
-/// and its value likewise (the slices start at the head's offset). `scores` is scratch of `span` values.
-pub struct HeadAttention<'a> {
-    pub query: &'a [f32],
+/// The query heads that share one key/value head (grouped-query attention) attending over their sequence's
+/// cached keys and values, which are f16 (half the bytes to read per position, as llama.cpp keeps them).
+/// Position `i` of the span has its key at `keys[i * stride..][..hd]` and its value likewise (the slices start
+/// at the key/value head's offset). Each key and value is converted once for all the heads of the group.
+pub struct GroupAttention<'a> {
+    /// `[heads][hd]`.
+    pub queries: &'a [f32],
+    pub hd: usize,
     pub keys: &'a [u16],
     pub values: &'a [u16],
     pub stride: usize,
@@ -13,72 +16,99 @@ pub struct HeadAttention<'a> {
     pub scale: f32,
 }
 
-impl HeadAttention<'_> {
-    /// softmax(scale * q.k) . v into `out` (`hd` values, overwritten).
+impl GroupAttention<'_> {
+    /// softmax(scale * q.k) . v of every head into `out` (`[heads][hd]`, overwritten). `scores` is scratch.
     pub fn run(&self, scores: &mut Vec<f32>, out: &mut [f32]) {
-        let hd = self.query.len();
-        debug_assert_eq!(out.len(), hd);
-        assert!(self.span > 0 && (self.span - 1) * self.stride + hd <= self.keys.len().min(self.values.len()));
+        let (hd, span) = (self.hd, self.span);
+        let heads = self.queries.len() / hd;
+        assert!(out.len() == self.queries.len() && self.queries.len() == heads * hd);
+        assert!(span > 0 && (span - 1) * self.stride + hd <= self.keys.len().min(self.values.len()));
         scores.clear();
-        scores.resize(self.span, 0.0);
+        scores.resize(heads * span, 0.0);
         #[cfg(target_arch = "x86_64")]
         if hd.is_multiple_of(8) && has_f16c() {
-            // SAFETY: AVX2, FMA and F16C are present (checked at run time) and the assert above bounds every
-            // position's key and value.
-            return unsafe { self.run_avx2(scores, out) };
+            // SAFETY: AVX2, FMA and F16C are present (checked at run time) and the asserts above bound every
+            // position's key and value and the queries and output.
+            unsafe {
+                match heads {
+                    1 => self.run_avx2::<1>(scores, out),
+                    2 => self.run_avx2::<2>(scores, out),
+                    3 => self.run_avx2::<3>(scores, out),
+                    4 => self.run_avx2::<4>(scores, out),
+                    _ => {
+                        // Larger groups one head at a time: the same sums in the same order.
+                        for (query, target) in self.queries.chunks_exact(hd).zip(out.chunks_exact_mut(hd)) {
+                            GroupAttention { queries: query, ..*self }.run_avx2::<1>(&mut scores[..span], target);
+                        }
+                    }
+                }
+            }
+            return;
         }
         let key = |i: usize| &self.keys[i * self.stride..i * self.stride + hd];
-        for (i, score) in scores.iter_mut().enumerate() {
-            *score = key(i).iter().zip(self.query).map(|(&k, q)| f16_to_f32(k) * q).sum::<f32>() * self.scale;
-        }
-        softmax(scores);
-        out.fill(0.0);
-        for (i, &weight) in scores.iter().enumerate() {
-            let value = &self.values[i * self.stride..i * self.stride + hd];
-            out.iter_mut().zip(value).for_each(|(o, &v)| *o += weight * f16_to_f32(v));
+        for ((query, target), scores) in
+            self.queries.chunks_exact(hd).zip(out.chunks_exact_mut(hd)).zip(scores.chunks_exact_mut(span))
+        {
+            for (i, score) in scores.iter_mut().enumerate() {
+                *score = key(i).iter().zip(query).map(|(&k, q)| f16_to_f32(k) * q).sum::<f32>() * self.scale;
+            }
+            softmax(scores);
+            target.fill(0.0);
+            for (i, &weight) in scores.iter().enumerate() {
+                let value = &self.values[i * self.stride..i * self.stride + hd];
+                target.iter_mut().zip(value).for_each(|(o, &v)| *o += weight * f16_to_f32(v));
+            }
         }
     }
 
+    /// `G` heads at once; `scores` holds `G * span` values.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn run_avx2(&self, scores: &mut [f32], out: &mut [f32]) {
+    unsafe fn run_avx2<const G: usize>(&self, scores: &mut [f32], out: &mut [f32]) {
         use std::arch::x86_64::*;
-        let hd = self.query.len();
-        let (keys, values, query) = (self.keys.as_ptr(), self.values.as_ptr(), self.query.as_ptr());
-        // SAFETY (every load below): `run` checked that each of the `span` positions holds `hd` values, and
-        // `hd` is a multiple of 8.
-        for (i, score) in scores.iter_mut().enumerate() {
+        let (hd, span) = (self.hd, self.span);
+        let (keys, values, queries) = (self.keys.as_ptr(), self.values.as_ptr(), self.queries.as_ptr());
+        // SAFETY (every load below): `run` checked that each of the `span` positions holds `hd` values, that the
+        // queries and `out` hold G heads of `hd`, and `hd` is a multiple of 8.
+        for i in 0..span {
             let key = unsafe { keys.add(i * self.stride) };
-            let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-            let mut d = 0;
-            while d < hd {
+            let mut sums = [_mm256_setzero_ps(); G];
+            for d in (0..hd).step_by(8) {
                 let k = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(key.add(d) as *const __m128i) });
-                even = _mm256_fmadd_ps(k, unsafe { _mm256_loadu_ps(query.add(d)) }, even);
-                std::mem::swap(&mut even, &mut odd);
-                d += 8;
-            }
-            *score = horizontal_sum(_mm256_add_ps(even, odd)) * self.scale;
-        }
-        softmax_avx2(scores);
-        // Eight vectors of output at a time (64 dims), summed over every position.
-        let mut start = 0;
-        while start < hd {
-            let width = (hd - start).min(64) / 8;
-            let mut sums = [_mm256_setzero_ps(); 8];
-            for (i, &weight) in scores.iter().enumerate() {
-                let value = unsafe { values.add(i * self.stride + start) };
-                let weight = _mm256_set1_ps(weight);
-                for (j, sum) in sums.iter_mut().enumerate().take(width) {
-                    let v = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(value.add(j * 8) as *const __m128i) });
-                    *sum = _mm256_fmadd_ps(weight, v, *sum);
+                for (g, sum) in sums.iter_mut().enumerate() {
+                    *sum = _mm256_fmadd_ps(k, unsafe { _mm256_loadu_ps(queries.add(g * hd + d)) }, *sum);
                 }
             }
-            let target = &mut out[start..start + width * 8];
-            for (j, sum) in sums.iter().enumerate().take(width) {
-                // SAFETY: `target` holds `width` vectors.
-                unsafe { _mm256_storeu_ps(target.as_mut_ptr().add(j * 8), *sum) };
+            for (g, sum) in sums.into_iter().enumerate() {
+                scores[g * span + i] = horizontal_sum(sum) * self.scale;
             }
-            start += width * 8;
+        }
+        for head in scores.chunks_exact_mut(span) {
+            softmax_avx2(head);
+        }
+        // `WIDTH` vectors of output per head at a time (all heads' sums stay in registers), over every position.
+        let width = (8 / G).max(1);
+        let mut start = 0;
+        while start < hd {
+            let vectors = ((hd - start) / 8).min(width);
+            let mut sums = [[_mm256_setzero_ps(); 8]; G];
+            for i in 0..span {
+                let value = unsafe { values.add(i * self.stride + start) };
+                for j in 0..vectors {
+                    let v = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(value.add(j * 8) as *const __m128i) });
+                    for (g, head) in sums.iter_mut().enumerate() {
+                        head[j] = _mm256_fmadd_ps(_mm256_set1_ps(scores[g * span + i]), v, head[j]);
+                    }
+                }
+            }
+            for (g, head) in sums.iter().enumerate() {
+                let target = &mut out[g * hd + start..g * hd + start + vectors * 8];
+                for (j, sum) in head.iter().enumerate().take(vectors) {
+                    // SAFETY: `target` holds `vectors` vectors.
+                    unsafe { _mm256_storeu_ps(target.as_mut_ptr().add(j * 8), *sum) };
+                }
+            }
+            start += vectors * 8;
         }
     }
 }
@@ -137,6 +167,38 @@ fn exp_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
     let two_n =
         _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
     _mm256_mul_ps(p, two_n)
+}
+
+/// Appends silu(gate) * up (SwiGLU's gating, silu(x) = x / (1 + e^-x)) to `out`.
+pub fn silu_times(gate: &[f32], up: &[f32], out: &mut Vec<f32>) {
+    debug_assert_eq!(gate.len(), up.len());
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c() {
+        // SAFETY: AVX2 and FMA are present (checked at run time).
+        return unsafe { silu_times_avx2(gate, up, out) };
+    }
+    out.extend(gate.iter().zip(up).map(|(&g, u)| g / (1.0 + (-g).exp()) * u));
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn silu_times_avx2(gate: &[f32], up: &[f32], out: &mut Vec<f32>) {
+    use std::arch::x86_64::*;
+    let start = out.len();
+    out.resize(start + gate.len(), 0.0);
+    let target = &mut out[start..];
+    let mut chunks = target.chunks_exact_mut(8);
+    for ((chunk, g), u) in (&mut chunks).zip(gate.chunks_exact(8)).zip(up.chunks_exact(8)) {
+        // SAFETY: every chunk holds 8 values.
+        let (g, u) = unsafe { (_mm256_loadu_ps(g.as_ptr()), _mm256_loadu_ps(u.as_ptr())) };
+        let one = _mm256_set1_ps(1.0);
+        let silu = _mm256_div_ps(g, _mm256_add_ps(one, exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), g))));
+        unsafe { _mm256_storeu_ps(chunk.as_mut_ptr(), _mm256_mul_ps(silu, u)) };
+    }
+    let done = gate.len() / 8 * 8;
+    for ((o, &g), u) in chunks.into_remainder().iter_mut().zip(&gate[done..]).zip(&up[done..]) {
+        *o = g / (1.0 + (-g).exp()) * u;
+    }
 }
 
 /// An f32 as f16 bits, rounded to nearest even (what F16C does too).
@@ -270,28 +332,46 @@ mod tests {
     }
 
     #[test]
-    fn head_attention_matches_a_float_reference_for_vector_and_odd_head_sizes() {
+    fn group_attention_matches_a_float_reference_for_every_group_and_head_size() {
         let (stride, span) = (3 * 80, 37);
         let cache: Vec<f32> = (0..span * stride).map(|i| ((i * 7919) % 200) as f32 / 100.0 - 1.0).collect();
         let bits: Vec<u16> = cache.iter().map(|&x| f32_to_f16(x)).collect();
         for (hd, offset) in [(64, 80), (80, 0), (6, 160)] {
-            let query: Vec<f32> = (0..hd).map(|i| (i as f32 * 0.37).sin()).collect();
-            let scale = 1.0 / (hd as f32).sqrt();
-            let bits = &bits;
-            let head = |i: usize| (0..hd).map(move |d| f16_to_f32(bits[i * stride + offset + d]));
-            let mut weights: Vec<f32> =
-                (0..span).map(|i| head(i).zip(&query).map(|(k, q)| k * q).sum::<f32>() * scale).collect();
-            softmax(&mut weights);
-            // Values are the keys' cache here too.
-            let expected: Vec<f32> = (0..hd)
-                .map(|d| weights.iter().enumerate().map(|(i, w)| w * f16_to_f32(bits[i * stride + offset + d])).sum())
-                .collect();
-            let attention =
-                HeadAttention { query: &query, keys: &bits[offset..], values: &bits[offset..], stride, span, scale };
-            let (mut scores, mut out) = (Vec::new(), vec![9.0f32; hd]);
-            attention.run(&mut scores, &mut out);
-            for (got, want) in out.iter().zip(&expected) {
-                assert!((got - want).abs() < 1e-4, "hd {hd}: {got} vs {want}");
+            for heads in [1, 2, 3, 4, 5] {
+                let queries: Vec<f32> = (0..heads * hd).map(|i| (i as f32 * 0.37).sin()).collect();
+                let scale = 1.0 / (hd as f32).sqrt();
+                let bits = &bits;
+                let cached = |i: usize, d: usize| f16_to_f32(bits[i * stride + offset + d]);
+                let mut expected = Vec::new();
+                for query in queries.chunks_exact(hd) {
+                    let mut weights: Vec<f32> =
+                        (0..span).map(|i| (0..hd).map(|d| cached(i, d) * query[d]).sum::<f32>() * scale).collect();
+                    softmax(&mut weights);
+                    // Values are the keys' cache here too.
+                    expected.extend(
+                        (0..hd).map(|d| weights.iter().enumerate().map(|(i, w)| w * cached(i, d)).sum::<f32>()),
+                    );
+                }
+                let attention = GroupAttention {
+                    queries: &queries,
+                    hd,
+                    keys: &bits[offset..],
+                    values: &bits[offset..],
+                    stride,
+                    span,
+                    scale,
+                };
+                let (mut scores, mut out) = (Vec::new(), vec![9.0f32; heads * hd]);
+                attention.run(&mut scores, &mut out);
+                for (got, want) in out.iter().zip(&expected) {
+                    assert!((got - want).abs() < 1e-4, "hd {hd}, {heads} heads: {got} vs {want}");
+                }
+                // Each head alone gives the same values as in its group.
+                for (h, query) in queries.chunks_exact(hd).enumerate() {
+                    let mut alone = vec![0.0f32; hd];
+                    GroupAttention { queries: query, ..attention }.run(&mut scores, &mut alone);
+                    assert_eq!(alone, out[h * hd..(h + 1) * hd]);
+                }
             }
         }
     }

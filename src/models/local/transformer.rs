@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::LocalError;
 use super::qmatmul::QMatrix;
-use super::simd::{self, HeadAttention};
+use super::simd::{self, GroupAttention};
 
 /// The model families this engine runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -589,11 +589,13 @@ impl Transformer {
             rms_norm_rows(&hidden, &layer.ffn_norm, config.eps, &mut normed);
             // Parts 0 and 1 of each row: gate and up.
             let gate_up = layer.gate_up.forward(&normed, m, &self.pool)?;
-            let activation = if config.arch == Arch::Gemma3 { gelu_tanh } else { silu };
             let mut gated = Vec::with_capacity(m * gate_up.widths[0]);
             for r in 0..m {
-                let up = gate_up.part(r, 1);
-                gated.extend(gate_up.part(r, 0).iter().zip(up).map(|(&g, u)| activation(g) * u));
+                let (gate, up) = (gate_up.part(r, 0), gate_up.part(r, 1));
+                match config.arch {
+                    Arch::Gemma3 => gated.extend(gate.iter().zip(up).map(|(&g, u)| gelu_tanh(g) * u)),
+                    _ => simd::silu_times(gate, up, &mut gated),
+                }
             }
             let mut down = layer.down.forward(&gated, m, &self.pool)?;
             if let Some(norm) = &layer.post_ffn_norm {
@@ -638,19 +640,16 @@ impl Transformer {
             let cache = &caches[row.slot];
             let first = window.map_or(0, |w| (row.position + 1).saturating_sub(w));
             let start = first * kv_dim + kv_head * hd;
-            let mut scores = Vec::new();
-            for (g, target) in out_heads.chunks_exact_mut(hd).enumerate() {
-                let head = kv_head * group + g;
-                HeadAttention {
-                    query: &qkv.part(r, 0)[head * hd..(head + 1) * hd],
-                    keys: &cache.keys[layer][start..],
-                    values: &cache.values[layer][start..],
-                    stride: kv_dim,
-                    span: row.position + 1 - first,
-                    scale,
-                }
-                .run(&mut scores, target);
+            GroupAttention {
+                queries: &qkv.part(r, 0)[kv_head * group * hd..(kv_head + 1) * group * hd],
+                hd,
+                keys: &cache.keys[layer][start..],
+                values: &cache.values[layer][start..],
+                stride: kv_dim,
+                span: row.position + 1 - first,
+                scale,
             }
+            .run(&mut Vec::new(), out_heads);
         };
         // Threads pay off once the rows look back over enough positions.
         let positions: usize = rows.iter().map(|r| r.position + 1).sum();
@@ -697,10 +696,6 @@ fn rms_norm_rows_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
     }
 }
 
-fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
-}
-
 /// GELU, tanh approximation (Gemma's `gelu_pytorch_tanh`).
 fn gelu_tanh(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
@@ -739,7 +734,9 @@ mod tests {
 
     #[test]
     fn activations_match_reference_values() {
-        assert!((silu(1.0) - 0.731_058_6).abs() < 1e-6);
+        let mut gated = Vec::new();
+        simd::silu_times(&[1.0; 9], &[2.0; 9], &mut gated);
+        assert!(gated.iter().all(|g| (g - 2.0 * 0.731_058_6).abs() < 1e-6), "{gated:?}");
         assert!((gelu_tanh(1.0) - 0.841_192).abs() < 1e-5);
         assert!((gelu_tanh(-3.0) - -0.003_637_4).abs() < 1e-5);
     }

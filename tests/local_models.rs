@@ -330,3 +330,27 @@ fn the_quickstart_recipe_writes_grounded_questions_with_the_local_model() {
     assert_eq!(manifest["status"], "completed");
     assert!(manifest["config"].as_str().unwrap().contains("source: local"), "the recipe is recorded");
 }
+
+#[test]
+fn gemma3_greedy_completion_matches_llama_cpp_alone_and_in_a_batch() {
+    // Gemma 3 270M (a base model): 256-dim heads, four query heads on one key/value head, sliding-window
+    // layers, K-quant weights. Reference: llama-cpp-python 0.3.36, greedy, same GGUF.
+    let llm =
+        LocalLlm::load(&catalog_model("gemma3-270m"), &LlmOptions { max_batch: 4, ..Default::default() }).unwrap();
+    let prompt = llm.prompt_ids(&Prompt::Completion("The capital of France is".into())).unwrap();
+    assert_eq!(prompt, [2, 818, 5279, 529, 7001, 563]);
+    let sampling = Sampling { max_tokens: Some(8), ..Default::default() };
+    let alone = llm.generate_blocking(prompt.clone(), &sampling, 1).unwrap();
+    println!("gemma3: {:?}", alone.texts[0]);
+    assert_eq!(alone.tokens[0], [506, 5279, 529, 506, 2891, 529, 7001, 236761], "{:?}", alone.texts[0]);
+    assert_eq!(alone.texts[0], " the capital of the country of France.");
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| {
+            let ids = llm.prompt_ids(&Prompt::Completion("My favourite colour is".into())).unwrap();
+            llm.generate_blocking(ids, &sampling, 1).unwrap()
+        });
+        let batched = llm.generate_blocking(prompt, &sampling, 1).unwrap();
+        assert_eq!(batched.tokens, alone.tokens);
+        assert!(!other.join().unwrap().texts[0].is_empty());
+    });
+}

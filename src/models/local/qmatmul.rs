@@ -5,7 +5,7 @@
 //! - **int8**: Q8_0, and Q5_0/Q5_1 requantized (int8 steps are finer than theirs, so nothing is lost).
 //!
 //! Decoding a single sequence is bound by memory bandwidth, so weight bytes are what counts there; batched
-//! decoding and prefill are bound by arithmetic, so a tile of up to four activation rows shares every weight
+//! decoding and prefill are bound by arithmetic, so a tile of up to eight activation rows shares every weight
 //! load and unpack. Products are summed in integers per block. Rows stay numerically independent of each other.
 
 use candle_core::Device;

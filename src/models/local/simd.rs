@@ -17,24 +17,23 @@ pub struct GroupAttention<'a> {
 }
 
 impl GroupAttention<'_> {
-    /// softmax(scale * q.k) . v of every head into `out` (`[heads][hd]`, overwritten). `scores` is scratch.
-    pub fn run(&self, scores: &mut Vec<f32>, out: &mut [f32]) {
+    /// softmax(scale * q.k) . v of every head into `out` (`[heads][hd]`, overwritten).
+    pub fn run(&self, out: &mut [f32]) {
         let (hd, span) = (self.hd, self.span);
         let heads = self.queries.len() / hd;
         assert!(out.len() == self.queries.len() && self.queries.len() == heads * hd);
         assert!(span > 0 && (span - 1) * self.stride + hd <= self.keys.len().min(self.values.len()));
-        scores.clear();
-        scores.resize(heads * span, 0.0);
+        let mut scores = vec![0.0f32; heads * span];
         #[cfg(target_arch = "x86_64")]
         if hd.is_multiple_of(8) && has_f16c() {
             // SAFETY: AVX2, FMA and F16C are present (checked at run time) and the asserts above bound every
             // position's key and value and the queries and output.
             unsafe {
                 match heads {
-                    1 => self.run_avx2::<1>(scores, out),
-                    2 => self.run_avx2::<2>(scores, out),
-                    3 => self.run_avx2::<3>(scores, out),
-                    4 => self.run_avx2::<4>(scores, out),
+                    1 => self.run_avx2::<1>(&mut scores, out),
+                    2 => self.run_avx2::<2>(&mut scores, out),
+                    3 => self.run_avx2::<3>(&mut scores, out),
+                    4 => self.run_avx2::<4>(&mut scores, out),
                     _ => {
                         // Larger groups one head at a time: the same sums in the same order.
                         for (query, target) in self.queries.chunks_exact(hd).zip(out.chunks_exact_mut(hd)) {
@@ -86,7 +85,7 @@ impl GroupAttention<'_> {
         for head in scores.chunks_exact_mut(span) {
             softmax_avx2(head);
         }
-        // `WIDTH` vectors of output per head at a time (all heads' sums stay in registers), over every position.
+        // `width` vectors of output per head at a time (all heads' sums stay in registers), over every position.
         let width = (8 / G).max(1);
         let mut start = 0;
         while start < hd {
@@ -364,15 +363,15 @@ mod tests {
                     span,
                     scale,
                 };
-                let (mut scores, mut out) = (Vec::new(), vec![9.0f32; heads * hd]);
-                attention.run(&mut scores, &mut out);
+                let mut out = vec![9.0f32; heads * hd];
+                attention.run(&mut out);
                 for (got, want) in out.iter().zip(&expected) {
                     assert!((got - want).abs() < 1e-4, "hd {hd}, {heads} heads: {got} vs {want}");
                 }
                 // Each head alone gives the same values as in its group.
                 for (h, query) in queries.chunks_exact(hd).enumerate() {
                     let mut alone = vec![0.0f32; hd];
-                    GroupAttention { queries: query, ..attention }.run(&mut scores, &mut alone);
+                    GroupAttention { queries: query, ..attention }.run(&mut alone);
                     assert_eq!(alone, out[h * hd..(h + 1) * hd]);
                 }
             }

@@ -184,7 +184,13 @@ enum Weight {
 
 impl Linear {
     fn new(tensor: Arc<QTensor>) -> Result<Linear, LocalError> {
-        Ok(match QMatrix::from_qtensor(&tensor)? {
+        let matrix = QMatrix::from_qtensor(&tensor)?;
+        Linear::from_parts(tensor, matrix)
+    }
+
+    /// `tensor` on our kernels when `matrix` (its conversion) is there, else on candle's.
+    fn from_parts(tensor: Arc<QTensor>, matrix: Option<QMatrix>) -> Result<Linear, LocalError> {
+        Ok(match matrix {
             Some(matrix) => Linear::blocks(matrix),
             None => {
                 let (outputs, inputs) = tensor.shape().dims2()?;
@@ -227,6 +233,10 @@ struct Projections {
     linears: Vec<Linear>,
     /// Each part's outputs.
     widths: Vec<usize>,
+    /// Where each part starts in an output row.
+    offsets: Vec<usize>,
+    /// Outputs per row, all parts.
+    total: usize,
 }
 
 impl Projections {
@@ -237,25 +247,26 @@ impl Projections {
             widths.push(tensor.shape().dims2()?.0);
             matrices.push(QMatrix::from_qtensor(tensor)?);
         }
-        let linears = match matrices.into_iter().collect::<Option<Vec<QMatrix>>>() {
-            Some(matrices) => match QMatrix::concat(matrices) {
+        let linears = if matrices.iter().all(Option::is_some) {
+            match QMatrix::concat(matrices.into_iter().flatten().collect()) {
                 Ok(whole) => vec![Linear::blocks(whole)],
                 Err(parts) => parts.into_iter().map(Linear::blocks).collect(),
-            },
-            None => tensors.into_iter().map(Linear::new).collect::<Result<_, _>>()?,
+            }
+        } else {
+            tensors.into_iter().zip(matrices).map(|(t, m)| Linear::from_parts(t, m)).collect::<Result<_, _>>()?
         };
-        Ok(Projections { linears, widths })
+        let offsets = widths.iter().scan(0, |start, &w| Some(std::mem::replace(start, *start + w))).collect();
+        Ok(Projections { linears, total: widths.iter().sum(), widths, offsets })
     }
 
     /// Every part's output for `x` (`[rows, inputs]`), side by side in each row.
-    fn forward(&self, x: &[f32], rows: usize, pool: &rayon::ThreadPool) -> Result<Projected, LocalError> {
-        let total: usize = self.widths.iter().sum();
+    fn forward(&self, x: &[f32], rows: usize, pool: &rayon::ThreadPool) -> Result<Projected<'_>, LocalError> {
         let data = if self.linears.len() == 1 {
             self.linears[0].forward(x, rows, pool)?
         } else {
             let parts: Vec<Vec<f32>> =
                 self.linears.iter().map(|linear| linear.forward(x, rows, pool)).collect::<Result<_, _>>()?;
-            let mut data = Vec::with_capacity(rows * total);
+            let mut data = Vec::with_capacity(rows * self.total);
             for r in 0..rows {
                 for (part, &width) in parts.iter().zip(&self.widths) {
                     data.extend_from_slice(&part[r * width..(r + 1) * width]);
@@ -263,8 +274,7 @@ impl Projections {
             }
             data
         };
-        let offsets = self.widths.iter().scan(0, |start, &w| Some(std::mem::replace(start, *start + w))).collect();
-        Ok(Projected { data, total, offsets, widths: self.widths.clone() })
+        Ok(Projected { data, layout: self })
     }
 
     fn inputs(&self) -> usize {
@@ -277,22 +287,24 @@ impl Projections {
 }
 
 /// The outputs of [`Projections`]: `[rows][total]`, each row holding every part's outputs in order.
-struct Projected {
+struct Projected<'a> {
     data: Vec<f32>,
-    total: usize,
-    offsets: Vec<usize>,
-    widths: Vec<usize>,
+    layout: &'a Projections,
 }
 
-impl Projected {
+impl Projected<'_> {
+    fn range(&self, row: usize, part: usize) -> std::ops::Range<usize> {
+        let start = row * self.layout.total + self.layout.offsets[part];
+        start..start + self.layout.widths[part]
+    }
+
     fn part(&self, row: usize, part: usize) -> &[f32] {
-        let start = row * self.total + self.offsets[part];
-        &self.data[start..start + self.widths[part]]
+        &self.data[self.range(row, part)]
     }
 
     fn part_mut(&mut self, row: usize, part: usize) -> &mut [f32] {
-        let start = row * self.total + self.offsets[part];
-        &mut self.data[start..start + self.widths[part]]
+        let range = self.range(row, part);
+        &mut self.data[range]
     }
 }
 
@@ -589,7 +601,7 @@ impl Transformer {
             rms_norm_rows(&hidden, &layer.ffn_norm, config.eps, &mut normed);
             // Parts 0 and 1 of each row: gate and up.
             let gate_up = layer.gate_up.forward(&normed, m, &self.pool)?;
-            let mut gated = Vec::with_capacity(m * gate_up.widths[0]);
+            let mut gated = Vec::with_capacity(m * layer.gate_up.widths[0]);
             for r in 0..m {
                 let (gate, up) = (gate_up.part(r, 0), gate_up.part(r, 1));
                 match config.arch {
@@ -649,7 +661,7 @@ impl Transformer {
                 span: row.position + 1 - first,
                 scale,
             }
-            .run(&mut Vec::new(), out_heads);
+            .run(out_heads);
         };
         // Threads pay off once the rows look back over enough positions.
         let positions: usize = rows.iter().map(|r| r.position + 1).sum();

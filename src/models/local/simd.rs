@@ -115,19 +115,11 @@ impl GroupAttention<'_> {
 /// Softmax in place.
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum = exp_minus(x, max);
-    divide(x, sum);
-}
-
-/// x = e^(x - max) per value; returns their sum.
-fn exp_minus(x: &mut [f32], max: f32) -> f32 {
-    x.iter_mut().fold(0.0, |sum, v| {
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
         *v = (*v - max).exp();
-        sum + *v
-    })
-}
-
-fn divide(x: &mut [f32], sum: f32) {
+        sum += *v;
+    }
     let inverse = 1.0 / sum;
     x.iter_mut().for_each(|v| *v *= inverse);
 }
@@ -146,8 +138,13 @@ fn softmax_avx2(x: &mut [f32]) {
         unsafe { _mm256_storeu_ps(chunk.as_mut_ptr(), e) };
         sums = _mm256_add_ps(sums, e);
     }
-    let sum = horizontal_sum(sums) + exp_minus(chunks.into_remainder(), max);
-    divide(x, sum);
+    let mut sum = horizontal_sum(sums);
+    for v in chunks.into_remainder() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inverse = 1.0 / sum;
+    x.iter_mut().for_each(|v| *v *= inverse);
 }
 
 /// e^x per lane, within 2 ulp over the f32 range (Cephes' expf: 2^n times a degree-5 polynomial on

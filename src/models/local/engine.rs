@@ -286,7 +286,10 @@ impl Scheduler {
         active.first_token.get_or_insert_with(|| active.started.elapsed().as_secs_f64() * 1000.0);
         let token = match (&active.job.guide, &mut sequence.guide, &self.token_texts) {
             (Some(guide), Some(state), Some(texts)) => {
-                match guided_sample(logits, &active.job.sampler, &mut sequence.rng, guide, state, texts) {
+                let tokens_left = (active.job.max_tokens.saturating_sub(sequence.generated.len()))
+                    .min(max_positions.saturating_sub(sequence.position + 1));
+                let rng = &mut sequence.rng;
+                match guided_sample(logits, &active.job.sampler, rng, guide, state, texts, tokens_left) {
                     Some((token, next)) => {
                         *state = next;
                         token
@@ -356,7 +359,10 @@ impl Scheduler {
     }
 }
 
-/// Samples a token that keeps a guided reply valid (see [`sample_where`]), with the state after it.
+/// Samples a token that keeps a guided reply valid (see [`sample_where`]), with the state after it. With
+/// `tokens_left` (this one included) it also keeps the reply closable in time: a token is taken only when the
+/// shortest closing text after it still fits, so the budget running out steers the model to close its
+/// strings and objects instead of cutting the JSON off.
 fn guided_sample(
     logits: &[f32],
     settings: &SamplerSettings,
@@ -364,10 +370,19 @@ fn guided_sample(
     guide: &Guide,
     state: &GuideState,
     texts: &[String],
+    tokens_left: usize,
 ) -> Option<(u32, GuideState)> {
+    // A budget too small to close from here cannot be kept; then the reply is only kept valid.
+    let closing_limit = match state.closing_length(guide) <= tokens_left {
+        true => tokens_left.saturating_sub(1),
+        false => usize::MAX,
+    };
     let mut next = None;
     let token = sample_where(logits, settings, rng, |token| {
-        next = texts.get(token as usize).and_then(|text| state.after(guide, text));
+        next = texts
+            .get(token as usize)
+            .and_then(|text| state.after(guide, text))
+            .filter(|after| after.closing_length(guide) <= closing_limit);
         next.is_some()
     })?;
     next.map(|state| (token, state))
@@ -384,6 +399,49 @@ fn cut_at_stop(mut text: String, stops: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    /// A model that always wants one more `a`, over a vocabulary of printable ASCII characters and a few words:
+    /// unguarded, it would write one string until the budget cuts it off.
+    #[test]
+    fn a_guided_reply_closes_its_json_before_the_token_budget_ends() {
+        let guide = Guide::from_schema(&json!({"type": "object", "properties": {"question": {"type": "string"},
+            "answer": {"type": "string"}, "level": {"enum": ["easy", "hard"]}, "steps": {"type": "integer"}}}));
+        let mut texts: Vec<String> = (b' '..=b'~').map(|b| (b as char).to_string()).collect();
+        texts.extend(["aaaa", "question", "\"answer\": \"", "easy"].map(String::from));
+        let logits: Vec<f32> = texts
+            .iter()
+            .map(|t| match t.as_str() {
+                "aaaa" => 9.0,
+                "a" => 8.0,
+                "\"" => 7.0,
+                "{" => 6.0,
+                _ => t.len() as f32 * 0.01,
+            })
+            .collect();
+        let shortest = guide.start().closing_length(&guide);
+        for (max_tokens, temperature) in [(shortest, 0.0), (shortest + 7, 0.0), (60, 0.0), (60, 0.9), (200, 0.9)] {
+            let settings = SamplerSettings { temperature, top_k: 0, top_p: 1.0, seed: 7 };
+            let mut rng = Rng::new(7);
+            let mut state = guide.start();
+            let mut reply = String::new();
+            for used in 0..max_tokens {
+                let (token, next) =
+                    guided_sample(&logits, &settings, &mut rng, &guide, &state, &texts, max_tokens - used).unwrap();
+                reply.push_str(&texts[token as usize]);
+                state = next;
+                if state.is_complete() {
+                    break;
+                }
+            }
+            assert!(state.is_complete(), "{max_tokens} tokens at t={temperature}: {reply}");
+            let value: serde_json::Value = serde_json::from_str(&reply).unwrap();
+            assert_eq!(value.as_object().unwrap().len(), 4, "{reply}");
+            if max_tokens > shortest + 4 {
+                assert!(reply.contains("aa"), "the model's wish is followed while the budget allows: {reply}");
+            }
+        }
+    }
 
     #[test]
     fn text_is_cut_at_the_earliest_stop_string() {

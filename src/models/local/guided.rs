@@ -35,14 +35,44 @@ enum Shape {
 #[derive(Debug, Clone)]
 pub struct Guide {
     shapes: Vec<Shape>,
+    /// The fewest characters that write a value of each shape (`""`, `0`, `{"key":""}`, ...).
+    shortest: Vec<usize>,
 }
 
 impl Guide {
     /// Compiles `schema`; keywords outside the subset make that part free JSON.
     pub fn from_schema(schema: &Json) -> Guide {
-        let mut guide = Guide { shapes: Vec::new() };
+        let mut guide = Guide { shapes: Vec::new(), shortest: Vec::new() };
         guide.compile(schema, 0);
+        // A shape's children come after it in the table, so walking backwards sees them first.
+        guide.shortest = vec![0; guide.shapes.len()];
+        for index in (0..guide.shapes.len()).rev() {
+            guide.shortest[index] = match &guide.shapes[index] {
+                Shape::Any | Shape::Number { .. } => 1,
+                Shape::String { options: None } | Shape::Array(_) | Shape::AnyObject => 2,
+                Shape::String { options: Some(options) } => {
+                    2 + options.iter().map(|o| o.chars().count()).min().unwrap_or(0)
+                }
+                Shape::Boolean | Shape::Null => 4,
+                Shape::Object(keys) => 1 + (0..keys.len()).map(|k| 1 + guide.pair_length(keys, k)).sum::<usize>(),
+            };
+        }
         guide
+    }
+
+    /// The fewest characters that write a value of shape `index` (`usize::MAX`: any JSON).
+    fn shortest(&self, index: usize) -> usize {
+        self.shortest.get(index).copied().unwrap_or(1)
+    }
+
+    /// The fewest characters of key `k`'s `"key":value`.
+    fn pair_length(&self, keys: &[(String, usize)], k: usize) -> usize {
+        keys[k].0.chars().count() + 3 + self.shortest(keys[k].1)
+    }
+
+    /// The fewest characters that close an object after key `k`'s value: the later pairs and `}`.
+    fn object_tail(&self, keys: &[(String, usize)], k: usize) -> usize {
+        1 + (k + 1..keys.len()).map(|j| 1 + self.pair_length(keys, j)).sum::<usize>()
     }
 
     fn compile(&mut self, schema: &Json, depth: usize) -> usize {
@@ -198,6 +228,13 @@ impl GuideState {
             [Frame::Number { at, .. }] => at.can_end(),
             _ => false,
         }
+    }
+
+    /// The fewest characters that still complete the value from here. Each is a token at most (vocabularies
+    /// hold every ASCII character alone), so a reply whose closing length never exceeds its tokens left
+    /// always ends as valid JSON inside its token budget.
+    pub fn closing_length(&self, guide: &Guide) -> usize {
+        self.stack.iter().map(|frame| frame_closing_length(guide, frame)).sum()
     }
 
     /// The state after `text`, or `None` when `text` cannot continue a valid reply. Empty text (control
@@ -441,6 +478,54 @@ impl GuideState {
     }
 }
 
+/// The characters that finish `frame` alone; the frames below it count their own.
+fn frame_closing_length(guide: &Guide, frame: &Frame) -> usize {
+    match frame {
+        Frame::Value(shape) => guide.shortest(*shape),
+        Frame::Literal(chars, at) => chars.len() - at,
+        Frame::Str { options, written, escape } => match escape {
+            // One escape character, then the closing quote.
+            Escape::Backslash => 2,
+            Escape::Unicode(left) => *left as usize + 1,
+            Escape::None => match options {
+                Some(shape) => {
+                    let written_length = written.chars().count();
+                    let rest = enum_options(guide, *shape)
+                        .iter()
+                        .filter(|o| o.starts_with(written.as_str()))
+                        .map(|o| o.chars().count() - written_length)
+                        .min()
+                        .unwrap_or(0);
+                    rest + 1
+                }
+                None => 1,
+            },
+        },
+        Frame::Number { at, .. } => usize::from(!at.can_end()),
+        Frame::Object { shape, key, at } => {
+            let Shape::Object(keys) = &guide.shapes[*shape] else { return 0 };
+            let tail = guide.object_tail(keys, *key);
+            match at {
+                Pair::Open | Pair::BeforeKey => guide.pair_length(keys, *key) + tail,
+                // The key's literal above counts its own rest; then `:` and the value.
+                Pair::AfterKey => 1 + guide.shortest(keys[*key].1) + tail,
+                Pair::AfterValue => tail,
+            }
+        }
+        Frame::AnyObject { at } => match at {
+            Pair::Open | Pair::AfterValue => 1,
+            // After a comma: `"":0}`.
+            Pair::BeforeKey => 5,
+            // The key's string above counts its quote; then `:0}`.
+            Pair::AfterKey => 3,
+        },
+        Frame::Array { items, at } => match at {
+            Item::First | Item::AfterValue => 1,
+            Item::AfterComma => guide.shortest(*items) + 1,
+        },
+    }
+}
+
 fn enum_options(guide: &Guide, shape: usize) -> &[String] {
     match guide.shapes.get(shape) {
         Some(Shape::String { options: Some(options) }) => options,
@@ -531,6 +616,56 @@ mod tests {
             &list,
             r#"{"examples": [{"question": "q", "answer": "a"}, {"question": "r", "answer": "b"}]}"#
         ));
+    }
+
+    /// Walks from `state` to a complete value, each character one that brings the closing length down by one.
+    fn close_shortest(guide: &Guide, mut state: GuideState) -> Option<String> {
+        let alphabet: Vec<char> = (' '..='~').collect();
+        let mut written = String::new();
+        while !state.is_complete() {
+            let length = state.closing_length(guide);
+            let (c, next) = alphabet.iter().find_map(|&c| {
+                let next = state.after(guide, &c.to_string())?;
+                (next.closing_length(guide) + 1 == length).then_some((c, next))
+            })?;
+            written.push(c);
+            state = next;
+        }
+        Some(written)
+    }
+
+    /// At every prefix of valid replies the closing length can be met exactly, character by character, and
+    /// never exceeds what the reply itself still wrote.
+    #[test]
+    fn the_closing_length_is_the_shortest_way_to_a_complete_value() {
+        let shapes = json!({"type": "object", "properties": {
+            "verdict": {"enum": ["yes", "no"]}, "score": {"type": "integer"}, "weight": {"type": "number"},
+            "ok": {"type": "boolean"}, "tags": {"type": "array", "items": {"type": "string"}},
+            "note": {"type": ["string", "null"]}}});
+        let cases = [
+            (qa(), r#"{"question": "Why \"this\"?", "answer": "Because \u00e9 é."}"#),
+            (
+                Guide::from_schema(&shapes),
+                r#"{"verdict": "no", "score": -12, "weight": 0.5e-3, "ok": false, "tags": ["a", "b"], "note": "x"}"#,
+            ),
+            (Guide::from_schema(&json!({})), r#"{"a": [1, {"b": null}, "c"], "d": {"e": -2.5E+3}, "f": true}"#),
+        ];
+        for (guide, reply) in &cases {
+            let characters: Vec<char> = reply.chars().collect();
+            for cut in 0..=characters.len() {
+                let prefix: String = characters[..cut].iter().collect();
+                let state = feed(guide, &prefix).unwrap_or_else(|| panic!("{prefix}: not a valid prefix"));
+                let length = state.closing_length(guide);
+                assert!(length <= characters.len() - cut, "{prefix}: {length}");
+                let closing = close_shortest(guide, state).unwrap_or_else(|| panic!("{prefix}: no way to close"));
+                assert_eq!(closing.chars().count(), length, "{prefix}{closing}");
+                assert!(complete(guide, &format!("{prefix}{closing}")));
+            }
+        }
+        assert_eq!(close_shortest(&qa(), qa().start()).unwrap(), r#"{"question":"","answer":""}"#);
+        let guide = Guide::from_schema(&shapes);
+        let closing = close_shortest(&guide, feed(&guide, r#"{"verdict": "y"#).unwrap()).unwrap();
+        assert_eq!(closing, r#"es","score":0,"weight":0,"ok":true,"tags":[],"note":""}"#);
     }
 
     #[test]

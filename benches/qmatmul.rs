@@ -3,14 +3,14 @@
 //!
 //!     cargo bench --bench qmatmul             # threads: SDG_BENCH_THREADS (default: every core)
 //!
-//! Per shape and row count: time per call, weight GB/s (weight bytes / time; the figure that bounds a single
+//! Per shape, row count and SIMD kernel this CPU runs (AVX2; AVX-512 VNNI), side by side: time per call, weight GB/s (weight bytes / time; the figure that bounds a single
 //! decoding stream) and nanoseconds per row and 32-value block (the figure that bounds batched decoding).
 
 use std::time::Instant;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use sdg::models::local::qmatmul::QMatrix;
+use sdg::models::local::qmatmul::{Kernel, QMatrix};
 
 fn weights(outputs: usize, inputs: usize, dtype: GgmlDType) -> QMatrix {
     let values: Vec<f32> = (0..outputs * inputs).map(|i| ((i * 2_654_435_761) % 1000) as f32 / 500.0 - 1.0).collect();
@@ -35,24 +35,27 @@ fn main() {
         let matrix = weights(outputs, inputs, dtype);
         for rows in [1usize, 4, 16, 64] {
             let x: Vec<f32> = (0..rows * inputs).map(|i| (i % 17) as f32 * 0.1 - 0.8).collect();
-            matrix.forward(&x, rows, Some(&pool));
-            // Enough calls for ~0.3 s.
-            let started = Instant::now();
-            let mut calls = 0u32;
-            while started.elapsed().as_secs_f64() < 0.3 {
-                std::hint::black_box(matrix.forward(&x, rows, Some(&pool)));
-                calls += 1;
+            for kernel in Kernel::available().into_iter().filter(|k| *k != Kernel::Portable) {
+                matrix.forward_with(kernel, &x, rows, Some(&pool));
+                // Enough calls for ~0.3 s.
+                let started = Instant::now();
+                let mut calls = 0u32;
+                while started.elapsed().as_secs_f64() < 0.3 {
+                    std::hint::black_box(matrix.forward_with(kernel, &x, rows, Some(&pool)));
+                    calls += 1;
+                }
+                let seconds = started.elapsed().as_secs_f64() / calls as f64;
+                let row_blocks = (rows * outputs * inputs / 32) as f64;
+                println!(
+                    "{name} [{outputs:>5} x {inputs:>4}] rows {rows:>2} {:<10}: {:>8.1} us/call, weights {:>5.1} GB/s, \
+                     {:.3} ns per row-block ({:.3} per thread)",
+                    format!("{kernel:?}"),
+                    seconds * 1e6,
+                    matrix.bytes() as f64 / seconds / 1e9,
+                    seconds * 1e9 / row_blocks,
+                    seconds * 1e9 * threads as f64 / row_blocks,
+                );
             }
-            let seconds = started.elapsed().as_secs_f64() / calls as f64;
-            let row_blocks = (rows * outputs * inputs / 32) as f64;
-            println!(
-                "{name} [{outputs:>5} x {inputs:>4}] rows {rows:>2}: {:>8.1} us/call, weights {:>5.1} GB/s, \
-                 {:.2} ns per row-block ({:.2} per thread)",
-                seconds * 1e6,
-                matrix.bytes() as f64 / seconds / 1e9,
-                seconds * 1e9 / row_blocks,
-                seconds * 1e9 * threads as f64 / row_blocks,
-            );
         }
     }
 }

@@ -1,12 +1,20 @@
 //! Quantized weight matmul for the CPU. Activations are quantized per row into 32-value int8 blocks with an f32
 //! scale; weights stay in blocks of 32 as well, in one of two forms:
-//! - **nibbles**: Q4_1 exactly as GGUF stores it (4-bit values, f16 scale and offset per block), 20 bytes per
-//!   block, so decoding reads no more weight bytes than llama.cpp does;
+//! - **nibbles**: Q4_1's 4-bit values with its f16 scale and offset per block, 20 bytes per 32 values, so
+//!   decoding reads no more weight bytes than llama.cpp does;
 //! - **int8**: Q8_0, and Q5_0/Q5_1 requantized (int8 steps are finer than theirs, so nothing is lost).
 //!
-//! Decoding a single sequence is bound by memory bandwidth, so weight bytes are what counts there; batched
-//! decoding and prefill are bound by arithmetic, so a tile of up to eight activation rows shares every weight
-//! load and unpack. Products are summed in integers per block. Rows stay numerically independent of each other.
+//! Weights are packed in **panels** of 16 output rows: for every block, four consecutive values of each of the 16
+//! rows lie side by side, so one vector instruction multiplies four inputs (broadcast) into 16 outputs at once
+//! (`vpdpbusd` with AVX-512 VNNI; `vpmaddubsw` with AVX2, eight outputs at a time), and a block's integer dot
+//! products arrive as one vector per panel, scaled with one multiply-add. Dot-product kernels (one output row
+//! against one activation row) must instead sum each block across its lanes, which costs more than the
+//! multiplications. A tile of up to eight activation rows shares every weight load and unpack.
+//!
+//! Every kernel (portable, AVX2, AVX-512 VNNI) computes each output with the same operations in the same order:
+//! exact integer block dot products, then `acc = fma(dot, w_scale * a_scale, acc)` (and `fma(m, a_sum, acc)`
+//! for the offset of nibbles) block after block. So results are the same to the bit on every CPU, alone or in
+//! any batch, on any number of threads.
 
 use candle_core::Device;
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -16,42 +24,63 @@ use rayon::prelude::*;
 
 use super::LocalError;
 use super::simd::f16_to_f32;
-#[cfg(target_arch = "x86_64")]
-use super::simd::{has_f16c, horizontal_sum};
 
 const BLOCK: usize = 32;
+/// Output rows packed together.
+const PANEL: usize = 16;
+/// Steps of four inputs in a block: what one `vpdpbusd` / `vpmaddubsw` lane multiplies and sums.
+const STEPS: usize = BLOCK / 4;
+/// Bytes of one block of a panel: int8 holds one byte per value, nibbles two values per byte.
+const INT8_PANEL_BLOCK: usize = BLOCK * PANEL;
+const NIBBLE_PANEL_BLOCK: usize = BLOCK * PANEL / 2;
 /// Activation rows that share every weight load and unpack (a kernel call takes 1, 2, 3, 4 or 8).
 const TILE: usize = 8;
-/// Block scales are read eight at a time, so every row's scale arrays are padded to a multiple of eight.
-const GROUP: usize = 8;
 
-/// A `[outputs, inputs]` weight matrix in quantized blocks.
+/// A `[outputs, inputs]` weight matrix in quantized blocks, packed in panels.
 pub struct QMatrix {
     pub outputs: usize,
     pub inputs: usize,
     blocks: usize,
-    /// `blocks` rounded up to `GROUP`: the row stride of the per-block scale arrays (padding is zero).
-    stride: usize,
+    /// `outputs` / 16, rounded up; the last panel's missing rows are zero weights.
+    panels: usize,
     weights: Weights,
 }
 
+/// Panel layouts. Scales are `[panel][block][16]`. Quants, per panel and block:
+/// - int8: `[step][row][4]`, each value `q + 128` (0..=255; VNNI multiplies unsigned by signed bytes);
+/// - nibbles: `[4][row][4]` bytes, the low nibble of byte `[j][row][t]` holding input `4j + t` of the block and
+///   the high nibble input `16 + 4j + t`.
 enum Weights {
-    /// value = scale * q with q in -127..=127. `scales` is `[outputs][stride]`, `quants` `[outputs][blocks][32]`.
-    Int8 { scales: Vec<f32>, quants: Vec<i8> },
-    /// value = d * q + m with q in 0..=15, as GGUF's Q4_1: byte i of a block holds element i in its low nibble
-    /// and element i + 16 in its high nibble. `d` and `m` are f16 bits `[outputs][stride]`, `quants`
-    /// `[outputs][blocks][16]`.
+    /// value = scale * q with q in -127..=127.
+    Int8 { scales: Vec<f32>, quants: Vec<u8> },
+    /// value = d * q + m with q in 0..=15, as GGUF's Q4_1; `d` and `m` are f16 bits.
     Nibbles { d: Vec<u16>, m: Vec<u16>, quants: Vec<u8> },
+}
+
+/// Weights row after row (`[outputs][blocks]` scales, `[outputs][inputs]` values), as read from GGUF or
+/// quantized, before packing; also what joining matrices unpacks to.
+enum RowBlocks {
+    Int8 {
+        scales: Vec<f32>,
+        quants: Vec<i8>,
+    },
+    /// One value (0..=15) per byte.
+    Nibbles {
+        d: Vec<u16>,
+        m: Vec<u16>,
+        quants: Vec<u8>,
+    },
 }
 
 /// Activation rows in int8 blocks.
 struct Q8Rows {
     blocks: usize,
-    stride: usize,
-    /// `[rows][stride]`, zero in the padding.
+    /// `[rows][blocks]`.
     scales: Vec<f32>,
-    /// scale * (sum of the block's values), `[rows][stride]`: what a weight offset `m` multiplies.
+    /// scale * (sum of the block's values), `[rows][blocks]`: what a weight offset `m` multiplies.
     sums: Vec<f32>,
+    /// The sum of the block's values, `[rows][blocks]`: VNNI's unsigned weights carry 128 times it.
+    int_sums: Vec<i32>,
     /// `[rows][blocks][32]`.
     quants: Vec<i8>,
 }
@@ -62,16 +91,55 @@ struct RowRef<'a> {
     quants: &'a [i8],
     scales: &'a [f32],
     sums: &'a [f32],
+    int_sums: &'a [i32],
 }
 
 impl Q8Rows {
     fn row(&self, r: usize) -> RowRef<'_> {
-        let width = self.blocks * BLOCK;
+        let (width, blocks) = (self.blocks * BLOCK, self.blocks);
         RowRef {
             quants: &self.quants[r * width..(r + 1) * width],
-            scales: &self.scales[r * self.stride..(r + 1) * self.stride],
-            sums: &self.sums[r * self.stride..(r + 1) * self.stride],
+            scales: &self.scales[r * blocks..(r + 1) * blocks],
+            sums: &self.sums[r * blocks..(r + 1) * blocks],
+            int_sums: &self.int_sums[r * blocks..(r + 1) * blocks],
         }
+    }
+}
+
+/// The instruction set a kernel uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    Portable,
+    /// AVX2, FMA and F16C.
+    Avx2,
+    /// AVX-512 (F, BW) with VNNI.
+    Avx512Vnni,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs.
+    pub fn detect() -> Kernel {
+        use std::sync::OnceLock;
+        static DETECTED: OnceLock<Kernel> = OnceLock::new();
+        *DETECTED.get_or_init(|| Kernel::available().into_iter().last().unwrap_or(Kernel::Portable))
+    }
+
+    /// Every kernel this CPU runs, slowest first.
+    pub fn available() -> Vec<Kernel> {
+        let mut kernels = vec![Kernel::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if super::simd::has_f16c() {
+                kernels.push(Kernel::Avx2);
+                if is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vnni")
+                {
+                    kernels.push(Kernel::Avx512Vnni);
+                }
+            }
+        }
+        kernels
     }
 }
 
@@ -84,7 +152,7 @@ impl QMatrix {
             return Ok(None);
         }
         match tensor.dtype() {
-            GgmlDType::Q4_1 => Ok(Some(QMatrix::from_q4_1_bytes(&tensor.data()?, outputs, inputs)?)),
+            GgmlDType::Q4_1 => Ok(Some(QMatrix::pack(outputs, inputs, q4_1_rows(&tensor.data()?, outputs, inputs)?))),
             GgmlDType::Q8_0 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => {
                 let values = tensor.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
                 Ok(Some(QMatrix::from_f32(&values, outputs, inputs)))
@@ -93,45 +161,16 @@ impl QMatrix {
         }
     }
 
-    /// From GGUF Q4_1 blocks (`d: f16, m: f16, qs: [u8; 16]`, little-endian), row after row.
-    fn from_q4_1_bytes(bytes: &[u8], outputs: usize, inputs: usize) -> Result<QMatrix, LocalError> {
-        const BLOCK_BYTES: usize = 20;
-        let blocks = inputs / BLOCK;
-        if bytes.len() != outputs * blocks * BLOCK_BYTES {
-            return Err(LocalError::Format(format!(
-                "Q4_1 tensor [{outputs}, {inputs}] holds {} bytes, expected {}",
-                bytes.len(),
-                outputs * blocks * BLOCK_BYTES
-            )));
-        }
-        let stride = blocks.next_multiple_of(GROUP);
-        let mut d = vec![0u16; outputs * stride];
-        let mut m = vec![0u16; outputs * stride];
-        let mut quants = Vec::with_capacity(outputs * blocks * BLOCK / 2);
-        for (index, block) in bytes.chunks_exact(BLOCK_BYTES).enumerate() {
-            let at = index / blocks * stride + index % blocks;
-            d[at] = u16::from_le_bytes([block[0], block[1]]);
-            m[at] = u16::from_le_bytes([block[2], block[3]]);
-            quants.extend_from_slice(&block[4..]);
-        }
-        Ok(QMatrix { outputs, inputs, blocks, stride, weights: Weights::Nibbles { d, m, quants } })
-    }
-
     /// From float weights `[outputs, inputs]`, as int8 blocks.
     pub fn from_f32(values: &[f32], outputs: usize, inputs: usize) -> QMatrix {
         assert!(inputs.is_multiple_of(BLOCK) && values.len() == outputs * inputs);
         let rows = quantize(values, outputs, inputs);
-        QMatrix {
-            outputs,
-            inputs,
-            blocks: rows.blocks,
-            stride: rows.stride,
-            weights: Weights::Int8 { scales: rows.scales, quants: rows.quants },
-        }
+        QMatrix::pack(outputs, inputs, RowBlocks::Int8 { scales: rows.scales, quants: rows.quants })
     }
 
     /// One matrix whose outputs are those of `parts` in order (q, k and v, say), so one pass quantizes the
-    /// input once and one thread dispatch covers them all. `None` unless every part has the same inputs and form.
+    /// input once and one thread dispatch covers them all. `Err(parts)` unless every part has the same inputs
+    /// and form.
     pub fn concat(parts: Vec<QMatrix>) -> Result<QMatrix, Vec<QMatrix>> {
         let same = parts.windows(2).all(|pair| {
             pair[0].inputs == pair[1].inputs
@@ -140,16 +179,15 @@ impl QMatrix {
         if parts.is_empty() || !same {
             return Err(parts);
         }
-        let mut parts = parts.into_iter();
-        let mut whole = parts.next().expect("not empty");
-        for part in parts {
-            whole.outputs += part.outputs;
-            match (&mut whole.weights, part.weights) {
-                (Weights::Int8 { scales, quants }, Weights::Int8 { scales: s, quants: q }) => {
+        let (inputs, outputs) = (parts[0].inputs, parts.iter().map(|p| p.outputs).sum());
+        let mut whole = parts[0].unpack();
+        for part in &parts[1..] {
+            match (&mut whole, part.unpack()) {
+                (RowBlocks::Int8 { scales, quants }, RowBlocks::Int8 { scales: s, quants: q }) => {
                     scales.extend(s);
                     quants.extend(q);
                 }
-                (Weights::Nibbles { d, m, quants }, Weights::Nibbles { d: d2, m: m2, quants: q }) => {
+                (RowBlocks::Nibbles { d, m, quants }, RowBlocks::Nibbles { d: d2, m: m2, quants: q }) => {
                     d.extend(d2);
                     m.extend(m2);
                     quants.extend(q);
@@ -157,7 +195,95 @@ impl QMatrix {
                 _ => unreachable!("forms checked above"),
             }
         }
-        Ok(whole)
+        Ok(QMatrix::pack(outputs, inputs, whole))
+    }
+
+    fn pack(outputs: usize, inputs: usize, rows: RowBlocks) -> QMatrix {
+        let blocks = inputs / BLOCK;
+        let panels = outputs.div_ceil(PANEL);
+        // Where row `row`'s scale of block `b` goes; `None` for the padding rows of the last panel.
+        let scale_at = |panel: usize, b: usize, lane: usize| (panel * blocks + b) * PANEL + lane;
+        let source = |panel: usize, lane: usize| Some(panel * PANEL + lane).filter(|&row| row < outputs);
+        let weights = match rows {
+            RowBlocks::Int8 { scales, quants } => {
+                let mut packed_scales = vec![0.0f32; panels * blocks * PANEL];
+                // Padding rows hold 128: the value zero.
+                let mut packed = vec![128u8; panels * blocks * INT8_PANEL_BLOCK];
+                for panel in 0..panels {
+                    for b in 0..blocks {
+                        for lane in 0..PANEL {
+                            let Some(row) = source(panel, lane) else { continue };
+                            packed_scales[scale_at(panel, b, lane)] = scales[row * blocks + b];
+                            for step in 0..STEPS {
+                                for t in 0..4 {
+                                    let at = (panel * blocks + b) * INT8_PANEL_BLOCK + (step * PANEL + lane) * 4 + t;
+                                    packed[at] = (quants[row * inputs + b * BLOCK + step * 4 + t] as i16 + 128) as u8;
+                                }
+                            }
+                        }
+                    }
+                }
+                Weights::Int8 { scales: packed_scales, quants: packed }
+            }
+            RowBlocks::Nibbles { d, m, quants } => {
+                let mut packed_d = vec![0u16; panels * blocks * PANEL];
+                let mut packed_m = vec![0u16; panels * blocks * PANEL];
+                let mut packed = vec![0u8; panels * blocks * NIBBLE_PANEL_BLOCK];
+                for panel in 0..panels {
+                    for b in 0..blocks {
+                        for lane in 0..PANEL {
+                            let Some(row) = source(panel, lane) else { continue };
+                            packed_d[scale_at(panel, b, lane)] = d[row * blocks + b];
+                            packed_m[scale_at(panel, b, lane)] = m[row * blocks + b];
+                            let values = &quants[row * inputs + b * BLOCK..][..BLOCK];
+                            for j in 0..4 {
+                                for t in 0..4 {
+                                    let at = (panel * blocks + b) * NIBBLE_PANEL_BLOCK + (j * PANEL + lane) * 4 + t;
+                                    packed[at] = values[j * 4 + t] | values[16 + j * 4 + t] << 4;
+                                }
+                            }
+                        }
+                    }
+                }
+                Weights::Nibbles { d: packed_d, m: packed_m, quants: packed }
+            }
+        };
+        QMatrix { outputs, inputs, blocks, panels, weights }
+    }
+
+    /// The rows back out of the panels (the inverse of [`QMatrix::pack`]).
+    fn unpack(&self) -> RowBlocks {
+        let (blocks, inputs) = (self.blocks, self.inputs);
+        let scale_at = |row: usize, b: usize| (row / PANEL * blocks + b) * PANEL + row % PANEL;
+        match &self.weights {
+            Weights::Int8 { scales, quants } => {
+                let mut row_scales = Vec::with_capacity(self.outputs * blocks);
+                let mut values = Vec::with_capacity(self.outputs * inputs);
+                for row in 0..self.outputs {
+                    for b in 0..blocks {
+                        row_scales.push(scales[scale_at(row, b)]);
+                        let base = (row / PANEL * blocks + b) * INT8_PANEL_BLOCK + row % PANEL * 4;
+                        values
+                            .extend((0..BLOCK).map(|i| (quants[base + i / 4 * PANEL * 4 + i % 4] as i16 - 128) as i8));
+                    }
+                }
+                RowBlocks::Int8 { scales: row_scales, quants: values }
+            }
+            Weights::Nibbles { d, m, quants } => {
+                let (mut row_d, mut row_m) = (Vec::new(), Vec::new());
+                let mut values = Vec::with_capacity(self.outputs * inputs);
+                for row in 0..self.outputs {
+                    for b in 0..blocks {
+                        row_d.push(d[scale_at(row, b)]);
+                        row_m.push(m[scale_at(row, b)]);
+                        let base = (row / PANEL * blocks + b) * NIBBLE_PANEL_BLOCK + row % PANEL * 4;
+                        let byte = |i: usize| quants[base + i % 16 / 4 * PANEL * 4 + i % 4];
+                        values.extend((0..BLOCK).map(|i| if i < 16 { byte(i) & 0x0F } else { byte(i) >> 4 }));
+                    }
+                }
+                RowBlocks::Nibbles { d: row_d, m: row_m, quants: values }
+            }
+        }
     }
 
     pub fn bytes(&self) -> usize {
@@ -167,72 +293,107 @@ impl QMatrix {
         }
     }
 
-    /// `x` is `[rows, inputs]`, the result `[rows, outputs]`. Outputs are split over `pool` when given.
+    /// `x` is `[rows, inputs]`, the result `[rows, outputs]`. Panels are split over `pool` when given.
     pub fn forward(&self, x: &[f32], rows: usize, pool: Option<&rayon::ThreadPool>) -> Vec<f32> {
+        self.forward_with(Kernel::detect(), x, rows, pool)
+    }
+
+    /// [`QMatrix::forward`] on a given kernel (one of [`Kernel::available`]).
+    pub fn forward_with(&self, kernel: Kernel, x: &[f32], rows: usize, pool: Option<&rayon::ThreadPool>) -> Vec<f32> {
+        assert!(Kernel::available().contains(&kernel), "{kernel:?} does not run on this CPU");
         debug_assert_eq!(x.len(), rows * self.inputs);
         let activations = quantize(x, rows, self.inputs);
         let mut out = vec![0.0f32; rows * self.outputs];
         let shared = SharedOut { ptr: out.as_mut_ptr(), rows, outputs: self.outputs };
-        // Writes outputs `columns` of every row, a tile of rows at a time.
-        let fill = |columns: Range<usize>| {
+        // Writes the outputs of `panels` for every row, a tile of rows at a time.
+        let fill = |panels: Range<usize>| {
             let mut first = 0;
             while first < rows {
                 let count = tile_rows(rows - first);
                 let tile = Tile { out: &shared, first };
                 match count {
-                    1 => self.tile::<1>(columns.clone(), &activations, tile),
-                    2 => self.tile::<2>(columns.clone(), &activations, tile),
-                    3 => self.tile::<3>(columns.clone(), &activations, tile),
-                    4 => self.tile::<4>(columns.clone(), &activations, tile),
-                    _ => self.tile::<TILE>(columns.clone(), &activations, tile),
+                    1 => self.tile::<1>(kernel, panels.clone(), &activations, tile),
+                    2 => self.tile::<2>(kernel, panels.clone(), &activations, tile),
+                    3 => self.tile::<3>(kernel, panels.clone(), &activations, tile),
+                    4 => self.tile::<4>(kernel, panels.clone(), &activations, tile),
+                    _ => self.tile::<TILE>(kernel, panels.clone(), &activations, tile),
                 }
                 first += count;
             }
         };
         match pool.filter(|p| p.current_num_threads() > 1) {
-            None => fill(0..self.outputs),
+            None => fill(0..self.panels),
             Some(pool) => {
                 // A few ranges per thread keeps them busy when one is preempted. The ranges are disjoint, so
                 // every output element is written by exactly one thread.
-                let chunk = self.outputs.div_ceil(pool.current_num_threads() * 4).max(16);
+                let chunk = self.panels.div_ceil(pool.current_num_threads() * 4).max(1);
                 pool.install(|| {
-                    (0..self.outputs.div_ceil(chunk))
+                    (0..self.panels.div_ceil(chunk))
                         .into_par_iter()
-                        .for_each(|i| fill(i * chunk..((i + 1) * chunk).min(self.outputs)))
+                        .for_each(|i| fill(i * chunk..((i + 1) * chunk).min(self.panels)))
                 });
             }
         }
         out
     }
 
-    /// Dot products of weight rows `columns` with the `R` activation rows from `tile.first`.
-    fn tile<const R: usize>(&self, columns: Range<usize>, activations: &Q8Rows, mut tile: Tile) {
-        assert!(columns.end <= self.outputs && tile.first + R <= activations.scales.len() / self.stride);
-        assert!(columns.end <= tile.out.outputs && tile.first + R <= tile.out.rows);
+    /// Outputs of `panels` for the `R` activation rows from `tile.first`.
+    fn tile<const R: usize>(&self, kernel: Kernel, panels: Range<usize>, activations: &Q8Rows, mut tile: Tile) {
+        assert!(panels.end <= self.panels && activations.blocks == self.blocks);
+        assert!(tile.first + R <= activations.scales.len() / self.blocks.max(1) && tile.first + R <= tile.out.rows);
+        assert_eq!(tile.out.outputs, self.outputs);
         let rows: [RowRef; R] = std::array::from_fn(|r| activations.row(tile.first + r));
-        let (blocks, stride) = (self.blocks, self.stride);
+        let blocks = self.blocks;
         match &self.weights {
             Weights::Int8 { scales, quants } => {
-                let weights = Int8View { scales, quants, blocks, stride };
-                #[cfg(target_arch = "x86_64")]
-                if has_f16c() {
-                    // SAFETY: AVX2, FMA and F16C are present (checked at run time); the asserts above and the
-                    // matrix's construction keep every access in bounds.
-                    return unsafe { int8_tile_avx2(&weights, columns, &rows, &mut tile) };
+                let weights = Int8View { scales, quants, blocks };
+                match kernel {
+                    // SAFETY (both): the kernel's instructions are present (`forward_with` checked it against
+                    // the CPU); the asserts above and the packing keep every access in bounds.
+                    #[cfg(target_arch = "x86_64")]
+                    Kernel::Avx512Vnni => unsafe { int8_avx512_vnni(&weights, panels, &rows, &mut tile) },
+                    #[cfg(target_arch = "x86_64")]
+                    Kernel::Avx2 => unsafe { int8_avx2(&weights, panels, &rows, &mut tile) },
+                    _ => int8_portable(&weights, panels, &rows, &mut tile),
                 }
-                int8_tile_portable(&weights, columns, &rows, &mut tile)
             }
             Weights::Nibbles { d, m, quants } => {
-                let weights = NibbleView { d, m, quants, blocks, stride };
-                #[cfg(target_arch = "x86_64")]
-                if has_f16c() {
+                let weights = NibbleView { d, m, quants, blocks };
+                match kernel {
                     // SAFETY: as above.
-                    return unsafe { nibble_tile_avx2(&weights, columns, &rows, &mut tile) };
+                    #[cfg(target_arch = "x86_64")]
+                    Kernel::Avx512Vnni => unsafe { nibble_avx512_vnni(&weights, panels, &rows, &mut tile) },
+                    #[cfg(target_arch = "x86_64")]
+                    Kernel::Avx2 => unsafe { nibble_avx2(&weights, panels, &rows, &mut tile) },
+                    _ => nibble_portable(&weights, panels, &rows, &mut tile),
                 }
-                nibble_tile_portable(&weights, columns, &rows, &mut tile)
             }
         }
     }
+}
+
+/// GGUF Q4_1 blocks (`d: f16, m: f16, qs: [u8; 16]`, little-endian, byte i holding value i in its low nibble
+/// and value i + 16 in its high one), row after row.
+fn q4_1_rows(bytes: &[u8], outputs: usize, inputs: usize) -> Result<RowBlocks, LocalError> {
+    const BLOCK_BYTES: usize = 20;
+    let blocks = inputs / BLOCK;
+    if bytes.len() != outputs * blocks * BLOCK_BYTES {
+        return Err(LocalError::Format(format!(
+            "Q4_1 tensor [{outputs}, {inputs}] holds {} bytes, expected {}",
+            bytes.len(),
+            outputs * blocks * BLOCK_BYTES
+        )));
+    }
+    let mut d = Vec::with_capacity(outputs * blocks);
+    let mut m = Vec::with_capacity(outputs * blocks);
+    let mut quants = Vec::with_capacity(outputs * inputs);
+    for block in bytes.chunks_exact(BLOCK_BYTES) {
+        d.push(u16::from_le_bytes([block[0], block[1]]));
+        m.push(u16::from_le_bytes([block[2], block[3]]));
+        quants.extend(block[4..].iter().map(|byte| byte & 0x0F));
+        quants.extend(block[4..].iter().map(|byte| byte >> 4));
+    }
+    Ok(RowBlocks::Nibbles { d, m, quants })
 }
 
 /// Rows in the next tile: full tiles, then a half one, then what is left (each count has its own kernel).
@@ -244,15 +405,15 @@ fn tile_rows(remaining: usize) -> usize {
     }
 }
 
-/// The `[rows][outputs]` result, written by several threads at once, each only at the columns of its own range.
+/// The `[rows][outputs]` result, written by several threads at once, each only at the columns of its own panels.
 struct SharedOut {
     ptr: *mut f32,
     rows: usize,
     outputs: usize,
 }
 
-// SAFETY: `forward` hands each thread a disjoint range of columns, so no element is written by two threads, and
-// the buffer outlives the threads' scope.
+// SAFETY: `forward_with` hands each thread a disjoint range of panels, so no element is written by two threads,
+// and the buffer outlives the threads' scope.
 unsafe impl Sync for SharedOut {}
 
 /// Where a kernel writes: the tile's rows start at row `first` of `out`.
@@ -262,12 +423,16 @@ struct Tile<'a> {
 }
 
 impl Tile<'_> {
+    /// Row `r` of the tile, outputs from `column` on: as many of `values` as the matrix has outputs there.
     #[inline(always)]
-    fn store<const R: usize>(&mut self, column: usize, sums: [f32; R]) {
-        assert!(column < self.out.outputs && self.first + R <= self.out.rows);
-        for (r, sum) in sums.into_iter().enumerate() {
-            // SAFETY: in bounds (asserted), and only this tile's thread writes this column (see `SharedOut`).
-            unsafe { *self.out.ptr.add((self.first + r) * self.out.outputs + column) = sum };
+    fn store(&mut self, r: usize, column: usize, values: &[f32]) {
+        let count = values.len().min(self.out.outputs.saturating_sub(column));
+        assert!(self.first + r < self.out.rows);
+        // SAFETY: in bounds (asserted, and `count` stops at the row's end); only this tile's thread writes these
+        // columns (see `SharedOut`).
+        unsafe {
+            let target = self.out.ptr.add((self.first + r) * self.out.outputs + column);
+            std::ptr::copy_nonoverlapping(values.as_ptr(), target, count);
         }
     }
 }
@@ -275,9 +440,8 @@ impl Tile<'_> {
 /// An int8 weight matrix's arrays.
 struct Int8View<'a> {
     scales: &'a [f32],
-    quants: &'a [i8],
+    quants: &'a [u8],
     blocks: usize,
-    stride: usize,
 }
 
 /// A nibble weight matrix's arrays.
@@ -286,156 +450,253 @@ struct NibbleView<'a> {
     m: &'a [u16],
     quants: &'a [u8],
     blocks: usize,
-    stride: usize,
 }
 
-fn int8_tile_portable<const R: usize>(w: &Int8View, columns: Range<usize>, rows: &[RowRef; R], tile: &mut Tile) {
-    for column in columns {
-        let mut sums = [0.0f32; R];
+fn int8_portable<const R: usize>(w: &Int8View, panels: Range<usize>, rows: &[RowRef; R], tile: &mut Tile) {
+    for panel in panels {
+        let mut acc = [[0.0f32; PANEL]; R];
         for b in 0..w.blocks {
-            let weights = &w.quants[(column * w.blocks + b) * BLOCK..][..BLOCK];
-            for (sum, row) in sums.iter_mut().zip(rows) {
-                let a = &row.quants[b * BLOCK..(b + 1) * BLOCK];
-                let dot: i32 = weights.iter().zip(a).map(|(&x, &y)| x as i32 * y as i32).sum();
-                *sum += dot as f32 * w.scales[column * w.stride + b] * row.scales[b];
+            let at = panel * w.blocks + b;
+            let quants = &w.quants[at * INT8_PANEL_BLOCK..][..INT8_PANEL_BLOCK];
+            for lane in 0..PANEL {
+                let scale = w.scales[at * PANEL + lane];
+                for (acc, row) in acc.iter_mut().zip(rows) {
+                    let a = &row.quants[b * BLOCK..][..BLOCK];
+                    let dot: i32 = (0..BLOCK)
+                        .map(|i| (quants[(i / 4 * PANEL + lane) * 4 + i % 4] as i32 - 128) * a[i] as i32)
+                        .sum();
+                    acc[lane] = (dot as f32).mul_add(scale * row.scales[b], acc[lane]);
+                }
             }
         }
-        tile.store(column, sums);
+        for (r, acc) in acc.iter().enumerate() {
+            tile.store(r, panel * PANEL, acc);
+        }
     }
 }
 
-fn nibble_tile_portable<const R: usize>(w: &NibbleView, columns: Range<usize>, rows: &[RowRef; R], tile: &mut Tile) {
-    for column in columns {
-        let mut sums = [0.0f32; R];
+fn nibble_portable<const R: usize>(w: &NibbleView, panels: Range<usize>, rows: &[RowRef; R], tile: &mut Tile) {
+    for panel in panels {
+        let mut acc = [[0.0f32; PANEL]; R];
         for b in 0..w.blocks {
-            let packed = &w.quants[(column * w.blocks + b) * BLOCK / 2..][..BLOCK / 2];
-            let (d, m) = (f16_to_f32(w.d[column * w.stride + b]), f16_to_f32(w.m[column * w.stride + b]));
-            for (sum, row) in sums.iter_mut().zip(rows) {
-                let a = &row.quants[b * BLOCK..(b + 1) * BLOCK];
-                let dot: i32 = packed
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &byte)| (byte & 0x0F) as i32 * a[i] as i32 + (byte >> 4) as i32 * a[i + BLOCK / 2] as i32)
-                    .sum();
-                *sum += dot as f32 * d * row.scales[b] + m * row.sums[b];
+            let at = panel * w.blocks + b;
+            let quants = &w.quants[at * NIBBLE_PANEL_BLOCK..][..NIBBLE_PANEL_BLOCK];
+            for lane in 0..PANEL {
+                let (d, m) = (f16_to_f32(w.d[at * PANEL + lane]), f16_to_f32(w.m[at * PANEL + lane]));
+                for (acc, row) in acc.iter_mut().zip(rows) {
+                    let a = &row.quants[b * BLOCK..][..BLOCK];
+                    let dot: i32 = (0..16)
+                        .map(|i| {
+                            let byte = quants[(i / 4 * PANEL + lane) * 4 + i % 4];
+                            (byte & 0x0F) as i32 * a[i] as i32 + (byte >> 4) as i32 * a[i + 16] as i32
+                        })
+                        .sum();
+                    acc[lane] = (dot as f32).mul_add(d * row.scales[b], acc[lane]);
+                    acc[lane] = m.mul_add(row.sums[b], acc[lane]);
+                }
             }
         }
-        tile.store(column, sums);
+        for (r, acc) in acc.iter().enumerate() {
+            tile.store(r, panel * PANEL, acc);
+        }
+    }
+}
+
+/// Four activation bytes (inputs `4 * step` on of a block) in every 32-bit lane.
+#[cfg(target_arch = "x86_64")]
+macro_rules! broadcast_step {
+    ($set1:ident, $block:expr, $step:expr) => {
+        // SAFETY: the caller's block holds 32 bytes.
+        $set1(unsafe { ($block.add($step * 4) as *const i32).read_unaligned() })
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn int8_avx2<const R: usize>(w: &Int8View, panels: Range<usize>, rows: &[RowRef; R], tile: &mut Tile) {
+    use std::arch::x86_64::*;
+    let ones = _mm256_set1_epi16(1);
+    let offset = _mm256_set1_epi8(-128);
+    for panel in panels {
+        // Eight outputs at a time: a ymm register holds four values of eight rows.
+        for half in 0..2 {
+            let mut acc = [_mm256_setzero_ps(); R];
+            for b in 0..w.blocks {
+                let at = panel * w.blocks + b;
+                // SAFETY (every weight load): the panel and block exist (asserted by the caller); a block of a
+                // panel holds 8 steps of 64 bytes and 16 scales.
+                let base = unsafe { w.quants.as_ptr().add(at * INT8_PANEL_BLOCK + half * 32) };
+                // Back to signed values; maddubs multiplies unsigned by signed bytes, so |w| times a with w's
+                // sign moved onto a.
+                let signed: [__m256i; STEPS] = std::array::from_fn(|step| {
+                    _mm256_xor_si256(unsafe { _mm256_loadu_si256(base.add(step * 64) as *const __m256i) }, offset)
+                });
+                let magnitude: [__m256i; STEPS] =
+                    std::array::from_fn(|step| _mm256_sign_epi8(signed[step], signed[step]));
+                let scales = unsafe { _mm256_loadu_ps(w.scales.as_ptr().add(at * PANEL + half * 8)) };
+                for r in 0..R {
+                    let a = unsafe { rows[r].quants.as_ptr().add(b * BLOCK) };
+                    let mut dot = _mm256_setzero_si256();
+                    for step in 0..STEPS {
+                        let inputs = broadcast_step!(_mm256_set1_epi32, a, step);
+                        // Pairs of products reach 2 * 127 * 127, so each step widens to 32 bits at once.
+                        let products = _mm256_maddubs_epi16(magnitude[step], _mm256_sign_epi8(inputs, signed[step]));
+                        dot = _mm256_add_epi32(dot, _mm256_madd_epi16(products, ones));
+                    }
+                    let combined = _mm256_mul_ps(scales, _mm256_set1_ps(rows[r].scales[b]));
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), combined, acc[r]);
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                let mut lanes = [0.0f32; 8];
+                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *acc) };
+                tile.store(r, panel * PANEL + half * 8, &lanes);
+            }
+        }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn int8_tile_avx2<const R: usize>(w: &Int8View, columns: Range<usize>, rows: &[RowRef; R], tile: &mut Tile) {
+unsafe fn nibble_avx2<const R: usize>(w: &NibbleView, panels: Range<usize>, rows: &[RowRef; R], tile: &mut Tile) {
     use std::arch::x86_64::*;
     let ones = _mm256_set1_epi16(1);
-    let (blocks, stride) = (w.blocks, w.stride);
-    for column in columns {
-        // SAFETY (every load below): the caller checked `column` < outputs and that the rows exist; a weight row
-        // holds `blocks` blocks of 32 bytes and `stride` scales, an activation row likewise.
-        let quants = unsafe { w.quants.as_ptr().add(column * blocks * BLOCK) };
-        let scales = unsafe { w.scales.as_ptr().add(column * stride) };
-        // One accumulator per row, whatever the tile size, so a row sums in the same order alone or in a batch.
-        let mut sum = [_mm256_setzero_ps(); R];
-        // Weight scale times row scale for the blocks of the current group.
-        let mut combined = [[0.0f32; GROUP]; R];
-        // A macro, not a closure, so the intrinsics compile inside this AVX2 function.
-        macro_rules! block {
-            ($group:expr, $i:expr) => {{
-                let b = $group + $i;
-                let w = unsafe { _mm256_loadu_si256(quants.add(b * BLOCK) as *const __m256i) };
-                // maddubs multiplies unsigned by signed bytes: |w| times a with w's sign moved onto a.
-                let w_abs = _mm256_sign_epi8(w, w);
-                for r in 0..R {
-                    let a = unsafe { _mm256_loadu_si256(rows[r].quants.as_ptr().add(b * BLOCK) as *const __m256i) };
-                    let products = _mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(a, w));
-                    let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(products, ones));
-                    sum[r] = _mm256_fmadd_ps(sums, _mm256_set1_ps(combined[r][$i]), sum[r]);
+    let low_nibbles = _mm256_set1_epi8(0x0F);
+    for panel in panels {
+        for half in 0..2 {
+            let mut acc = [_mm256_setzero_ps(); R];
+            for b in 0..w.blocks {
+                let at = panel * w.blocks + b;
+                // SAFETY (every weight load): as in `int8_avx2`, with blocks of 4 x 64 bytes and f16 scales.
+                let base = unsafe { w.quants.as_ptr().add(at * NIBBLE_PANEL_BLOCK + half * 32) };
+                let mut values = [_mm256_setzero_si256(); STEPS];
+                for j in 0..4 {
+                    let packed = unsafe { _mm256_loadu_si256(base.add(j * 64) as *const __m256i) };
+                    values[j] = _mm256_and_si256(packed, low_nibbles);
+                    values[j + 4] = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low_nibbles);
                 }
-            }};
-        }
-        let mut group = 0;
-        while group < blocks {
-            let w_scales = unsafe { _mm256_loadu_ps(scales.add(group)) };
-            for r in 0..R {
-                let row_scales = unsafe { _mm256_loadu_ps(rows[r].scales.as_ptr().add(group)) };
-                unsafe { _mm256_storeu_ps(combined[r].as_mut_ptr(), _mm256_mul_ps(w_scales, row_scales)) };
+                let scale_at = at * PANEL + half * 8;
+                let d = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(w.d.as_ptr().add(scale_at) as *const __m128i) });
+                let m = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(w.m.as_ptr().add(scale_at) as *const __m128i) });
+                for r in 0..R {
+                    let a = unsafe { rows[r].quants.as_ptr().add(b * BLOCK) };
+                    // Pairs of products stay under 2 * 15 * 127, so eight steps sum in 16 bits (at most 30480).
+                    let mut pairs = _mm256_maddubs_epi16(values[0], broadcast_step!(_mm256_set1_epi32, a, 0));
+                    for step in 1..STEPS {
+                        let inputs = broadcast_step!(_mm256_set1_epi32, a, step);
+                        pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(values[step], inputs));
+                    }
+                    let dot = _mm256_madd_epi16(pairs, ones);
+                    let combined = _mm256_mul_ps(d, _mm256_set1_ps(rows[r].scales[b]));
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), combined, acc[r]);
+                    acc[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(rows[r].sums[b]), acc[r]);
+                }
             }
-            // The index is also the block's offset in the group.
-            #[allow(clippy::needless_range_loop)]
-            for i in 0..GROUP.min(blocks - group) {
-                block!(group, i);
+            for (r, acc) in acc.iter().enumerate() {
+                let mut lanes = [0.0f32; 8];
+                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *acc) };
+                tile.store(r, panel * PANEL + half * 8, &lanes);
             }
-            group += GROUP;
         }
-        tile.store(column, std::array::from_fn::<f32, R, _>(|r| horizontal_sum(sum[r])));
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn nibble_tile_avx2<const R: usize>(w: &NibbleView, columns: Range<usize>, rows: &[RowRef; R], tile: &mut Tile) {
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn int8_avx512_vnni<const R: usize>(w: &Int8View, panels: Range<usize>, rows: &[RowRef; R], tile: &mut Tile) {
     use std::arch::x86_64::*;
-    let ones = _mm256_set1_epi16(1);
-    let low_nibbles = _mm_set1_epi8(0x0F);
-    let (blocks, stride) = (w.blocks, w.stride);
-    for column in columns {
-        // SAFETY (every load below): as in `int8_tile_avx2`, with 16-byte weight blocks.
-        let quants = unsafe { w.quants.as_ptr().add(column * blocks * BLOCK / 2) };
-        let (d, m) = unsafe { (w.d.as_ptr().add(column * stride), w.m.as_ptr().add(column * stride)) };
-        // One accumulator per row, whatever the tile size, so a row sums in the same order alone or in a batch.
-        let mut sum = [_mm256_setzero_ps(); R];
-        let mut combined = [[0.0f32; GROUP]; R];
-        macro_rules! block {
-            ($group:expr, $i:expr) => {{
-                let b = $group + $i;
-                let packed = unsafe { _mm_loadu_si128(quants.add(b * BLOCK / 2) as *const __m128i) };
-                let low = _mm_and_si128(packed, low_nibbles);
-                let high = _mm_and_si128(_mm_srli_epi16(packed, 4), low_nibbles);
-                // Elements 0..16 from the low nibbles, 16..32 from the high ones; all in 0..=15, which is what
-                // maddubs wants as its unsigned operand.
-                let w = _mm256_set_m128i(high, low);
-                for r in 0..R {
-                    let a = unsafe { _mm256_loadu_si256(rows[r].quants.as_ptr().add(b * BLOCK) as *const __m256i) };
-                    let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(w, a), ones));
-                    sum[r] = _mm256_fmadd_ps(sums, _mm256_set1_ps(combined[r][$i]), sum[r]);
-                }
-            }};
-        }
-        let mut group = 0;
-        while group < blocks {
-            let d8 = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(d.add(group) as *const __m128i) });
-            let m8 = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(m.add(group) as *const __m128i) });
+    for panel in panels {
+        let mut acc = [_mm512_setzero_ps(); R];
+        for b in 0..w.blocks {
+            let at = panel * w.blocks + b;
+            // SAFETY (every weight load): as in `int8_avx2`.
+            let base = unsafe { w.quants.as_ptr().add(at * INT8_PANEL_BLOCK) };
+            let values: [__m512i; STEPS] =
+                std::array::from_fn(|step| unsafe { _mm512_loadu_si512(base.add(step * 64) as *const __m512i) });
+            let scales = unsafe { _mm512_loadu_ps(w.scales.as_ptr().add(at * PANEL)) };
             for r in 0..R {
-                let row_scales = unsafe { _mm256_loadu_ps(rows[r].scales.as_ptr().add(group)) };
-                unsafe { _mm256_storeu_ps(combined[r].as_mut_ptr(), _mm256_mul_ps(d8, row_scales)) };
-                // The offsets' share, m * scale * sum(a), for the whole group at once; padding lanes are zero.
-                let row_sums = unsafe { _mm256_loadu_ps(rows[r].sums.as_ptr().add(group)) };
-                sum[r] = _mm256_fmadd_ps(m8, row_sums, sum[r]);
+                let a = unsafe { rows[r].quants.as_ptr().add(b * BLOCK) };
+                // The weights are q + 128: start from -128 * sum(a) so the sums come out as sum(q * a). Two
+                // chains of four halve the wait on each multiply-add's latency.
+                let mut low = _mm512_set1_epi32(-128 * rows[r].int_sums[b]);
+                let mut high = _mm512_setzero_si512();
+                for step in 0..STEPS / 2 {
+                    low = _mm512_dpbusd_epi32(low, values[step], broadcast_step!(_mm512_set1_epi32, a, step));
+                    let later = step + STEPS / 2;
+                    high = _mm512_dpbusd_epi32(high, values[later], broadcast_step!(_mm512_set1_epi32, a, later));
+                }
+                let dot = _mm512_add_epi32(low, high);
+                let combined = _mm512_mul_ps(scales, _mm512_set1_ps(rows[r].scales[b]));
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), combined, acc[r]);
             }
-            // The index is also the block's offset in the group.
-            #[allow(clippy::needless_range_loop)]
-            for i in 0..GROUP.min(blocks - group) {
-                block!(group, i);
-            }
-            group += GROUP;
         }
-        tile.store(column, std::array::from_fn::<f32, R, _>(|r| horizontal_sum(sum[r])));
+        for (r, acc) in acc.iter().enumerate() {
+            let mut lanes = [0.0f32; PANEL];
+            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *acc) };
+            tile.store(r, panel * PANEL, &lanes);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn nibble_avx512_vnni<const R: usize>(
+    w: &NibbleView,
+    panels: Range<usize>,
+    rows: &[RowRef; R],
+    tile: &mut Tile,
+) {
+    use std::arch::x86_64::*;
+    let low_nibbles = _mm512_set1_epi8(0x0F);
+    for panel in panels {
+        let mut acc = [_mm512_setzero_ps(); R];
+        for b in 0..w.blocks {
+            let at = panel * w.blocks + b;
+            // SAFETY (every weight load): as in `nibble_avx2`.
+            let base = unsafe { w.quants.as_ptr().add(at * NIBBLE_PANEL_BLOCK) };
+            let mut values = [_mm512_setzero_si512(); STEPS];
+            for j in 0..4 {
+                let packed = unsafe { _mm512_loadu_si512(base.add(j * 64) as *const __m512i) };
+                values[j] = _mm512_and_si512(packed, low_nibbles);
+                values[j + 4] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low_nibbles);
+            }
+            let d = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(w.d.as_ptr().add(at * PANEL) as *const __m256i) });
+            let m = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(w.m.as_ptr().add(at * PANEL) as *const __m256i) });
+            for r in 0..R {
+                let a = unsafe { rows[r].quants.as_ptr().add(b * BLOCK) };
+                let mut low = _mm512_setzero_si512();
+                let mut high = _mm512_setzero_si512();
+                for step in 0..STEPS / 2 {
+                    low = _mm512_dpbusd_epi32(low, values[step], broadcast_step!(_mm512_set1_epi32, a, step));
+                    let later = step + STEPS / 2;
+                    high = _mm512_dpbusd_epi32(high, values[later], broadcast_step!(_mm512_set1_epi32, a, later));
+                }
+                let dot = _mm512_add_epi32(low, high);
+                let combined = _mm512_mul_ps(d, _mm512_set1_ps(rows[r].scales[b]));
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), combined, acc[r]);
+                acc[r] = _mm512_fmadd_ps(m, _mm512_set1_ps(rows[r].sums[b]), acc[r]);
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let mut lanes = [0.0f32; PANEL];
+            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *acc) };
+            tile.store(r, panel * PANEL, &lanes);
+        }
     }
 }
 
 /// Rows of `width` floats as int8 blocks: scale = max |x| / 127 per block, values rounded half to even.
 fn quantize(values: &[f32], rows: usize, width: usize) -> Q8Rows {
     let blocks = width / BLOCK;
-    let stride = blocks.next_multiple_of(GROUP);
-    let mut scales = vec![0.0f32; rows * stride];
-    let mut sums = vec![0.0f32; rows * stride];
+    let mut scales = vec![0.0f32; rows * blocks];
+    let mut sums = vec![0.0f32; rows * blocks];
+    let mut int_sums = vec![0i32; rows * blocks];
     let mut quants = vec![0i8; rows * width];
     for (index, (source, target)) in values.chunks_exact(BLOCK).zip(quants.chunks_exact_mut(BLOCK)).enumerate() {
         let source: &[f32; BLOCK] = source.try_into().expect("a whole block");
         let target: &mut [i8; BLOCK] = target.try_into().expect("a whole block");
         #[cfg(target_arch = "x86_64")]
-        let (scale, sum) = if has_f16c() {
+        let (scale, sum) = if super::simd::has_f16c() {
             // SAFETY: AVX2 is present (checked at run time).
             unsafe { quantize_block_avx2(source, target) }
         } else {
@@ -443,11 +704,11 @@ fn quantize(values: &[f32], rows: usize, width: usize) -> Q8Rows {
         };
         #[cfg(not(target_arch = "x86_64"))]
         let (scale, sum) = quantize_block(source, target);
-        let at = index / blocks * stride + index % blocks;
-        scales[at] = scale;
-        sums[at] = scale * sum as f32;
+        scales[index] = scale;
+        sums[index] = scale * sum as f32;
+        int_sums[index] = sum;
     }
-    Q8Rows { blocks, stride, scales, sums, quants }
+    Q8Rows { blocks, scales, sums, int_sums, quants }
 }
 
 /// One block's int8 values; returns its scale and the sum of the values.
@@ -541,12 +802,12 @@ mod tests {
 
     #[test]
     fn q4_1_weights_kept_as_nibbles_match_their_float_values() {
-        // 320 inputs: ten blocks, so one full group of eight scales and a partial one.
         let (outputs, inputs) = (24, 320);
         let (q4, weights) = q4_1(outputs, inputs, 13);
         let matrix4 = QMatrix::from_qtensor(&q4).unwrap().unwrap();
         assert!(matches!(matrix4.weights, Weights::Nibbles { .. }));
-        assert_eq!(matrix4.bytes(), outputs * (inputs / 2 + 2 * 2 * 16));
+        // Two panels of 16 rows (8 of them padding), each block 16 bytes of nibbles and two f16 scales per row.
+        assert_eq!(matrix4.bytes(), 32 * (inputs / 2 + inputs / BLOCK * 4));
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
         for rows in [1, 2, 3, 4, 5, 9, 16, 23] {
             let x = matrix(rows, inputs, 17);
@@ -576,49 +837,50 @@ mod tests {
         }
     }
 
-    /// Outputs of the first `R` activation rows by the dispatched kernel and by the portable one.
-    fn dispatched_and_portable<const R: usize>(q: &QMatrix, activations: &Q8Rows) -> (Vec<f32>, Vec<f32>) {
-        let width = q.outputs;
-        let mut dispatched = vec![0.0f32; R * width];
-        let out = SharedOut { ptr: dispatched.as_mut_ptr(), rows: R, outputs: width };
-        q.tile::<R>(0..width, activations, Tile { out: &out, first: 0 });
-        let rows: [RowRef; R] = std::array::from_fn(|r| activations.row(r));
-        let mut portable = vec![0.0f32; R * width];
-        let out = SharedOut { ptr: portable.as_mut_ptr(), rows: R, outputs: width };
-        let mut tile = Tile { out: &out, first: 0 };
-        let (blocks, stride) = (q.blocks, q.stride);
-        match &q.weights {
-            Weights::Int8 { scales, quants } => {
-                int8_tile_portable(&Int8View { scales, quants, blocks, stride }, 0..width, &rows, &mut tile)
-            }
-            Weights::Nibbles { d, m, quants } => {
-                nibble_tile_portable(&NibbleView { d, m, quants, blocks, stride }, 0..width, &rows, &mut tile)
-            }
-        }
-        (dispatched, portable)
-    }
-
     #[test]
-    fn portable_and_simd_kernels_agree_for_every_tile_size() {
-        let (outputs, inputs) = (5, 288);
-        let activations = quantize(&matrix(TILE, inputs, 9), TILE, inputs);
+    fn every_kernel_gives_the_same_bits_for_every_row_count_and_thread_split() {
+        // 37 outputs: two full panels and a partial one; 288 inputs: nine blocks.
+        let (outputs, inputs) = (37, 288);
         let (q4, _) = q4_1(outputs, inputs, 5);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        let kernels = Kernel::available();
+        println!("kernels on this CPU: {kernels:?}");
         for q in [
             QMatrix::from_f32(&matrix(outputs, inputs, 5), outputs, inputs),
             QMatrix::from_qtensor(&q4).unwrap().unwrap(),
         ] {
-            for (dispatched, portable) in [
-                dispatched_and_portable::<1>(&q, &activations),
-                dispatched_and_portable::<2>(&q, &activations),
-                dispatched_and_portable::<3>(&q, &activations),
-                dispatched_and_portable::<4>(&q, &activations),
-                dispatched_and_portable::<TILE>(&q, &activations),
-            ] {
-                for (a, b) in portable.iter().zip(&dispatched) {
-                    assert!((a - b).abs() < 1e-3 * a.abs().max(1.0), "{a} vs {b}");
+            for rows in [1, 2, 3, 4, 5, 8, 13] {
+                let x = matrix(rows, inputs, 9);
+                let portable = q.forward_with(Kernel::Portable, &x, rows, None);
+                for &kernel in &kernels {
+                    for pool in [None, Some(&pool)] {
+                        let got = q.forward_with(kernel, &x, rows, pool);
+                        let same = got.iter().zip(&portable).all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "{kernel:?}, {rows} rows: {got:?} vs {portable:?}");
+                    }
                 }
             }
         }
+    }
+
+    #[test]
+    fn packing_into_panels_and_back_gives_the_rows_again() {
+        let (outputs, inputs) = (21, 64);
+        let (q4, _) = q4_1(outputs, inputs, 8);
+        let rows = q4_1_rows(&q4.data().unwrap(), outputs, inputs).unwrap();
+        let RowBlocks::Nibbles { d, m, quants } = &rows else { unreachable!() };
+        let packed =
+            QMatrix::pack(outputs, inputs, RowBlocks::Nibbles { d: d.clone(), m: m.clone(), quants: quants.clone() });
+        let RowBlocks::Nibbles { d: d2, m: m2, quants: q2 } = packed.unpack() else { panic!("nibbles stay nibbles") };
+        assert_eq!((d, m, quants), (&d2, &m2, &q2));
+        let values = quantize(&matrix(outputs, inputs, 2), outputs, inputs);
+        let packed = QMatrix::pack(
+            outputs,
+            inputs,
+            RowBlocks::Int8 { scales: values.scales.clone(), quants: values.quants.clone() },
+        );
+        let RowBlocks::Int8 { scales, quants } = packed.unpack() else { panic!("int8 stays int8") };
+        assert_eq!((scales, quants), (values.scales, values.quants));
     }
 
     #[test]
@@ -633,7 +895,7 @@ mod tests {
             let (mut a, mut b) = ([0i8; BLOCK], [0i8; BLOCK]);
             let portable = quantize_block(source, &mut a);
             #[cfg(target_arch = "x86_64")]
-            if has_f16c() {
+            if super::super::simd::has_f16c() {
                 let simd = unsafe { quantize_block_avx2(source, &mut b) };
                 assert_eq!((portable, a), (simd, b));
             }

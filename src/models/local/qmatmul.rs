@@ -511,6 +511,30 @@ macro_rules! broadcast_step {
     };
 }
 
+/// Each row's eight outputs from `column` on, one vector per row of the tile.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+fn store_ymm(tile: &mut Tile, column: usize, rows: &[std::arch::x86_64::__m256]) {
+    for (r, vector) in rows.iter().enumerate() {
+        let mut lanes = [0.0f32; 8];
+        // SAFETY: `lanes` holds eight floats.
+        unsafe { std::arch::x86_64::_mm256_storeu_ps(lanes.as_mut_ptr(), *vector) };
+        tile.store(r, column, &lanes);
+    }
+}
+
+/// Each row's sixteen outputs from `column` on, one vector per row of the tile.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn store_zmm(tile: &mut Tile, column: usize, rows: &[std::arch::x86_64::__m512]) {
+    for (r, vector) in rows.iter().enumerate() {
+        let mut lanes = [0.0f32; PANEL];
+        // SAFETY: `lanes` holds sixteen floats.
+        unsafe { std::arch::x86_64::_mm512_storeu_ps(lanes.as_mut_ptr(), *vector) };
+        tile.store(r, column, &lanes);
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn int8_avx2<const R: usize>(w: &Int8View, panels: Range<usize>, rows: &[RowRef; R], tile: &mut Tile) {
@@ -547,11 +571,7 @@ unsafe fn int8_avx2<const R: usize>(w: &Int8View, panels: Range<usize>, rows: &[
                     acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), combined, acc[r]);
                 }
             }
-            for (r, acc) in acc.iter().enumerate() {
-                let mut lanes = [0.0f32; 8];
-                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *acc) };
-                tile.store(r, panel * PANEL + half * 8, &lanes);
-            }
+            store_ymm(tile, panel * PANEL + half * 8, &acc);
         }
     }
 }
@@ -582,9 +602,9 @@ unsafe fn nibble_avx2<const R: usize>(w: &NibbleView, panels: Range<usize>, rows
                     let a = unsafe { rows[r].quants.as_ptr().add(b * BLOCK) };
                     // Pairs of products stay under 2 * 15 * 127, so eight steps sum in 16 bits (at most 30480).
                     let mut pairs = _mm256_maddubs_epi16(values[0], broadcast_step!(_mm256_set1_epi32, a, 0));
-                    for step in 1..STEPS {
+                    for (step, values) in values.iter().enumerate().skip(1) {
                         let inputs = broadcast_step!(_mm256_set1_epi32, a, step);
-                        pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(values[step], inputs));
+                        pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(*values, inputs));
                     }
                     let dot = _mm256_madd_epi16(pairs, ones);
                     let combined = _mm256_mul_ps(d, _mm256_set1_ps(rows[r].scales[b]));
@@ -592,11 +612,7 @@ unsafe fn nibble_avx2<const R: usize>(w: &NibbleView, panels: Range<usize>, rows
                     acc[r] = _mm256_fmadd_ps(m, _mm256_set1_ps(rows[r].sums[b]), acc[r]);
                 }
             }
-            for (r, acc) in acc.iter().enumerate() {
-                let mut lanes = [0.0f32; 8];
-                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *acc) };
-                tile.store(r, panel * PANEL + half * 8, &lanes);
-            }
+            store_ymm(tile, panel * PANEL + half * 8, &acc);
         }
     }
 }
@@ -630,11 +646,7 @@ unsafe fn int8_avx512_vnni<const R: usize>(w: &Int8View, panels: Range<usize>, r
                 acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), combined, acc[r]);
             }
         }
-        for (r, acc) in acc.iter().enumerate() {
-            let mut lanes = [0.0f32; PANEL];
-            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *acc) };
-            tile.store(r, panel * PANEL, &lanes);
-        }
+        store_zmm(tile, panel * PANEL, &acc);
     }
 }
 
@@ -677,11 +689,7 @@ unsafe fn nibble_avx512_vnni<const R: usize>(
                 acc[r] = _mm512_fmadd_ps(m, _mm512_set1_ps(rows[r].sums[b]), acc[r]);
             }
         }
-        for (r, acc) in acc.iter().enumerate() {
-            let mut lanes = [0.0f32; PANEL];
-            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *acc) };
-            tile.store(r, panel * PANEL, &lanes);
-        }
+        store_zmm(tile, panel * PANEL, &acc);
     }
 }
 

@@ -26,21 +26,27 @@ impl GroupAttention<'_> {
         let mut scores = vec![0.0f32; heads * span];
         #[cfg(target_arch = "x86_64")]
         if hd.is_multiple_of(8) && has_f16c() {
-            // SAFETY: AVX2, FMA and F16C are present (checked at run time) and the asserts above bound every
-            // position's key and value and the queries and output.
-            unsafe {
-                match heads {
-                    1 => self.run_avx2::<1>(&mut scores, out),
-                    2 => self.run_avx2::<2>(&mut scores, out),
-                    3 => self.run_avx2::<3>(&mut scores, out),
-                    4 => self.run_avx2::<4>(&mut scores, out),
-                    _ => {
-                        // Larger groups one head at a time: the same sums in the same order.
-                        for (query, target) in self.queries.chunks_exact(hd).zip(out.chunks_exact_mut(hd)) {
-                            GroupAttention { queries: query, ..*self }.run_avx2::<1>(&mut scores[..span], target);
-                        }
+            // Heads in chunks of up to three, so each chunk's sums stay in the 16 vector registers; every head's
+            // sums come out the same in any chunk.
+            let mut first = 0;
+            while first < heads {
+                let count = match heads - first {
+                    4 => 2,
+                    left => left.min(3),
+                };
+                let (queries, target) = (&self.queries[first * hd..(first + count) * hd], &mut out[first * hd..]);
+                let chunk = GroupAttention { queries, ..*self };
+                let scores = &mut scores[..count * span];
+                // SAFETY: AVX2, FMA and F16C are present (checked at run time) and the asserts above bound every
+                // position's key and value and the queries and output.
+                unsafe {
+                    match count {
+                        1 => chunk.run_avx2::<1, 8>(scores, &mut target[..hd]),
+                        2 => chunk.run_avx2::<2, 4>(scores, &mut target[..2 * hd]),
+                        _ => chunk.run_avx2::<3, 2>(scores, &mut target[..3 * hd]),
                     }
                 }
+                first += count;
             }
             return;
         }
@@ -60,54 +66,80 @@ impl GroupAttention<'_> {
         }
     }
 
-    /// `G` heads at once; `scores` holds `G * span` values.
+    /// `G` heads at once; `scores` holds `G * span` values. Values are summed `W` vectors of a head at a time.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn run_avx2<const G: usize>(&self, scores: &mut [f32], out: &mut [f32]) {
+    unsafe fn run_avx2<const G: usize, const W: usize>(&self, scores: &mut [f32], out: &mut [f32]) {
         use std::arch::x86_64::*;
         let (hd, span) = (self.hd, self.span);
-        let (keys, values, queries) = (self.keys.as_ptr(), self.values.as_ptr(), self.queries.as_ptr());
+        let (keys, queries) = (self.keys.as_ptr(), self.queries.as_ptr());
+        // Scores four positions at a time: each head's sums for four keys stay in registers, and one reduction
+        // (three horizontal adds) gives the four scores, where a reduction per position costs as much as its
+        // multiplies. A last partial four leaves the missing positions' sums at zero, so every position's score
+        // is reduced the same way.
         // SAFETY (every load below): `run` checked that each of the `span` positions holds `hd` values, that the
         // queries and `out` hold G heads of `hd`, and `hd` is a multiple of 8.
-        for i in 0..span {
-            let key = unsafe { keys.add(i * self.stride) };
-            let mut sums = [_mm256_setzero_ps(); G];
+        let mut i = 0;
+        while i < span {
+            let count = (span - i).min(4);
+            let mut sums = [[_mm256_setzero_ps(); 4]; G];
             for d in (0..hd).step_by(8) {
-                let k = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(key.add(d) as *const __m128i) });
-                for (g, sum) in sums.iter_mut().enumerate() {
-                    *sum = _mm256_fmadd_ps(k, unsafe { _mm256_loadu_ps(queries.add(g * hd + d)) }, *sum);
+                for p in 0..count {
+                    let key = unsafe { _mm_loadu_si128(keys.add((i + p) * self.stride + d) as *const __m128i) };
+                    let k = _mm256_cvtph_ps(key);
+                    for (g, head) in sums.iter_mut().enumerate() {
+                        head[p] = _mm256_fmadd_ps(k, unsafe { _mm256_loadu_ps(queries.add(g * hd + d)) }, head[p]);
+                    }
                 }
             }
-            for (g, sum) in sums.into_iter().enumerate() {
-                scores[g * span + i] = horizontal_sum(sum) * self.scale;
+            for (g, [s0, s1, s2, s3]) in sums.into_iter().enumerate() {
+                let quad = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1), _mm256_hadd_ps(s2, s3));
+                let four = _mm_add_ps(_mm256_castps256_ps128(quad), _mm256_extractf128_ps(quad, 1));
+                let mut lanes = [0.0f32; 4];
+                unsafe { _mm_storeu_ps(lanes.as_mut_ptr(), _mm_mul_ps(four, _mm_set1_ps(self.scale))) };
+                scores[g * span + i..g * span + i + count].copy_from_slice(&lanes[..count]);
             }
+            i += count;
         }
         for head in scores.chunks_exact_mut(span) {
             softmax_avx2(head);
         }
-        // `width` vectors of output per head at a time (all heads' sums stay in registers), over every position.
-        let width = (8 / G).max(1);
         let mut start = 0;
+        while start + W * 8 <= hd {
+            unsafe { self.weigh_values_avx2::<G, W>(scores, out, start) };
+            start += W * 8;
+        }
         while start < hd {
-            let vectors = ((hd - start) / 8).min(width);
-            let mut sums = [[_mm256_setzero_ps(); 8]; G];
-            for i in 0..span {
-                let value = unsafe { values.add(i * self.stride + start) };
-                for j in 0..vectors {
-                    let v = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(value.add(j * 8) as *const __m128i) });
-                    for (g, head) in sums.iter_mut().enumerate() {
-                        head[j] = _mm256_fmadd_ps(_mm256_set1_ps(scores[g * span + i]), v, head[j]);
-                    }
+            unsafe { self.weigh_values_avx2::<G, 1>(scores, out, start) };
+            start += 8;
+        }
+    }
+
+    /// Output dimensions `start..start + 8 * W` of every head: the values weighted by the heads' scores, summed
+    /// over every position (all `G * W` sums in registers).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn weigh_values_avx2<const G: usize, const W: usize>(&self, scores: &[f32], out: &mut [f32], start: usize) {
+        use std::arch::x86_64::*;
+        let (hd, span, values) = (self.hd, self.span, self.values.as_ptr());
+        assert!(start + W * 8 <= hd && scores.len() == G * span && out.len() == G * hd);
+        let mut sums = [[_mm256_setzero_ps(); W]; G];
+        for i in 0..span {
+            // SAFETY: as in `run_avx2`.
+            let value = unsafe { values.add(i * self.stride + start) };
+            let weights: [__m256; G] = std::array::from_fn(|g| _mm256_set1_ps(scores[g * span + i]));
+            for j in 0..W {
+                let v = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(value.add(j * 8) as *const __m128i) });
+                for (head, weight) in sums.iter_mut().zip(&weights) {
+                    head[j] = _mm256_fmadd_ps(*weight, v, head[j]);
                 }
             }
-            for (g, head) in sums.iter().enumerate() {
-                let target = &mut out[g * hd + start..g * hd + start + vectors * 8];
-                for (j, sum) in head.iter().enumerate().take(vectors) {
-                    // SAFETY: `target` holds `vectors` vectors.
-                    unsafe { _mm256_storeu_ps(target.as_mut_ptr().add(j * 8), *sum) };
-                }
+        }
+        for (g, head) in sums.iter().enumerate() {
+            for (j, sum) in head.iter().enumerate() {
+                // SAFETY: asserted above: `out` holds head `g`'s dimensions up to `start + 8 * W`.
+                unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(g * hd + start + j * 8), *sum) };
             }
-            start += vectors * 8;
         }
     }
 }
@@ -332,11 +364,12 @@ mod tests {
 
     #[test]
     fn group_attention_matches_a_float_reference_for_every_group_and_head_size() {
-        let (stride, span) = (3 * 80, 37);
-        let cache: Vec<f32> = (0..span * stride).map(|i| ((i * 7919) % 200) as f32 / 100.0 - 1.0).collect();
+        let (stride, positions) = (3 * 80, 40);
+        let cache: Vec<f32> = (0..positions * stride).map(|i| ((i * 7919) % 200) as f32 / 100.0 - 1.0).collect();
         let bits: Vec<u16> = cache.iter().map(|&x| f32_to_f16(x)).collect();
-        for (hd, offset) in [(64, 80), (80, 0), (6, 160)] {
-            for heads in [1, 2, 3, 4, 5] {
+        // Spans with every remainder of the four positions scored together.
+        for (hd, offset, span) in [(64, 80, 37), (64, 0, 40), (80, 0, 3), (80, 160, 38), (6, 160, 39)] {
+            for heads in [1, 2, 3, 4, 5, 8] {
                 let queries: Vec<f32> = (0..heads * hd).map(|i| (i as f32 * 0.37).sin()).collect();
                 let scale = 1.0 / (hd as f32).sqrt();
                 let bits = &bits;
@@ -363,7 +396,7 @@ mod tests {
                 let mut out = vec![9.0f32; heads * hd];
                 attention.run(&mut out);
                 for (got, want) in out.iter().zip(&expected) {
-                    assert!((got - want).abs() < 1e-4, "hd {hd}, {heads} heads: {got} vs {want}");
+                    assert!((got - want).abs() < 1e-4, "hd {hd}, span {span}, {heads} heads: {got} vs {want}");
                 }
                 // Each head alone gives the same values as in its group.
                 for (h, query) in queries.chunks_exact(hd).enumerate() {

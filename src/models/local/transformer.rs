@@ -394,18 +394,22 @@ pub struct Row {
     pub logits: bool,
 }
 
-/// Keys and values of one sequence, per layer, `[position][kv_head][head_dim]`, as f16 bits: attention reads
-/// every cached position of every layer for every new token, so bytes per position are what batched decoding
-/// pays for (llama.cpp keeps its cache in f16 too).
-#[derive(Clone, Default)]
+/// Keys and values of one sequence, per layer and key/value head, each `[position][head_dim]`, as f16 bits:
+/// attention reads every cached position of every layer for every new token, so bytes per position are what
+/// batched decoding pays for (llama.cpp keeps its cache in f16 too), and one head's positions lie in one run
+/// of memory, which an attention task reads front to back.
+#[derive(Clone)]
 pub struct KvCache {
+    /// `[layer * kv_heads + kv_head]`.
     keys: Vec<Vec<u16>>,
     values: Vec<Vec<u16>>,
+    kv_heads: usize,
 }
 
 impl KvCache {
-    pub fn new(layers: usize) -> KvCache {
-        KvCache { keys: vec![Vec::new(); layers], values: vec![Vec::new(); layers] }
+    pub fn new(layers: usize, kv_heads: usize) -> KvCache {
+        let streams = layers * kv_heads;
+        KvCache { keys: vec![Vec::new(); streams], values: vec![Vec::new(); streams], kv_heads }
     }
 
     /// Forgets every position (the slot is reused by another sequence; the memory is kept).
@@ -418,15 +422,27 @@ impl KvCache {
         self.keys.iter().chain(&self.values).map(|v| v.capacity() * 2).sum()
     }
 
+    /// The keys and values of one layer's key/value head, `[position][head_dim]`.
+    fn head(&self, layer: usize, kv_head: usize) -> (&[u16], &[u16]) {
+        let stream = layer * self.kv_heads + kv_head;
+        (&self.keys[stream], &self.values[stream])
+    }
+
+    /// Stores a position's keys and values (`[kv_head][head_dim]` each).
     fn write(&mut self, layer: usize, position: usize, key: &[f32], value: &[f32]) {
-        let width = key.len();
-        for (store, row) in [(&mut self.keys[layer], key), (&mut self.values[layer], value)] {
-            let end = (position + 1) * width;
-            if store.len() < end {
-                store.resize(end, 0);
-            }
-            for (bits, &x) in store[position * width..end].iter_mut().zip(row) {
-                *bits = simd::f32_to_f16(x);
+        let hd = key.len() / self.kv_heads;
+        for head in 0..self.kv_heads {
+            let stream = layer * self.kv_heads + head;
+            let part = head * hd..(head + 1) * hd;
+            for (store, row) in [(&mut self.keys[stream], &key[part.clone()]), (&mut self.values[stream], &value[part])]
+            {
+                let end = (position + 1) * hd;
+                if store.len() < end {
+                    store.resize(end, 0);
+                }
+                for (bits, &x) in store[position * hd..end].iter_mut().zip(row) {
+                    *bits = simd::f32_to_f16(x);
+                }
             }
         }
     }
@@ -549,12 +565,19 @@ impl Transformer {
     }
 
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.config.layers)
+        KvCache::new(self.config.layers, self.config.kv_heads)
     }
 
     /// Runs `rows` through the model, writing their keys and values into `caches[row.slot]`, and returns the
     /// logits of the rows that asked for them, in row order. A sequence's rows must come in position order.
     pub fn forward(&self, rows: &[Row], caches: &mut [KvCache]) -> Result<Vec<Vec<f32>>, LocalError> {
+        // The whole pass runs on a pool thread: the matmuls' and attention's parallel loops then start from
+        // inside the pool, where that thread works on them itself, instead of handing each of them over from
+        // outside and sleeping until it is done (a wake-up per matmul, ~120 of them per decoding step).
+        self.pool.install(|| self.forward_in_pool(rows, caches))
+    }
+
+    fn forward_in_pool(&self, rows: &[Row], caches: &mut [KvCache]) -> Result<Vec<Vec<f32>>, LocalError> {
         let config = &self.config;
         let m = rows.len();
         if m == 0 {
@@ -640,7 +663,7 @@ impl Transformer {
         window: Option<usize>,
     ) -> Vec<f32> {
         let config = &self.config;
-        let (hd, q_dim, kv_dim) = (config.head_dim, config.q_dim(), config.kv_dim());
+        let (hd, q_dim) = (config.head_dim, config.q_dim());
         let group = config.heads / config.kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
         let mut out = vec![0.0f32; rows.len() * q_dim];
@@ -649,15 +672,14 @@ impl Transformer {
         let work = |(task, out_heads): (usize, &mut [f32])| {
             let (r, kv_head) = (task / config.kv_heads, task % config.kv_heads);
             let row = rows[r];
-            let cache = &caches[row.slot];
             let first = window.map_or(0, |w| (row.position + 1).saturating_sub(w));
-            let start = first * kv_dim + kv_head * hd;
+            let (keys, values) = caches[row.slot].head(layer, kv_head);
             GroupAttention {
                 queries: &qkv.part(r, 0)[kv_head * group * hd..(kv_head + 1) * group * hd],
                 hd,
-                keys: &cache.keys[layer][start..],
-                values: &cache.values[layer][start..],
-                stride: kv_dim,
+                keys: &keys[first * hd..],
+                values: &values[first * hd..],
+                stride: hd,
                 span: row.position + 1 - first,
                 scale,
             }

@@ -286,8 +286,9 @@ impl Scheduler {
         active.first_token.get_or_insert_with(|| active.started.elapsed().as_secs_f64() * 1000.0);
         let token = match (&active.job.guide, &mut sequence.guide, &self.token_texts) {
             (Some(guide), Some(state), Some(texts)) => {
+                // This token included; the context ends a sequence after the token sampled at its last position.
                 let tokens_left = (active.job.max_tokens.saturating_sub(sequence.generated.len()))
-                    .min(max_positions.saturating_sub(sequence.position + 1));
+                    .min(max_positions.saturating_sub(sequence.position));
                 let rng = &mut sequence.rng;
                 match guided_sample(logits, &active.job.sampler, rng, guide, state, texts, tokens_left) {
                     Some((token, next)) => {
@@ -373,10 +374,8 @@ fn guided_sample(
     tokens_left: usize,
 ) -> Option<(u32, GuideState)> {
     // A budget too small to close from here cannot be kept; then the reply is only kept valid.
-    let closing_limit = match state.closing_length(guide) <= tokens_left {
-        true => tokens_left.saturating_sub(1),
-        false => usize::MAX,
-    };
+    let closing_limit =
+        if state.closing_length(guide) <= tokens_left { tokens_left.saturating_sub(1) } else { usize::MAX };
     let mut next = None;
     let token = sample_where(logits, settings, rng, |token| {
         next = texts

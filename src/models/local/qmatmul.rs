@@ -106,8 +106,8 @@ impl Q8Rows {
     }
 }
 
-/// The instruction set a kernel uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The instruction set a kernel uses, in order: a CPU that runs one runs those before it too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kernel {
     Portable,
     /// AVX2, FMA and F16C.
@@ -300,7 +300,7 @@ impl QMatrix {
 
     /// [`QMatrix::forward`] on a given kernel (one of [`Kernel::available`]).
     pub fn forward_with(&self, kernel: Kernel, x: &[f32], rows: usize, pool: Option<&rayon::ThreadPool>) -> Vec<f32> {
-        assert!(Kernel::available().contains(&kernel), "{kernel:?} does not run on this CPU");
+        assert!(kernel <= Kernel::detect(), "{kernel:?} does not run on this CPU");
         debug_assert_eq!(x.len(), rows * self.inputs);
         let activations = quantize(x, rows, self.inputs);
         let mut out = vec![0.0f32; rows * self.outputs];

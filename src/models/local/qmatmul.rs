@@ -201,7 +201,8 @@ impl QMatrix {
     fn pack(outputs: usize, inputs: usize, rows: RowBlocks) -> QMatrix {
         let blocks = inputs / BLOCK;
         let panels = outputs.div_ceil(PANEL);
-        // Where row `row`'s scale of block `b` goes; `None` for the padding rows of the last panel.
+        // Where the scale of a panel's row (`lane`) for block `b` goes, and which matrix row a lane holds (`None`
+        // for the padding rows of the last panel).
         let scale_at = |panel: usize, b: usize, lane: usize| (panel * blocks + b) * PANEL + lane;
         let source = |panel: usize, lane: usize| Some(panel * PANEL + lane).filter(|&row| row < outputs);
         let weights = match rows {

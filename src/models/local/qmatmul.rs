@@ -57,8 +57,15 @@ enum Weights {
     Nibbles { d: Vec<u16>, m: Vec<u16>, quants: Vec<u8> },
 }
 
-/// Weights row after row (`[outputs][blocks]` scales, `[outputs][inputs]` values), as read from GGUF or
-/// quantized, before packing; also what joining matrices unpacks to.
+/// A weight matrix's blocks row after row, as read from GGUF or quantized, before packing into panels. Matrices
+/// that read the same input (q, k and v, say) are joined in this form and packed once.
+pub struct RowMatrix {
+    pub outputs: usize,
+    pub inputs: usize,
+    blocks: RowBlocks,
+}
+
+/// A [`RowMatrix`]'s blocks: `[outputs][blocks]` scales, `[outputs][inputs]` values.
 enum RowBlocks {
     Int8 {
         scales: Vec<f32>,
@@ -143,46 +150,50 @@ impl Kernel {
     }
 }
 
-impl QMatrix {
-    /// Takes over a GGUF weight of a type these kernels run; `None` for other types or an input width that is
-    /// not a multiple of 32 (candle's kernels run those).
-    pub fn from_qtensor(tensor: &QTensor) -> Result<Option<QMatrix>, LocalError> {
+impl RowMatrix {
+    /// A GGUF weight of a type these kernels run; `None` for other types or an input width that is not a
+    /// multiple of 32 (candle's kernels run those).
+    pub fn from_qtensor(tensor: &QTensor) -> Result<Option<RowMatrix>, LocalError> {
         let (outputs, inputs) = tensor.shape().dims2()?;
         if !inputs.is_multiple_of(BLOCK) {
             return Ok(None);
         }
         match tensor.dtype() {
-            GgmlDType::Q4_1 => Ok(Some(QMatrix::pack(outputs, inputs, q4_1_rows(&tensor.data()?, outputs, inputs)?))),
+            GgmlDType::Q4_1 => {
+                let blocks = q4_1_rows(&tensor.data()?, outputs, inputs)?;
+                Ok(Some(RowMatrix { outputs, inputs, blocks }))
+            }
             GgmlDType::Q8_0 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => {
                 let values = tensor.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
-                Ok(Some(QMatrix::from_f32(&values, outputs, inputs)))
+                Ok(Some(RowMatrix::from_f32(&values, outputs, inputs)))
             }
             _ => Ok(None),
         }
     }
 
     /// From float weights `[outputs, inputs]`, as int8 blocks.
-    pub fn from_f32(values: &[f32], outputs: usize, inputs: usize) -> QMatrix {
+    pub fn from_f32(values: &[f32], outputs: usize, inputs: usize) -> RowMatrix {
         assert!(inputs.is_multiple_of(BLOCK) && values.len() == outputs * inputs);
         let rows = quantize(values, outputs, inputs);
-        QMatrix::pack(outputs, inputs, RowBlocks::Int8 { scales: rows.scales, quants: rows.quants })
+        RowMatrix { outputs, inputs, blocks: RowBlocks::Int8 { scales: rows.scales, quants: rows.quants } }
     }
 
     /// One matrix whose outputs are those of `parts` in order (q, k and v, say), so one pass quantizes the
     /// input once and one thread dispatch covers them all. `Err(parts)` unless every part has the same inputs
     /// and form.
-    pub fn concat(parts: Vec<QMatrix>) -> Result<QMatrix, Vec<QMatrix>> {
+    pub fn concat(parts: Vec<RowMatrix>) -> Result<RowMatrix, Vec<RowMatrix>> {
         let same = parts.windows(2).all(|pair| {
             pair[0].inputs == pair[1].inputs
-                && std::mem::discriminant(&pair[0].weights) == std::mem::discriminant(&pair[1].weights)
+                && std::mem::discriminant(&pair[0].blocks) == std::mem::discriminant(&pair[1].blocks)
         });
         if parts.is_empty() || !same {
             return Err(parts);
         }
-        let (inputs, outputs) = (parts[0].inputs, parts.iter().map(|p| p.outputs).sum());
-        let mut whole = parts[0].unpack();
-        for part in &parts[1..] {
-            match (&mut whole, part.unpack()) {
+        let mut parts = parts.into_iter();
+        let mut whole = parts.next().expect("not empty");
+        for part in parts {
+            whole.outputs += part.outputs;
+            match (&mut whole.blocks, part.blocks) {
                 (RowBlocks::Int8 { scales, quants }, RowBlocks::Int8 { scales: s, quants: q }) => {
                     scales.extend(s);
                     quants.extend(q);
@@ -195,17 +206,19 @@ impl QMatrix {
                 _ => unreachable!("forms checked above"),
             }
         }
-        Ok(QMatrix::pack(outputs, inputs, whole))
+        Ok(whole)
     }
 
-    fn pack(outputs: usize, inputs: usize, rows: RowBlocks) -> QMatrix {
+    /// The rows packed into panels for the kernels.
+    pub fn pack(self) -> QMatrix {
+        let (outputs, inputs) = (self.outputs, self.inputs);
         let blocks = inputs / BLOCK;
         let panels = outputs.div_ceil(PANEL);
         // Where the scale of a panel's row (`lane`) for block `b` goes, and which matrix row a lane holds (`None`
         // for the padding rows of the last panel).
         let scale_at = |panel: usize, b: usize, lane: usize| (panel * blocks + b) * PANEL + lane;
         let source = |panel: usize, lane: usize| Some(panel * PANEL + lane).filter(|&row| row < outputs);
-        let weights = match rows {
+        let weights = match self.blocks {
             RowBlocks::Int8 { scales, quants } => {
                 let mut packed_scales = vec![0.0f32; panels * blocks * PANEL];
                 // Padding rows hold 128: the value zero.
@@ -251,40 +264,17 @@ impl QMatrix {
         };
         QMatrix { outputs, inputs, blocks, panels, weights }
     }
+}
 
-    /// The rows back out of the panels (the inverse of [`QMatrix::pack`]).
-    fn unpack(&self) -> RowBlocks {
-        let (blocks, inputs) = (self.blocks, self.inputs);
-        let scale_at = |row: usize, b: usize| (row / PANEL * blocks + b) * PANEL + row % PANEL;
-        match &self.weights {
-            Weights::Int8 { scales, quants } => {
-                let mut row_scales = Vec::with_capacity(self.outputs * blocks);
-                let mut values = Vec::with_capacity(self.outputs * inputs);
-                for row in 0..self.outputs {
-                    for b in 0..blocks {
-                        row_scales.push(scales[scale_at(row, b)]);
-                        let base = (row / PANEL * blocks + b) * INT8_PANEL_BLOCK + row % PANEL * 4;
-                        values
-                            .extend((0..BLOCK).map(|i| (quants[base + i / 4 * PANEL * 4 + i % 4] as i16 - 128) as i8));
-                    }
-                }
-                RowBlocks::Int8 { scales: row_scales, quants: values }
-            }
-            Weights::Nibbles { d, m, quants } => {
-                let (mut row_d, mut row_m) = (Vec::new(), Vec::new());
-                let mut values = Vec::with_capacity(self.outputs * inputs);
-                for row in 0..self.outputs {
-                    for b in 0..blocks {
-                        row_d.push(d[scale_at(row, b)]);
-                        row_m.push(m[scale_at(row, b)]);
-                        let base = (row / PANEL * blocks + b) * NIBBLE_PANEL_BLOCK + row % PANEL * 4;
-                        let byte = |i: usize| quants[base + i % 16 / 4 * PANEL * 4 + i % 4];
-                        values.extend((0..BLOCK).map(|i| if i < 16 { byte(i) & 0x0F } else { byte(i) >> 4 }));
-                    }
-                }
-                RowBlocks::Nibbles { d: row_d, m: row_m, quants: values }
-            }
-        }
+impl QMatrix {
+    /// A GGUF weight packed for the kernels; `None` where [`RowMatrix::from_qtensor`] gives none.
+    pub fn from_qtensor(tensor: &QTensor) -> Result<Option<QMatrix>, LocalError> {
+        Ok(RowMatrix::from_qtensor(tensor)?.map(RowMatrix::pack))
+    }
+
+    /// From float weights `[outputs, inputs]`, as int8 blocks.
+    pub fn from_f32(values: &[f32], outputs: usize, inputs: usize) -> QMatrix {
+        RowMatrix::from_f32(values, outputs, inputs).pack()
     }
 
     pub fn bytes(&self) -> usize {
@@ -873,26 +863,6 @@ mod tests {
     }
 
     #[test]
-    fn packing_into_panels_and_back_gives_the_rows_again() {
-        let (outputs, inputs) = (21, 64);
-        let (q4, _) = q4_1(outputs, inputs, 8);
-        let rows = q4_1_rows(&q4.data().unwrap(), outputs, inputs).unwrap();
-        let RowBlocks::Nibbles { d, m, quants } = &rows else { unreachable!() };
-        let packed =
-            QMatrix::pack(outputs, inputs, RowBlocks::Nibbles { d: d.clone(), m: m.clone(), quants: quants.clone() });
-        let RowBlocks::Nibbles { d: d2, m: m2, quants: q2 } = packed.unpack() else { panic!("nibbles stay nibbles") };
-        assert_eq!((d, m, quants), (&d2, &m2, &q2));
-        let values = quantize(&matrix(outputs, inputs, 2), outputs, inputs);
-        let packed = QMatrix::pack(
-            outputs,
-            inputs,
-            RowBlocks::Int8 { scales: values.scales.clone(), quants: values.quants.clone() },
-        );
-        let RowBlocks::Int8 { scales, quants } = packed.unpack() else { panic!("int8 stays int8") };
-        assert_eq!((scales, quants), (values.scales, values.quants));
-    }
-
-    #[test]
     fn simd_and_portable_quantization_agree_to_the_bit() {
         let mut values = matrix(40, BLOCK, 21);
         // Scale 1 and values halfway between integers: both round them to even.
@@ -924,9 +894,11 @@ mod tests {
         let x = matrix(3, inputs, 4);
         let separate: Vec<Vec<f32>> =
             parts.iter().map(|(t, _)| QMatrix::from_qtensor(t).unwrap().unwrap().forward(&x, 3, None)).collect();
-        let whole = QMatrix::concat(parts.iter().map(|(t, _)| QMatrix::from_qtensor(t).unwrap().unwrap()).collect())
-            .ok()
-            .unwrap();
+        let whole =
+            RowMatrix::concat(parts.iter().map(|(t, _)| RowMatrix::from_qtensor(t).unwrap().unwrap()).collect())
+                .ok()
+                .unwrap()
+                .pack();
         assert_eq!(whole.outputs, 16);
         let fused = whole.forward(&x, 3, None);
         for r in 0..3 {
@@ -936,9 +908,9 @@ mod tests {
         }
         // Different forms stay apart.
         let mixed = vec![
-            QMatrix::from_qtensor(&parts[0].0).unwrap().unwrap(),
-            QMatrix::from_f32(&matrix(2, inputs, 1), 2, inputs),
+            RowMatrix::from_qtensor(&parts[0].0).unwrap().unwrap(),
+            RowMatrix::from_f32(&matrix(2, inputs, 1), 2, inputs),
         ];
-        assert_eq!(QMatrix::concat(mixed).err().map(|parts| parts.len()), Some(2));
+        assert_eq!(RowMatrix::concat(mixed).err().map(|parts| parts.len()), Some(2));
     }
 }

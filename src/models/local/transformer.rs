@@ -12,7 +12,7 @@ use candle_core::{Device, Module, Tensor};
 use rayon::prelude::*;
 
 use super::LocalError;
-use super::qmatmul::QMatrix;
+use super::qmatmul::{QMatrix, RowMatrix};
 use super::simd::{self, GroupAttention};
 
 /// The model families this engine runs.
@@ -245,15 +245,17 @@ impl Projections {
         let mut matrices = Vec::with_capacity(tensors.len());
         for tensor in &tensors {
             widths.push(tensor.shape().dims2()?.0);
-            matrices.push(QMatrix::from_qtensor(tensor)?);
+            matrices.push(RowMatrix::from_qtensor(tensor)?);
         }
+        // Joined before packing, so each weight is packed once.
         let linears = if matrices.iter().all(Option::is_some) {
-            match QMatrix::concat(matrices.into_iter().flatten().collect()) {
-                Ok(whole) => vec![Linear::blocks(whole)],
-                Err(parts) => parts.into_iter().map(Linear::blocks).collect(),
+            match RowMatrix::concat(matrices.into_iter().flatten().collect()) {
+                Ok(whole) => vec![Linear::blocks(whole.pack())],
+                Err(parts) => parts.into_iter().map(|part| Linear::blocks(part.pack())).collect(),
             }
         } else {
-            tensors.into_iter().zip(matrices).map(|(t, m)| Linear::from_parts(t, m)).collect::<Result<_, _>>()?
+            let packed = matrices.into_iter().map(|m| m.map(RowMatrix::pack));
+            tensors.into_iter().zip(packed).map(|(t, m)| Linear::from_parts(t, m)).collect::<Result<_, _>>()?
         };
         let offsets = widths.iter().scan(0, |start, &w| Some(std::mem::replace(start, *start + w))).collect();
         Ok(Projections { linears, total: widths.iter().sum(), widths, offsets })

@@ -3,15 +3,14 @@
 
 /// The query heads that share one key/value head (grouped-query attention) attending over their sequence's
 /// cached keys and values, which are f16 (half the bytes to read per position, as llama.cpp keeps them).
-/// Position `i` of the span has its key at `keys[i * stride..][..hd]` and its value likewise (the slices start
-/// at the key/value head's offset). Each key and value is converted once for all the heads of the group.
+/// Position `i` of the span has its key at `keys[i * hd..][..hd]` and its value likewise (the cache keeps each
+/// key/value head's positions contiguous). Each key and value is converted once for all the heads of the group.
 pub struct GroupAttention<'a> {
     /// `[heads][hd]`.
     pub queries: &'a [f32],
     pub hd: usize,
     pub keys: &'a [u16],
     pub values: &'a [u16],
-    pub stride: usize,
     pub span: usize,
     pub scale: f32,
 }
@@ -22,7 +21,7 @@ impl GroupAttention<'_> {
         let (hd, span) = (self.hd, self.span);
         let heads = self.queries.len() / hd;
         assert!(out.len() == self.queries.len() && self.queries.len() == heads * hd);
-        assert!(span > 0 && (span - 1) * self.stride + hd <= self.keys.len().min(self.values.len()));
+        assert!(span > 0 && span * hd <= self.keys.len().min(self.values.len()));
         let mut scores = vec![0.0f32; heads * span];
         #[cfg(target_arch = "x86_64")]
         if hd.is_multiple_of(8) && has_f16c() {
@@ -50,7 +49,7 @@ impl GroupAttention<'_> {
             }
             return;
         }
-        let key = |i: usize| &self.keys[i * self.stride..i * self.stride + hd];
+        let key = |i: usize| &self.keys[i * hd..(i + 1) * hd];
         for ((query, target), scores) in
             self.queries.chunks_exact(hd).zip(out.chunks_exact_mut(hd)).zip(scores.chunks_exact_mut(span))
         {
@@ -60,7 +59,7 @@ impl GroupAttention<'_> {
             softmax(scores);
             target.fill(0.0);
             for (i, &weight) in scores.iter().enumerate() {
-                let value = &self.values[i * self.stride..i * self.stride + hd];
+                let value = &self.values[i * hd..(i + 1) * hd];
                 target.iter_mut().zip(value).for_each(|(o, &v)| *o += weight * f16_to_f32(v));
             }
         }
@@ -85,7 +84,7 @@ impl GroupAttention<'_> {
             let mut sums = [[_mm256_setzero_ps(); 4]; G];
             for d in (0..hd).step_by(8) {
                 for p in 0..count {
-                    let key = unsafe { _mm_loadu_si128(keys.add((i + p) * self.stride + d) as *const __m128i) };
+                    let key = unsafe { _mm_loadu_si128(keys.add((i + p) * hd + d) as *const __m128i) };
                     let k = _mm256_cvtph_ps(key);
                     for (g, head) in sums.iter_mut().enumerate() {
                         head[p] = _mm256_fmadd_ps(k, unsafe { _mm256_loadu_ps(queries.add(g * hd + d)) }, head[p]);
@@ -126,7 +125,7 @@ impl GroupAttention<'_> {
         let mut sums = [[_mm256_setzero_ps(); W]; G];
         for i in 0..span {
             // SAFETY: as in `run_avx2`.
-            let value = unsafe { values.add(i * self.stride + start) };
+            let value = unsafe { values.add(i * hd + start) };
             let weights: [__m256; G] = std::array::from_fn(|g| _mm256_set1_ps(scores[g * span + i]));
             for j in 0..W {
                 let v = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(value.add(j * 8) as *const __m128i) });
@@ -364,8 +363,7 @@ mod tests {
 
     #[test]
     fn group_attention_matches_a_float_reference_for_every_group_and_head_size() {
-        let (stride, positions) = (3 * 80, 40);
-        let cache: Vec<f32> = (0..positions * stride).map(|i| ((i * 7919) % 200) as f32 / 100.0 - 1.0).collect();
+        let cache: Vec<f32> = (0..40 * 3 * 80).map(|i| ((i * 7919) % 200) as f32 / 100.0 - 1.0).collect();
         let bits: Vec<u16> = cache.iter().map(|&x| f32_to_f16(x)).collect();
         // Spans with every remainder of the four positions scored together.
         for (hd, offset, span) in [(64, 80, 37), (64, 0, 40), (80, 0, 3), (80, 160, 38), (6, 160, 39)] {
@@ -373,7 +371,7 @@ mod tests {
                 let queries: Vec<f32> = (0..heads * hd).map(|i| (i as f32 * 0.37).sin()).collect();
                 let scale = 1.0 / (hd as f32).sqrt();
                 let bits = &bits;
-                let cached = |i: usize, d: usize| f16_to_f32(bits[i * stride + offset + d]);
+                let cached = |i: usize, d: usize| f16_to_f32(bits[offset + i * hd + d]);
                 let mut expected = Vec::new();
                 for query in queries.chunks_exact(hd) {
                     let mut weights: Vec<f32> =
@@ -389,7 +387,6 @@ mod tests {
                     hd,
                     keys: &bits[offset..],
                     values: &bits[offset..],
-                    stride,
                     span,
                     scale,
                 };

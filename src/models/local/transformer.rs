@@ -681,7 +681,6 @@ impl Transformer {
                 hd,
                 keys: &keys[first * hd..],
                 values: &values[first * hd..],
-                stride: hd,
                 span: row.position + 1 - first,
                 scale,
             }

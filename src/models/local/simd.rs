@@ -199,6 +199,10 @@ fn exp_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
     _mm256_mul_ps(p, two_n)
 }
 
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
 /// Appends silu(gate) * up (SwiGLU's gating, silu(x) = x / (1 + e^-x)) to `out`.
 pub fn silu_times(gate: &[f32], up: &[f32], out: &mut Vec<f32>) {
     debug_assert_eq!(gate.len(), up.len());
@@ -207,7 +211,7 @@ pub fn silu_times(gate: &[f32], up: &[f32], out: &mut Vec<f32>) {
         // SAFETY: AVX2 and FMA are present (checked at run time).
         return unsafe { silu_times_avx2(gate, up, out) };
     }
-    out.extend(gate.iter().zip(up).map(|(&g, u)| g / (1.0 + (-g).exp()) * u));
+    out.extend(gate.iter().zip(up).map(|(&g, u)| silu(g) * u));
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -227,7 +231,7 @@ fn silu_times_avx2(gate: &[f32], up: &[f32], out: &mut Vec<f32>) {
     }
     let done = gate.len() / 8 * 8;
     for ((o, &g), u) in chunks.into_remainder().iter_mut().zip(&gate[done..]).zip(&up[done..]) {
-        *o = g / (1.0 + (-g).exp()) * u;
+        *o = silu(g) * u;
     }
 }
 

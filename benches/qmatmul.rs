@@ -18,6 +18,21 @@ fn weights(outputs: usize, inputs: usize, dtype: GgmlDType) -> QMatrix {
     QMatrix::from_qtensor(&QTensor::quantize(&tensor, dtype).unwrap()).unwrap().expect("a kernel runs this type")
 }
 
+fn activations(rows: usize, inputs: usize) -> Vec<f32> {
+    (0..rows * inputs).map(|i| (i % 17) as f32 * 0.1 - 0.8).collect()
+}
+
+/// Seconds per call of `call`, over as many calls as fit in `budget` seconds.
+fn seconds_per_call<T>(budget: f64, mut call: impl FnMut() -> T) -> f64 {
+    let started = Instant::now();
+    let mut calls = 0u32;
+    while started.elapsed().as_secs_f64() < budget {
+        std::hint::black_box(call());
+        calls += 1;
+    }
+    started.elapsed().as_secs_f64() / calls as f64
+}
+
 fn main() {
     let threads: usize = std::env::var("SDG_BENCH_THREADS")
         .ok()
@@ -34,17 +49,10 @@ fn main() {
     for (name, outputs, inputs, dtype) in shapes {
         let matrix = weights(outputs, inputs, dtype);
         for rows in [1usize, 4, 16, 64] {
-            let x: Vec<f32> = (0..rows * inputs).map(|i| (i % 17) as f32 * 0.1 - 0.8).collect();
+            let x = activations(rows, inputs);
             for kernel in Kernel::available().into_iter().filter(|k| *k != Kernel::Portable) {
                 matrix.forward_with(kernel, &x, rows, Some(&pool));
-                // Enough calls for ~0.3 s.
-                let started = Instant::now();
-                let mut calls = 0u32;
-                while started.elapsed().as_secs_f64() < 0.3 {
-                    std::hint::black_box(matrix.forward_with(kernel, &x, rows, Some(&pool)));
-                    calls += 1;
-                }
-                let seconds = started.elapsed().as_secs_f64() / calls as f64;
+                let seconds = seconds_per_call(0.3, || matrix.forward_with(kernel, &x, rows, Some(&pool)));
                 let row_blocks = (rows * outputs * inputs / 32) as f64;
                 println!(
                     "{name} [{outputs:>5} x {inputs:>4}] rows {rows:>2} {:<10}: {:>8.1} us/call, weights {:>5.1} GB/s, \
@@ -64,16 +72,9 @@ fn main() {
     let layers: Vec<QMatrix> = (0..30).map(|_| weights(3072, 576, GgmlDType::Q4_1)).collect();
     let kernel = Kernel::detect();
     for rows in [1usize, 16] {
-        let x: Vec<f32> = (0..rows * 576).map(|i| (i % 17) as f32 * 0.1 - 0.8).collect();
-        let started = Instant::now();
-        let mut calls = 0u32;
-        while started.elapsed().as_secs_f64() < 0.5 {
-            for layer in &layers {
-                std::hint::black_box(layer.forward_with(kernel, &x, rows, Some(&pool)));
-                calls += 1;
-            }
-        }
-        let seconds = started.elapsed().as_secs_f64() / calls as f64;
+        let x = activations(rows, 576);
+        let mut layer = layers.iter().cycle();
+        let seconds = seconds_per_call(0.5, || layer.next().unwrap().forward_with(kernel, &x, rows, Some(&pool)));
         println!(
             "gate+up Q4_1 x 30 layers, from memory, rows {rows:>2} {:<10}: {:>8.1} us/call, weights {:>5.1} GB/s, \
              {:.3} ns per row-block",

@@ -13,7 +13,7 @@ use super::LocalError;
 use super::guided::{Guide, GuideState};
 use super::sampler::{Rng, SamplerSettings, sample, sample_where};
 use super::tokenizer::TextTokenizer;
-use super::transformer::{KvCache, Row, Transformer};
+use super::transformer::{Decoder, Row};
 use sdg_operators::model::sample_seed;
 
 /// One generation request.
@@ -73,11 +73,11 @@ struct ActiveJob {
     first_token: Option<f64>,
 }
 
-struct Scheduler {
-    model: Arc<Transformer>,
+struct Scheduler<M: Decoder> {
+    model: Arc<M>,
     tokenizer: Arc<TextTokenizer>,
     limits: Limits,
-    caches: Vec<KvCache>,
+    caches: Vec<M::Cache>,
     free_slots: Vec<usize>,
     sequences: Vec<Sequence>,
     jobs: Vec<Option<ActiveJob>>,
@@ -86,8 +86,8 @@ struct Scheduler {
 }
 
 /// Serves jobs from `jobs` until every sender is gone.
-pub fn run(
-    model: Arc<Transformer>,
+pub fn run<M: Decoder>(
+    model: Arc<M>,
     tokenizer: Arc<TextTokenizer>,
     limits: Limits,
     jobs: crossbeam_channel::Receiver<GenerateJob>,
@@ -130,9 +130,9 @@ pub fn run(
     }
 }
 
-impl Scheduler {
+impl<M: Decoder> Scheduler<M> {
     fn admit(&mut self, job: GenerateJob) {
-        let limit = self.model.max_positions;
+        let limit = self.model.max_positions();
         if job.prompt.is_empty() {
             let _ = job.reply.send(Err(LocalError::Prompt("the prompt has no tokens".into())));
             return;
@@ -161,7 +161,7 @@ impl Scheduler {
             guide: job.guide.as_ref().map(|g| g.start()),
         });
         if job.guide.is_some() && self.token_texts.is_none() {
-            self.token_texts = Some(Arc::new(self.tokenizer.token_texts(self.model.config.vocab)));
+            self.token_texts = Some(Arc::new(self.tokenizer.token_texts(self.model.config().vocab)));
         }
         let n = job.n.max(1);
         self.jobs[index] = Some(ActiveJob { job, texts: vec![None; n], started: Instant::now(), first_token: None });
@@ -193,7 +193,7 @@ impl Scheduler {
     }
 
     fn release(&mut self, slot: usize) {
-        self.caches[slot].clear();
+        M::clear_cache(&mut self.caches[slot]);
         self.free_slots.push(slot);
     }
 
@@ -280,7 +280,7 @@ impl Scheduler {
 
     /// Samples the next token of sequence `index`; true when the sequence is done.
     fn advance(&mut self, index: usize, logits: &[f32]) -> bool {
-        let max_positions = self.model.max_positions;
+        let max_positions = self.model.max_positions();
         let sequence = &mut self.sequences[index];
         let Some(active) = self.jobs[sequence.job].as_mut() else { return true };
         active.first_token.get_or_insert_with(|| active.started.elapsed().as_secs_f64() * 1000.0);

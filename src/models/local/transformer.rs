@@ -310,17 +310,15 @@ impl Projected<'_> {
     }
 }
 
-/// Cosine and sine of every (position, frequency) a layer may need.
-struct Rope {
-    dims: usize,
-    style: RopeStyle,
-    /// `[position][dims / 2]`.
-    cos: Vec<f32>,
-    sin: Vec<f32>,
+/// Cosine and sine of every (position, frequency): `[position][dims / 2]` each.
+pub(crate) struct RopeTable {
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
 }
 
-impl Rope {
-    fn new(dims: usize, base: f32, factors: Option<&[f32]>, style: RopeStyle, positions: usize) -> Rope {
+impl RopeTable {
+    /// `factors` divide the frequencies (llama 3's long-context `rope_freqs`).
+    pub fn new(dims: usize, base: f32, factors: Option<&[f32]>, positions: usize) -> RopeTable {
         let half = dims / 2;
         let inverse: Vec<f64> = (0..half)
             .map(|i| {
@@ -337,6 +335,22 @@ impl Rope {
                 sin.push(angle.sin() as f32);
             }
         }
+        RopeTable { cos, sin }
+    }
+}
+
+/// Cosine and sine of every (position, frequency) a layer may need.
+struct Rope {
+    dims: usize,
+    style: RopeStyle,
+    /// `[position][dims / 2]`.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl Rope {
+    fn new(dims: usize, base: f32, factors: Option<&[f32]>, style: RopeStyle, positions: usize) -> Rope {
+        let RopeTable { cos, sin } = RopeTable::new(dims, base, factors, positions);
         Rope { dims, style, cos, sin }
     }
 
@@ -383,6 +397,50 @@ struct Layer {
     /// Positions a query may look back (itself included), for sliding-window layers.
     window: Option<usize>,
     rope: Arc<Rope>,
+}
+
+/// A model the generation engine can drive: our CPU [`Transformer`], or the candle-ops one on a GPU.
+pub trait Decoder: Send + Sync + 'static {
+    /// One sequence's keys and values. Cloning forks a sequence (`n` samples of one prompt).
+    type Cache: Clone + Send;
+
+    fn config(&self) -> &Config;
+
+    /// Positions a sequence may reach.
+    fn max_positions(&self) -> usize;
+
+    fn new_cache(&self) -> Self::Cache;
+
+    /// Readies a cache for another sequence.
+    fn clear_cache(cache: &mut Self::Cache);
+
+    /// Runs `rows` through the model, writing their keys and values into `caches[row.slot]`, and returns the
+    /// logits of the rows that asked for them, in row order. A sequence's rows come in position order.
+    fn forward(&self, rows: &[Row], caches: &mut [Self::Cache]) -> Result<Vec<Vec<f32>>, LocalError>;
+}
+
+impl Decoder for Transformer {
+    type Cache = KvCache;
+
+    fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    fn new_cache(&self) -> KvCache {
+        Transformer::new_cache(self)
+    }
+
+    fn clear_cache(cache: &mut KvCache) {
+        cache.clear();
+    }
+
+    fn forward(&self, rows: &[Row], caches: &mut [KvCache]) -> Result<Vec<Vec<f32>>, LocalError> {
+        Transformer::forward(self, rows, caches)
+    }
 }
 
 /// One token of one sequence in a forward pass.

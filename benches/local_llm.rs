@@ -3,6 +3,7 @@
 //! (`bash benches/setup-llamacpp.sh`).
 //!
 //!     cargo bench --bench local_llm                  # threads: SDG_BENCH_THREADS (default: every core)
+//!     cargo bench --features cuda --bench local_llm  # with SDG_BENCH_DEVICE=cuda: the candle-ops model on a GPU
 //!
 //! Figures: time to first token (prefill + first sample), decode tokens/s of one sequence (greedy, exactly
 //! 128 new tokens, EOS ignored, median of 3 after a warm-up), and aggregate decode tokens/s with 4, 8 and
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use sdg::models::local::{LlmOptions, LocalLlm, configure_threads};
+use sdg::models::local::{Backend, LlmOptions, LocalLlm, configure_threads};
 use sdg::testkit::catalog_model;
 use sdg_operators::model::{ChatMessage, Prompt, Sampling};
 
@@ -34,13 +35,23 @@ fn main() {
     let prompt_file = root.join("benches/prompts/sea.txt");
     let text = std::fs::read_to_string(&prompt_file).expect("benches/prompts/sea.txt");
 
+    // `cpu` (our kernels), `cuda` (candle ops on GPU 0) or `candle-cpu` (candle ops on the CPU).
+    let device = std::env::var("SDG_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let backend = match device.as_str() {
+        "cpu" => Backend::CpuKernels,
+        "cuda" => {
+            Backend::Candle(candle_core::Device::new_cuda(0).expect("a CUDA device (build with --features cuda)"))
+        }
+        "candle-cpu" => Backend::Candle(candle_core::Device::Cpu),
+        other => panic!("SDG_BENCH_DEVICE={other}: expected cpu, cuda or candle-cpu"),
+    };
     let started = Instant::now();
-    let llm = LocalLlm::load(&model, &LlmOptions { threads, max_batch: 16, ..Default::default() }).unwrap();
+    let llm = LocalLlm::load(&model, &LlmOptions { threads, max_batch: 16, backend, ..Default::default() }).unwrap();
     let load_ms = started.elapsed().as_secs_f64() * 1000.0;
     let ids = llm.prompt_ids(&Prompt::Chat(vec![ChatMessage::new("user", text.trim())])).unwrap();
     let greedy = Sampling { max_tokens: Some(NEW_TOKENS), ..Default::default() };
     println!(
-        "sdg local LLM: {} ({} threads), prompt {} tokens, {NEW_TOKENS} new tokens",
+        "sdg local LLM: {} (device {device}, {} threads), prompt {} tokens, {NEW_TOKENS} new tokens",
         model.display(),
         threads,
         ids.len()
@@ -91,7 +102,8 @@ fn main() {
         batched.push((sequences, aggregate));
     }
 
-    match llama_cpp_python() {
+    match llama_cpp_python().filter(|_| device == "cpu") {
+        None if device != "cpu" => println!("llama.cpp: measured on the CPU device only"),
         None => println!("llama.cpp: not measured (run `bash benches/setup-llamacpp.sh` to install it)"),
         Some(python) => {
             let output = Command::new(&python)

@@ -135,7 +135,8 @@ fn load_local(name: &str, spec: &ModelSpec) -> Result<Backend, String> {
     let identity =
         format!("local:{}:{size}", path.file_name().map_or_else(String::new, |f| f.to_string_lossy().into_owned()));
     if path.is_dir() {
-        let embedder = Embedder::load(&path).map_err(|e| format!("model `{name}`: {e}"))?;
+        let device = super::local::candle_device(spec.device).map_err(|e| format!("model `{name}`: {e}"))?;
+        let embedder = Embedder::load_on(&path, &device).map_err(|e| format!("model `{name}`: {e}"))?;
         return Ok(Backend::Embedder { embedder: Arc::new(embedder), identity });
     }
     let options = LlmOptions {
@@ -144,6 +145,7 @@ fn load_local(name: &str, spec: &ModelSpec) -> Result<Backend, String> {
         context: spec.context,
         chat_template: spec.chat_template.clone(),
         tokenizer: spec.tokenizer.clone(),
+        backend: super::local::Backend::for_device(spec.device).map_err(|e| format!("model `{name}`: {e}"))?,
     };
     let started = std::time::Instant::now();
     let llm = LocalLlm::load(&path, &options).map_err(|e| format!("model `{name}` ({}): {e}", path.display()))?;

@@ -102,6 +102,11 @@ fn pooling_from(path: &Path, cfg: &PoolingConfig, hidden_size: usize) -> Result<
 impl Embedder {
     /// Loads the model from a sentence-transformers directory (see the module docs).
     pub fn load(dir: &Path) -> Result<Self, EmbedError> {
+        Embedder::load_on(dir, &Device::Cpu)
+    }
+
+    /// As [`load`](Self::load), computing on `device` (a GPU with `--features cuda`).
+    pub fn load_on(dir: &Path, device: &Device) -> Result<Self, EmbedError> {
         let config_path = dir.join("config.json");
         let config: Config = read_json(&config_path)?;
 
@@ -141,9 +146,8 @@ impl Embedder {
             let source = std::io::Error::new(std::io::ErrorKind::NotFound, "file not found");
             return Err(EmbedError::Read { path: weights_path, source });
         }
-        let device = Device::Cpu;
         // SAFETY: the file is mapped read-only; the model directory must not be rewritten while loaded.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights_path], DType::F32, &device) }
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights_path], DType::F32, device) }
             .map_err(|source| EmbedError::Weights { path: weights_path.clone(), source })?;
         let model =
             BertModel::load(vb, &config).map_err(|source| EmbedError::Weights { path: weights_path, source })?;

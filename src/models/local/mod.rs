@@ -4,6 +4,7 @@
 //! An LLM runs on a thread of its own ([`engine`]), fed through a channel; callers await a oneshot reply, so
 //! neither timely workers nor the tokio runtime ever run model code.
 
+pub mod candle_transformer;
 pub mod embed;
 pub mod engine;
 pub mod guided;
@@ -22,11 +23,12 @@ use candle_core::quantized::gguf_file;
 
 use sdg_operators::model::{ModelReply, Prompt, Sampling, Usage};
 
+use candle_transformer::CandleTransformer;
 use engine::{GenerateJob, Generated, Limits};
 use sampler::SamplerSettings;
 use template::ChatTemplate;
 use tokenizer::TextTokenizer;
-use transformer::Transformer;
+use transformer::{Decoder, Transformer};
 
 /// Why a local model failed.
 #[derive(Debug, thiserror::Error)]
@@ -65,11 +67,52 @@ pub struct LlmOptions {
     pub chat_template: Option<PathBuf>,
     /// A `tokenizer.json` that replaces the one rebuilt from the GGUF.
     pub tokenizer: Option<PathBuf>,
+    /// What computes.
+    pub backend: Backend,
+}
+
+/// What computes a local LLM.
+#[derive(Debug, Clone, Default)]
+pub enum Backend {
+    /// Our CPU kernels ([`transformer`]).
+    #[default]
+    CpuKernels,
+    /// candle's tensor ops on a device ([`candle_transformer`]): a GPU, or the CPU to check them.
+    Candle(candle_core::Device),
+}
+
+impl Backend {
+    /// The backend for a model spec's `device`.
+    pub fn for_device(device: crate::models::spec::Device) -> Result<Backend, LocalError> {
+        match device {
+            crate::models::spec::Device::Cpu => Ok(Backend::CpuKernels),
+            crate::models::spec::Device::Cuda => candle_device(device).map(Backend::Candle),
+        }
+    }
+}
+
+/// The candle device for a model spec's `device`.
+pub fn candle_device(device: crate::models::spec::Device) -> Result<candle_core::Device, LocalError> {
+    match device {
+        crate::models::spec::Device::Cpu => Ok(candle_core::Device::Cpu),
+        crate::models::spec::Device::Cuda => candle_core::Device::new_cuda(0).map_err(|e| {
+            LocalError::Unsupported(format!(
+                "`device: cuda` needs sdg built with `--features cuda`, an NVIDIA GPU and its driver: {e}"
+            ))
+        }),
+    }
 }
 
 impl Default for LlmOptions {
     fn default() -> Self {
-        LlmOptions { threads: default_threads(), max_batch: 16, context: 4096, chat_template: None, tokenizer: None }
+        LlmOptions {
+            threads: default_threads(),
+            max_batch: 16,
+            context: 4096,
+            chat_template: None,
+            tokenizer: None,
+            backend: Backend::CpuKernels,
+        }
     }
 }
 
@@ -85,6 +128,21 @@ pub fn configure_threads(threads: usize) {
         // SAFETY: called from `main` before any other thread exists (see the call site).
         unsafe { std::env::set_var("CANDLE_NUM_THREADS", threads.max(1).to_string()) };
     }
+}
+
+/// Starts the generation thread of `model`.
+fn start_engine<M: Decoder>(
+    model: Arc<M>,
+    tokenizer: Arc<TextTokenizer>,
+    limits: Limits,
+    path: &Path,
+) -> Result<crossbeam_channel::Sender<GenerateJob>, LocalError> {
+    let (sender, receiver) = crossbeam_channel::unbounded();
+    std::thread::Builder::new()
+        .name("sdg-local-llm".into())
+        .spawn(move || engine::run(model, tokenizer, limits, receiver))
+        .map_err(|source| LocalError::Io { path: path.to_path_buf(), source })?;
+    Ok(sender)
 }
 
 /// A loaded GGUF LLM with its generation thread.
@@ -119,16 +177,20 @@ impl LocalLlm {
         };
         let has_gemma_turns = tokenizer.encode("<start_of_turn>", true).map(|ids| ids.len() == 1).unwrap_or(false);
         let template = ChatTemplate::new(template_text, has_gemma_turns, &tokenizer.bos_text, &tokenizer.eos_text)?;
-        let model = Arc::new(Transformer::load(&content, &mut file, options.context, options.threads)?);
         let architecture = transformer::meta_str(&content, "general.architecture")?;
-        let (context, weight_bytes) = (model.max_positions, model.weight_bytes());
-        let (sender, receiver) = crossbeam_channel::unbounded();
         let limits = Limits { max_batch: options.max_batch.max(1), prefill_chunk: 512 };
-        let engine_tokenizer = Arc::clone(&tokenizer);
-        std::thread::Builder::new()
-            .name("sdg-local-llm".into())
-            .spawn(move || engine::run(model, engine_tokenizer, limits, receiver))
-            .map_err(|source| LocalError::Io { path: path.to_path_buf(), source })?;
+        let (sender, context, weight_bytes) = match &options.backend {
+            Backend::CpuKernels => {
+                let model = Arc::new(Transformer::load(&content, &mut file, options.context, options.threads)?);
+                let (context, bytes) = (model.max_positions, model.weight_bytes());
+                (start_engine(model, Arc::clone(&tokenizer), limits, path)?, context, bytes)
+            }
+            Backend::Candle(device) => {
+                let model = Arc::new(CandleTransformer::load(&content, &mut file, options.context, device)?);
+                let (context, bytes) = (model.max_positions, model.weight_bytes());
+                (start_engine(model, Arc::clone(&tokenizer), limits, path)?, context, bytes)
+            }
+        };
         Ok(LocalLlm {
             jobs: sender,
             tokenizer,

@@ -78,3 +78,19 @@ fn every_shipped_config_validates() {
     }
     assert!(checked >= 2, "only {checked} configs");
 }
+
+/// A build without the `cuda` feature refuses `device: cuda` at validation, naming the file, line and key,
+/// instead of running the model on the CPU behind the user's back.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn validate_refuses_a_cuda_device_in_a_build_without_cuda() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "models:\n  teacher:\n    provider: local\n    model: smollm2-135m-instruct\n    device: cuda\nnodes:\n  \
+                  - {id: docs, kind: ingest, paths: [corpus]}\n  - {id: out, kind: sink, input: docs, columns: [id, text]}\n";
+    common::write(dir.path(), "gpu.yaml", config);
+    std::fs::create_dir_all(dir.path().join("corpus")).unwrap();
+    let output = run_in(dir.path(), &["validate", "gpu.yaml"]);
+    assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
+    assert!(err.contains("gpu.yaml:5") && err.contains("device") && err.contains("--features cuda"), "{err}");
+}

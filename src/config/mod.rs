@@ -359,7 +359,8 @@ impl Config {
                                 spec.model = relative.to_string_lossy().into_owned();
                             }
                             for (setting, message) in spec.check() {
-                                diagnostics.push(Diagnostic::at(value, &format!("{path}.{setting}"), message));
+                                let at = value.get(&setting).unwrap_or(value);
+                                diagnostics.push(Diagnostic::at(at, &format!("{path}.{setting}"), message));
                             }
                             models.insert(name.to_string(), spec);
                         }

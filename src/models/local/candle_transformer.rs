@@ -185,8 +185,11 @@ impl CandleTransformer {
         let runs = runs(rows);
         // Decoding rows attend together, padded to the longest span (see `DecodeBatch`): once for global
         // layers and once for sliding ones.
-        let global = DecodeBatch::plan(&runs, None);
-        let sliding = config.sliding_window.and_then(|w| DecodeBatch::plan(&runs, Some(w)));
+        let global = DecodeBatch::plan(&runs, None, &self.device)?;
+        let sliding = match config.sliding_window {
+            Some(window) => DecodeBatch::plan(&runs, Some(window), &self.device)?,
+            None => None,
+        };
         for (i, run) in runs.iter().enumerate() {
             let padded = [&global, &sliding].into_iter().flatten().map(|b| b.end(i)).max().flatten();
             let end = padded.unwrap_or(0).max(run.end_position());
@@ -195,12 +198,27 @@ impl CandleTransformer {
         let ids: Vec<u32> = rows.iter().map(|r| r.token).collect();
         let positions: Vec<u32> = rows.iter().map(|r| r.position as u32).collect();
         let positions = Tensor::new(positions.as_slice(), &self.device)?;
+        // Each row's cosines and sines, `[rows, 1, rope_dims / 2]`, per rope table: picked once for all layers.
+        let half = config.rope_dims / 2;
+        let angles: Vec<(Tensor, Tensor, bool)> = self
+            .ropes
+            .iter()
+            .map(|rope| -> Result<_, LocalError> {
+                let pick = |table: &Tensor| table.index_select(&positions, 0)?.reshape((m, 1, half));
+                Ok((pick(&rope.cos)?, pick(&rope.sin)?, rope.interleaved))
+            })
+            .collect::<Result<_, _>>()?;
         let mut hidden = self.embeddings.embedding(&Tensor::new(ids.as_slice(), &self.device)?)?;
         if let Some(scale) = self.embed_scale {
             hidden = (hidden * scale)?;
         }
+        // Each run's causal mask, and its mask on sliding-window layers: made once for all layers.
         let masks: Vec<Option<Tensor>> =
             runs.iter().map(|run| run.mask(None, &self.device)).collect::<Result<_, _>>()?;
+        let window_masks: Vec<Option<Tensor>> = match config.sliding_window {
+            Some(window) => runs.iter().map(|run| run.mask(Some(window), &self.device)).collect::<Result<_, _>>()?,
+            None => Vec::new(),
+        };
         let eps = config.eps;
         for (index, layer) in self.layers.iter().enumerate() {
             let normed = candle_nn::ops::rms_norm(&hidden, &layer.attn_norm, eps)?;
@@ -220,9 +238,9 @@ impl CandleTransformer {
             if let Some(norm) = &layer.k_norm {
                 k = candle_nn::ops::rms_norm(&k, norm, eps)?;
             }
-            let rope = &self.ropes[layer.rope];
-            let q = apply_rope(&q, rope, &positions, config.rope_dims)?;
-            let k = apply_rope(&k, rope, &positions, config.rope_dims)?;
+            let (cos, sin, interleaved) = &angles[layer.rope];
+            let q = apply_rope(&q, cos, sin, *interleaved, config.rope_dims)?;
+            let k = apply_rope(&k, cos, sin, *interleaved, config.rope_dims)?;
 
             // [t, kv_heads, hd] -> [kv_heads, t, hd] (a view when t is 1), written at each run's first position.
             let (k, v) = (k.to_dtype(DType::F16)?, v.to_dtype(DType::F16)?);
@@ -242,20 +260,13 @@ impl CandleTransformer {
                 pieces.push(self.attend_decoding(&q, &runs, batch, caches, index)?);
                 order.extend(batch.runs.iter().map(|&(i, _)| runs[i].rows.start));
             }
-            for (i, (run, whole_mask)) in runs.iter().zip(&masks).enumerate() {
+            for (i, run) in runs.iter().enumerate() {
                 if batch.as_ref().is_some_and(|b| b.contains(i)) {
                     continue;
                 }
                 let (keys, values) = caches[run.slot].layer(index);
-                let window_mask;
-                let mask = match layer.window {
-                    Some(window) => {
-                        window_mask = run.mask(Some(window), &self.device)?;
-                        window_mask.as_ref()
-                    }
-                    None => whole_mask.as_ref(),
-                };
-                pieces.push(self.attend(&q, run, keys, values, layer.window, mask)?);
+                let mask = if layer.window.is_some() { &window_masks[i] } else { &masks[i] };
+                pieces.push(self.attend(&q, run, keys, values, layer.window, mask.as_ref())?);
                 order.extend(run.rows.clone());
             }
             let attended = if pieces.len() == 1 { pieces.remove(0) } else { Tensor::cat(&pieces, 0)? };
@@ -348,24 +359,16 @@ impl CandleTransformer {
         let group = config.heads / kv_heads;
         let mut keys = Vec::with_capacity(rows);
         let mut values = Vec::with_capacity(rows);
-        let mut select = Vec::with_capacity(rows);
-        let mut mask = Vec::with_capacity(rows * span);
         for &(i, first) in &batch.runs {
-            let run = &runs[i];
-            let (k, v) = caches[run.slot].layer(layer);
+            let (k, v) = caches[runs[i].slot].layer(layer);
             keys.push(k.narrow(1, first, span)?.unsqueeze(0)?);
             values.push(v.narrow(1, first, span)?.unsqueeze(0)?);
-            select.push(run.rows.start as u32);
-            let seen = run.end_position() - first;
-            mask.extend((0..span).map(|j| if j < seen { 0.0f32 } else { f32::NEG_INFINITY }));
         }
         let keys = Tensor::cat(&keys, 0)?.to_dtype(DType::F32)?;
         let values = Tensor::cat(&values, 0)?.to_dtype(DType::F32)?;
-        let queries = q.index_select(&Tensor::new(select.as_slice(), &self.device)?, 0)?;
-        let queries = queries.reshape((rows, kv_heads, group, hd))?;
+        let queries = q.index_select(&batch.rows, 0)?.reshape((rows, kv_heads, group, hd))?;
         let scores = (queries.matmul(&keys.transpose(2, 3)?)? * (1.0 / (hd as f64).sqrt()))?;
-        let mask = Tensor::from_vec(mask, (rows, 1, 1, span), &self.device)?;
-        let weights = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?)?;
+        let weights = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&batch.mask)?)?;
         Ok(weights.matmul(&values)?.reshape((rows, config.heads * hd))?)
     }
 }
@@ -377,17 +380,39 @@ struct DecodeBatch {
     runs: Vec<(usize, usize)>,
     /// Positions read per row: the longest visible span among them.
     span: usize,
+    /// On the device, made once per forward pass: the rows' indices into the pass's rows, and
+    /// `[rows, 1, 1, span]` of 0 and -inf hiding each shorter row's extra positions.
+    rows: Tensor,
+    mask: Tensor,
 }
 
 impl DecodeBatch {
     /// The batch of `runs`' decoding rows under `window`, or `None` when fewer than two. No row reads past the
     /// last position of the batch: without a window every row starts at 0; with one, a row starts `window - 1`
     /// before its own position, and the span is at most the window.
-    fn plan(runs: &[Run], window: Option<usize>) -> Option<DecodeBatch> {
+    fn plan(runs: &[Run], window: Option<usize>, device: &Device) -> Result<Option<DecodeBatch>, LocalError> {
         let joined: Vec<(usize, usize)> =
             (0..runs.len()).filter(|&i| runs[i].len() == 1).map(|i| (i, runs[i].first_visible(window))).collect();
-        let span = joined.iter().map(|&(i, first)| runs[i].end_position() - first).max()?;
-        (joined.len() >= 2).then_some(DecodeBatch { runs: joined, span })
+        let Some(span) = joined.iter().map(|&(i, first)| runs[i].end_position() - first).max() else {
+            return Ok(None);
+        };
+        if joined.len() < 2 {
+            return Ok(None);
+        }
+        let rows: Vec<u32> = joined.iter().map(|&(i, _)| runs[i].rows.start as u32).collect();
+        let mask: Vec<f32> = joined
+            .iter()
+            .flat_map(|&(i, first)| {
+                let seen = runs[i].end_position() - first;
+                (0..span).map(move |j| if j < seen { 0.0 } else { f32::NEG_INFINITY })
+            })
+            .collect();
+        Ok(Some(DecodeBatch {
+            rows: Tensor::new(rows.as_slice(), device)?,
+            mask: Tensor::from_vec(mask, (joined.len(), 1, 1, span), device)?,
+            runs: joined,
+            span,
+        }))
     }
 
     fn contains(&self, run: usize) -> bool {
@@ -505,17 +530,16 @@ fn runs(rows: &[Row]) -> Vec<Run> {
     runs
 }
 
-/// Rotates the first `dims` dimensions of every head of `x` (`[rows, heads, hd]`), each row at its position.
-fn apply_rope(x: &Tensor, rope: &DeviceRope, positions: &Tensor, dims: usize) -> Result<Tensor, LocalError> {
+/// Rotates the first `dims` dimensions of every head of `x` (`[rows, heads, hd]`), each row by its own `cos`
+/// and `sin` (`[rows, 1, dims / 2]`).
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool, dims: usize) -> Result<Tensor, LocalError> {
     let (rows, heads, hd) = x.dims3()?;
-    let cos = rope.cos.index_select(positions, 0)?.reshape((rows, 1, dims / 2))?;
-    let sin = rope.sin.index_select(positions, 0)?.reshape((rows, 1, dims / 2))?;
     // candle's rope kernels take [batch, heads, seq, dims] with per-batch tables: one row is one batch entry.
     let rotated_part = x.narrow(D::Minus1, 0, dims)?.reshape((rows, heads, 1, dims))?.contiguous()?;
-    let rotated = if rope.interleaved {
-        candle_nn::rotary_emb::rope_i(&rotated_part, &cos, &sin)?
+    let rotated = if interleaved {
+        candle_nn::rotary_emb::rope_i(&rotated_part, cos, sin)?
     } else {
-        candle_nn::rotary_emb::rope(&rotated_part, &cos, &sin)?
+        candle_nn::rotary_emb::rope(&rotated_part, cos, sin)?
     };
     let rotated = rotated.reshape((rows, heads, dims))?;
     if dims == hd { Ok(rotated) } else { Ok(Tensor::cat(&[&rotated, &x.narrow(D::Minus1, dims, hd - dims)?], 2)?) }
@@ -576,15 +600,26 @@ mod tests {
         // Three decoding rows (positions 9, 3 and 14) and a prompt chunk, which attends on its own.
         let rows = [row(0, 9), row(1, 3), row(2, 0), row(2, 1), row(3, 14)];
         let runs = runs(&rows);
-        let global = DecodeBatch::plan(&runs, None).unwrap();
+        let global = DecodeBatch::plan(&runs, None, &Device::Cpu).unwrap().unwrap();
         // Spans 10, 4 and 15: every joined row reads 15 positions from 0.
         assert_eq!((global.runs.clone(), global.span), (vec![(0, 0), (1, 0), (3, 0)], 15));
         assert_eq!((global.end(1), global.end(2), global.contains(2)), (Some(15), None, false));
+        assert_eq!(global.rows.to_vec1::<u32>().unwrap(), [0, 1, 4]);
+        let seen: Vec<usize> = global
+            .mask
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .chunks(15)
+            .map(|row| row.iter().take_while(|&&v| v == 0.0).count())
+            .collect();
+        assert_eq!(seen, [10, 4, 15], "each row sees its own positions, the rest is -inf");
         // A window of 4: each row reads its last 4 positions (the row at 3 has only 4).
-        let sliding = DecodeBatch::plan(&runs, Some(4)).unwrap();
+        let sliding = DecodeBatch::plan(&runs, Some(4), &Device::Cpu).unwrap().unwrap();
         assert_eq!((sliding.runs.clone(), sliding.span), (vec![(0, 6), (1, 0), (3, 11)], 4));
         // One decoding row alone has nothing to join.
-        assert!(DecodeBatch::plan(&runs[..1], None).is_none());
+        assert!(DecodeBatch::plan(&runs[..1], None, &Device::Cpu).unwrap().is_none());
     }
 
     #[test]

@@ -52,14 +52,6 @@ pub struct CandleKvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
 }
 
-impl Clone for CandleKvCache {
-    /// A deep copy: `slice_set` writes in place, so a fork must not share storage with its parent.
-    fn clone(&self) -> Self {
-        let copy = |t: &Tensor| t.copy().expect("copying a KV cache tensor on its device");
-        CandleKvCache { layers: self.layers.iter().map(|l| l.as_ref().map(|(k, v)| (copy(k), copy(v)))).collect() }
-    }
-}
-
 pub struct CandleTransformer {
     pub config: Config,
     pub max_positions: usize,
@@ -444,12 +436,23 @@ impl Decoder for CandleTransformer {
         // Positions are written before they are read, so the tensors are simply reused.
     }
 
+    fn fork_cache(&self, cache: &CandleKvCache) -> Result<CandleKvCache, LocalError> {
+        cache.deep_copy()
+    }
+
     fn forward(&self, rows: &[Row], caches: &mut [CandleKvCache]) -> Result<Vec<Vec<f32>>, LocalError> {
         self.forward_rows(rows, caches)
     }
 }
 
 impl CandleKvCache {
+    /// A copy with storage of its own: `slice_set` writes in place, so a fork must not share its parent's.
+    fn deep_copy(&self) -> Result<CandleKvCache, LocalError> {
+        let copy = |(k, v): &(Tensor, Tensor)| -> Result<(Tensor, Tensor), LocalError> { Ok((k.copy()?, v.copy()?)) };
+        let layers = self.layers.iter().map(|layer| layer.as_ref().map(copy).transpose()).collect::<Result<_, _>>()?;
+        Ok(CandleKvCache { layers })
+    }
+
     /// Keys and values of `layer` (reserved).
     fn layer(&self, layer: usize) -> (&Tensor, &Tensor) {
         let (keys, values) = self.layers[layer].as_ref().expect("reserved before the forward pass");
@@ -642,7 +645,7 @@ mod tests {
             vocab: 4,
         };
         parent.reserve(&config, 3, 128, &Device::Cpu).unwrap();
-        let child = parent.clone();
+        let child = parent.deep_copy().unwrap();
         let ones = Tensor::ones((1, 1, 4), DType::F16, &Device::Cpu).unwrap();
         child.layers[0].as_ref().unwrap().0.slice_set(&ones, 1, 0).unwrap();
         let read = |cache: &CandleKvCache| {
@@ -651,7 +654,7 @@ mod tests {
         };
         assert_eq!((read(&parent), read(&child)), (0.0, 1.0));
         // Growing keeps what was written.
-        let mut grown = child.clone();
+        let mut grown = child.deep_copy().unwrap();
         grown.reserve(&config, 100, 128, &Device::Cpu).unwrap();
         assert_eq!(grown.layers[0].as_ref().unwrap().0.dim(1).unwrap(), 128);
         assert_eq!(read(&grown), 1.0);

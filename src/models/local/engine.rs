@@ -250,7 +250,7 @@ impl<M: Decoder> Scheduler<M> {
         }
         for (parent, sample, row_logits) in forks {
             let slot = self.allocate_slot();
-            self.caches[slot] = self.caches[self.sequences[parent].slot].clone();
+            self.caches[slot] = self.model.fork_cache(&self.caches[self.sequences[parent].slot])?;
             let parent = &self.sequences[parent];
             let seed = self.jobs[parent.job].as_ref().map_or(0, |j| j.job.sampler.seed);
             let guide = self.jobs[parent.job].as_ref().and_then(|j| j.job.guide.as_ref()).map(|g| g.start());

@@ -401,8 +401,8 @@ struct Layer {
 
 /// A model the generation engine can drive: our CPU [`Transformer`], or the candle-ops one on a GPU.
 pub trait Decoder: Send + Sync + 'static {
-    /// One sequence's keys and values. Cloning forks a sequence (`n` samples of one prompt).
-    type Cache: Clone + Send;
+    /// One sequence's keys and values.
+    type Cache: Send;
 
     fn config(&self) -> &Config;
 
@@ -413,6 +413,9 @@ pub trait Decoder: Send + Sync + 'static {
 
     /// Readies a cache for another sequence.
     fn clear_cache(cache: &mut Self::Cache);
+
+    /// A copy of `cache` for a sequence that goes on from the same prompt (`n` samples of one prompt).
+    fn fork_cache(&self, cache: &Self::Cache) -> Result<Self::Cache, LocalError>;
 
     /// Runs `rows` through the model, writing their keys and values into `caches[row.slot]`, and returns the
     /// logits of the rows that asked for them, in row order. A sequence's rows come in position order.
@@ -436,6 +439,10 @@ impl Decoder for Transformer {
 
     fn clear_cache(cache: &mut KvCache) {
         cache.clear();
+    }
+
+    fn fork_cache(&self, cache: &KvCache) -> Result<KvCache, LocalError> {
+        Ok(cache.clone())
     }
 
     fn forward(&self, rows: &[Row], caches: &mut [KvCache]) -> Result<Vec<Vec<f32>>, LocalError> {

@@ -4,7 +4,7 @@
 //!
 //!     cargo bench --bench attention           # threads: SDG_BENCH_THREADS (default: every core)
 
-use std::time::Instant;
+mod common;
 
 use rayon::prelude::*;
 use sdg::models::local::simd::GroupAttention;
@@ -14,21 +14,8 @@ const KV_HEADS: usize = 3;
 const GROUP: usize = 3;
 const HD: usize = 64;
 
-fn seconds_per_call(budget: f64, mut call: impl FnMut()) -> f64 {
-    let started = Instant::now();
-    let mut calls = 0u32;
-    while started.elapsed().as_secs_f64() < budget {
-        call();
-        calls += 1;
-    }
-    started.elapsed().as_secs_f64() / calls as f64
-}
-
 fn main() {
-    let threads: usize = std::env::var("SDG_BENCH_THREADS")
-        .ok()
-        .and_then(|t| t.parse().ok())
-        .unwrap_or_else(sdg::models::local::default_threads);
+    let threads = common::threads();
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
     println!(
         "attention of one decoding step, {threads} threads, {LAYERS} layers x {KV_HEADS} kv heads x {GROUP} query heads of {HD}"
@@ -54,12 +41,12 @@ fn main() {
             }
             .run(out)
         };
-        let step = seconds_per_call(1.0, || {
+        let step = common::seconds_per_call(1.0, || {
             pool.install(|| {
                 out.par_chunks_exact_mut(GROUP * HD).enumerate().for_each(|task| attend(task, &keys, &values))
             })
         });
-        let hot = seconds_per_call(0.5, || {
+        let hot = common::seconds_per_call(0.5, || {
             pool.install(|| {
                 out.par_chunks_exact_mut(GROUP * HD).enumerate().for_each(|(_, o)| attend((0, o), &keys, &values))
             })

@@ -6,7 +6,7 @@
 //! Per shape, row count and SIMD kernel this CPU runs (AVX2; AVX-512 VNNI), side by side: time per call, weight GB/s (weight bytes / time; the figure that bounds a single
 //! decoding stream) and nanoseconds per row and 32-value block (the figure that bounds batched decoding).
 
-use std::time::Instant;
+mod common;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
@@ -22,22 +22,8 @@ fn activations(rows: usize, inputs: usize) -> Vec<f32> {
     (0..rows * inputs).map(|i| (i % 17) as f32 * 0.1 - 0.8).collect()
 }
 
-/// Seconds per call of `call`, over as many calls as fit in `budget` seconds.
-fn seconds_per_call<T>(budget: f64, mut call: impl FnMut() -> T) -> f64 {
-    let started = Instant::now();
-    let mut calls = 0u32;
-    while started.elapsed().as_secs_f64() < budget {
-        std::hint::black_box(call());
-        calls += 1;
-    }
-    started.elapsed().as_secs_f64() / calls as f64
-}
-
 fn main() {
-    let threads: usize = std::env::var("SDG_BENCH_THREADS")
-        .ok()
-        .and_then(|t| t.parse().ok())
-        .unwrap_or_else(sdg::models::local::default_threads);
+    let threads = common::threads();
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
     println!("quantized matmul, {threads} threads");
     let shapes = [
@@ -52,7 +38,7 @@ fn main() {
             let x = activations(rows, inputs);
             for kernel in Kernel::available().into_iter().filter(|k| *k != Kernel::Portable) {
                 matrix.forward_with(kernel, &x, rows, Some(&pool));
-                let seconds = seconds_per_call(0.3, || matrix.forward_with(kernel, &x, rows, Some(&pool)));
+                let seconds = common::seconds_per_call(0.3, || matrix.forward_with(kernel, &x, rows, Some(&pool)));
                 let row_blocks = (rows * outputs * inputs / 32) as f64;
                 println!(
                     "{name} [{outputs:>5} x {inputs:>4}] rows {rows:>2} {:<10}: {:>8.1} us/call, weights {:>5.1} GB/s, \
@@ -74,7 +60,8 @@ fn main() {
     for rows in [1usize, 16] {
         let x = activations(rows, 576);
         let mut layer = layers.iter().cycle();
-        let seconds = seconds_per_call(0.5, || layer.next().unwrap().forward_with(kernel, &x, rows, Some(&pool)));
+        let seconds =
+            common::seconds_per_call(0.5, || layer.next().unwrap().forward_with(kernel, &x, rows, Some(&pool)));
         println!(
             "gate+up Q4_1 x 30 layers, from memory, rows {rows:>2} {:<10}: {:>8.1} us/call, weights {:>5.1} GB/s, \
              {:.3} ns per row-block",

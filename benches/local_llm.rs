@@ -6,8 +6,8 @@
 //!     cargo bench --features cuda --bench local_llm  # with SDG_BENCH_DEVICE=cuda: the candle-ops model on a GPU
 //!
 //! Figures: time to first token (prefill + first sample), decode tokens/s of one sequence (greedy, exactly
-//! 128 new tokens, EOS ignored, median of 3 after a warm-up), and aggregate decode tokens/s with 4, 8 and
-//! 16 sequences decoding together.
+//! 128 new tokens, EOS ignored), and aggregate decode tokens/s with 4, 8 and 16 sequences decoding together;
+//! measured in rounds (`SDG_BENCH_ROUNDS`, default 3) of one of each, medians reported.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -58,46 +58,51 @@ fn main() {
     );
     println!("load {load_ms:.0} ms, weights {:.0} MiB", llm.weight_bytes as f64 / (1 << 20) as f64);
 
+    // Rounds of one single-stream run then each batch size, so every ratio to the single stream is measured
+    // minutes apart at most on a machine whose speed drifts; the figures are medians over the rounds.
+    let rounds: usize = std::env::var("SDG_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3).max(1);
+    let sizes = [4usize, 8, 16];
+    let prompts: Vec<Vec<Vec<u32>>> = sizes
+        .iter()
+        .map(|&sequences| {
+            // Distinct prompts per sequence (a number prefix), all decoding together.
+            (0..sequences)
+                .map(|i| {
+                    let text = format!("{i}. {}", text.trim());
+                    llm.prompt_ids(&Prompt::Chat(vec![ChatMessage::new("user", text)])).unwrap()
+                })
+                .collect()
+        })
+        .collect();
     llm.generate_exact(ids.clone(), &greedy, 1).unwrap();
     let (mut ttft, mut decode) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
+    let mut aggregates = vec![Vec::new(); sizes.len()];
+    let mut ratios = vec![Vec::new(); sizes.len()];
+    for round in 1..=rounds {
         let started = Instant::now();
         let out = llm.generate_exact(ids.clone(), &greedy, 1).unwrap();
         let total = started.elapsed().as_secs_f64();
         assert_eq!(out.tokens[0].len(), NEW_TOKENS as usize);
+        let single = (NEW_TOKENS - 1) as f64 / (total - out.first_token_ms / 1000.0);
         ttft.push(out.first_token_ms);
-        decode.push((NEW_TOKENS - 1) as f64 / (total - out.first_token_ms / 1000.0));
+        decode.push(single);
+        let mut line = format!("round {round}: single {single:.1} tok/s");
+        for (k, prompts) in prompts.iter().enumerate() {
+            let aggregate = batched_decode(&llm, prompts, &greedy);
+            line += &format!(", batched {} {aggregate:.1} ({:.2}x)", prompts.len(), aggregate / single);
+            aggregates[k].push(aggregate);
+            ratios[k].push(aggregate / single);
+        }
+        println!("{line}");
     }
     let (ttft, single) = (median(ttft), median(decode));
     println!("single stream: time to first token {ttft:.0} ms, decode {single:.1} tok/s");
-
     let mut batched = Vec::new();
-    for sequences in [4usize, 8, 16] {
-        // Distinct prompts per sequence (a number prefix), all decoding together.
-        let prompts: Vec<Vec<u32>> = (0..sequences)
-            .map(|i| {
-                let text = format!("{i}. {}", text.trim());
-                llm.prompt_ids(&Prompt::Chat(vec![ChatMessage::new("user", text)])).unwrap()
-            })
-            .collect();
-        let started = Instant::now();
-        let outputs: Vec<_> = std::thread::scope(|scope| {
-            let handles: Vec<_> = prompts
-                .into_iter()
-                .map(|ids| {
-                    let (llm, greedy) = (&llm, &greedy);
-                    scope.spawn(move || llm.generate_exact(ids, greedy, 1).unwrap())
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        let wall = started.elapsed().as_secs_f64();
-        let first = outputs.iter().map(|o| o.first_token_ms).fold(0.0, f64::max) / 1000.0;
-        let tokens: usize = outputs.iter().map(|o| o.tokens[0].len()).sum();
-        let aggregate = (tokens - sequences) as f64 / (wall - first);
+    for ((&sequences, aggregate), ratio) in sizes.iter().zip(aggregates).zip(ratios) {
+        let aggregate = median(aggregate);
         println!(
-            "batched {sequences:>2}: decode {aggregate:.1} tok/s aggregate ({:.2}x single), all in {wall:.1} s",
-            aggregate / single
+            "batched {sequences:>2}: decode {aggregate:.1} tok/s aggregate, {:.2}x single (median of the rounds' ratios)",
+            median(ratio)
         );
         batched.push((sequences, aggregate));
     }
@@ -141,6 +146,23 @@ fn main() {
             }
         }
     }
+}
+
+/// Aggregate decode tokens/s of `prompts` generating together: tokens after each sequence's first, over the
+/// time from the last first token to the end (prefill excluded).
+fn batched_decode(llm: &LocalLlm, prompts: &[Vec<u32>], greedy: &Sampling) -> f64 {
+    let started = Instant::now();
+    let outputs: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = prompts
+            .iter()
+            .map(|ids| scope.spawn(move || llm.generate_exact(ids.clone(), greedy, 1).unwrap()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let wall = started.elapsed().as_secs_f64();
+    let first = outputs.iter().map(|o| o.first_token_ms).fold(0.0, f64::max) / 1000.0;
+    let tokens: usize = outputs.iter().map(|o| o.tokens[0].len()).sum();
+    (tokens - prompts.len()) as f64 / (wall - first)
 }
 
 /// The interpreter of the llama.cpp venv: `SDG_LLAMACPP_PYTHON`, else `target/llamacpp-venv`.

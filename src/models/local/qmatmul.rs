@@ -35,6 +35,8 @@ const INT8_PANEL_BLOCK: usize = BLOCK * PANEL;
 const NIBBLE_PANEL_BLOCK: usize = BLOCK * PANEL / 2;
 /// Activation rows that share every weight load and unpack (a kernel call takes 1, 2, 3, 4 or 8).
 const TILE: usize = 8;
+/// Weight bytes a thread runs every tile of rows over before moving on: well inside a core's L2.
+const L2_WEIGHT_BYTES: usize = 256 << 10;
 
 /// A `[outputs, inputs]` weight matrix in quantized blocks, packed in panels.
 pub struct QMatrix {
@@ -296,20 +298,25 @@ impl QMatrix {
         let activations = quantize(x, rows, self.inputs);
         let mut out = vec![0.0f32; rows * self.outputs];
         let shared = SharedOut { ptr: out.as_mut_ptr(), rows, outputs: self.outputs };
-        // Writes the outputs of `panels` for every row, a tile of rows at a time.
+        // Writes the outputs of `panels` for every row, a tile of rows at a time, over at most `step` panels at
+        // a time so that the tiles after the first find those panels' weights still in L2.
+        let step = (L2_WEIGHT_BYTES * self.panels / self.bytes().max(1)).max(1);
         let fill = |panels: Range<usize>| {
-            let mut first = 0;
-            while first < rows {
-                let count = tile_rows(rows - first);
-                let tile = Tile { out: &shared, first };
-                match count {
-                    1 => self.tile::<1>(kernel, panels.clone(), &activations, tile),
-                    2 => self.tile::<2>(kernel, panels.clone(), &activations, tile),
-                    3 => self.tile::<3>(kernel, panels.clone(), &activations, tile),
-                    4 => self.tile::<4>(kernel, panels.clone(), &activations, tile),
-                    _ => self.tile::<TILE>(kernel, panels.clone(), &activations, tile),
+            for start in panels.clone().step_by(step) {
+                let part = start..(start + step).min(panels.end);
+                let mut first = 0;
+                while first < rows {
+                    let count = tile_rows(rows - first);
+                    let tile = Tile { out: &shared, first };
+                    match count {
+                        1 => self.tile::<1>(kernel, part.clone(), &activations, tile),
+                        2 => self.tile::<2>(kernel, part.clone(), &activations, tile),
+                        3 => self.tile::<3>(kernel, part.clone(), &activations, tile),
+                        4 => self.tile::<4>(kernel, part.clone(), &activations, tile),
+                        _ => self.tile::<TILE>(kernel, part.clone(), &activations, tile),
+                    }
+                    first += count;
                 }
-                first += count;
             }
         };
         match pool.filter(|p| p.current_num_threads() > 1) {
@@ -858,6 +865,26 @@ mod tests {
                         assert!(same, "{kernel:?}, {rows} rows: {got:?} vs {portable:?}");
                     }
                 }
+            }
+        }
+    }
+
+    /// A matrix larger than the weight bytes a thread runs all tiles over at once: the tiles go over it in
+    /// parts, and every row still gets the bits it gets alone.
+    #[test]
+    fn a_matrix_larger_than_l2_gives_each_row_the_bits_it_gets_alone() {
+        let (outputs, inputs) = (1024, 576);
+        let q = QMatrix::from_f32(&matrix(outputs, inputs, 3), outputs, inputs);
+        assert!(q.bytes() > 2 * L2_WEIGHT_BYTES, "{} bytes", q.bytes());
+        let rows = 13;
+        let x = matrix(rows, inputs, 4);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        for kernel in Kernel::available() {
+            let together = q.forward_with(kernel, &x, rows, Some(&pool));
+            for r in 0..rows {
+                let alone = q.forward_with(kernel, &x[r * inputs..(r + 1) * inputs], 1, None);
+                let same = alone.iter().zip(&together[r * outputs..]).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{kernel:?}, row {r}");
             }
         }
     }

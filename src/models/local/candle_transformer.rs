@@ -15,7 +15,7 @@ use candle_core::quantized::{QMatMul, QTensor, gguf_file};
 use candle_core::{D, DType, Device, Module, Tensor};
 
 use super::LocalError;
-use super::transformer::{Arch, Config, Decoder, RopeTable, Row};
+use super::transformer::{Arch, Config, Decoder, RopeTable, Row, first_visible};
 
 struct Layer {
     attn_norm: Tensor,
@@ -125,7 +125,7 @@ impl CandleTransformer {
             let mut maybe = |part: &str| -> Result<Option<Tensor>, LocalError> {
                 if has(&name(part)) { Ok(Some(vector(tensor(&name(part))?)?)) } else { Ok(None) }
             };
-            let sliding = config.sliding_window.is_some() && (index + 1) % config.sliding_pattern != 0;
+            let window = config.layer_window(index);
             layers.push(Layer {
                 attn_norm: maybe("attn_norm.weight")?.ok_or_else(|| missing(&name("attn_norm.weight")))?,
                 q,
@@ -143,8 +143,8 @@ impl CandleTransformer {
                 gate,
                 up,
                 down,
-                window: if sliding { config.sliding_window } else { None },
-                rope: usize::from(sliding),
+                rope: usize::from(window.is_some()),
+                window,
             });
         }
         Ok(CandleTransformer {
@@ -498,7 +498,7 @@ impl Run {
 
     /// The earliest position any row of the run may see.
     fn first_visible(&self, window: Option<usize>) -> usize {
-        window.map_or(0, |w| (self.first_position + 1).saturating_sub(w))
+        first_visible(self.first_position, window)
     }
 
     /// `[t, span]` of 0 and -inf: row `i` (position `first_position + i`) sees the positions up to its own and,

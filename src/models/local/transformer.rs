@@ -126,6 +126,11 @@ impl Config {
         }
     }
 
+    /// The window of layer `index` (Gemma 3's sliding layers), `None` for a layer that sees every position.
+    pub fn layer_window(&self, index: usize) -> Option<usize> {
+        self.sliding_window.filter(|_| (index + 1) % self.sliding_pattern != 0)
+    }
+
     fn q_dim(&self) -> usize {
         self.heads * self.head_dim
     }
@@ -576,7 +581,7 @@ impl Transformer {
             let k_norm = maybe("attn_k_norm.weight")?;
             let post_attn_norm = maybe("post_attention_norm.weight")?;
             let post_ffn_norm = maybe("post_ffw_norm.weight")?;
-            let sliding = config.sliding_window.is_some() && (index + 1) % config.sliding_pattern != 0;
+            let window = config.layer_window(index);
             layers.push(Layer {
                 attn_norm: vector(&*tensor(&name("attn_norm.weight"))?)?,
                 qkv: Projections::new(vec![
@@ -595,8 +600,8 @@ impl Transformer {
                 post_ffn_norm,
                 gate_up: Projections::new(vec![tensor(&name("ffn_gate.weight"))?, tensor(&name("ffn_up.weight"))?])?,
                 down: Linear::new(tensor(&name("ffn_down.weight"))?)?,
-                window: if sliding { config.sliding_window } else { None },
-                rope: if sliding { Arc::clone(&local_rope) } else { Arc::clone(&global_rope) },
+                rope: if window.is_some() { Arc::clone(&local_rope) } else { Arc::clone(&global_rope) },
+                window,
             });
         }
         let check = |(outputs, inputs): (usize, usize), expected: (usize, usize), what: &str| {
@@ -739,7 +744,7 @@ impl Transformer {
         let work = |(task, out_heads): (usize, &mut [f32])| {
             let (r, kv_head) = (task / config.kv_heads, task % config.kv_heads);
             let row = rows[r];
-            let first = window.map_or(0, |w| (row.position + 1).saturating_sub(w));
+            let first = first_visible(row.position, window);
             let (keys, values) = caches[row.slot].head(layer, kv_head);
             GroupAttention {
                 queries: &qkv.part(r, 0)[kv_head * group * hd..(kv_head + 1) * group * hd],
@@ -770,6 +775,11 @@ impl Transformer {
         }
         total + self.output.bytes()
     }
+}
+
+/// The earliest position a query at `position` sees: 0, or with a window the last `window` positions.
+pub(crate) fn first_visible(position: usize, window: Option<usize>) -> usize {
+    window.map_or(0, |w| (position + 1).saturating_sub(w))
 }
 
 /// A small tensor (norm weights, biases) as floats.

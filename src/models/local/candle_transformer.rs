@@ -177,13 +177,15 @@ impl CandleTransformer {
         let runs = runs(rows);
         // Decoding rows attend together, padded to the longest span (see `DecodeBatch`): once for global
         // layers and once for sliding ones.
-        let global = DecodeBatch::plan(&runs, None, &self.device)?;
-        let sliding = match config.sliding_window {
-            Some(window) => DecodeBatch::plan(&runs, Some(window), &self.device)?,
-            None => None,
+        let plan = |window| -> Result<_, LocalError> {
+            let batch = DecodeBatch::plan(&runs, window, &self.device)?;
+            let gather = row_gather(&runs, batch.as_ref(), &self.device)?;
+            Ok((batch, gather))
         };
+        let global = plan(None)?;
+        let sliding = if config.sliding_window.is_some() { plan(config.sliding_window)? } else { (None, None) };
         for (i, run) in runs.iter().enumerate() {
-            let padded = [&global, &sliding].into_iter().flatten().map(|b| b.end(i)).max().flatten();
+            let padded = [&global.0, &sliding.0].into_iter().flatten().map(|b| b.end(i)).max().flatten();
             let end = padded.unwrap_or(0).max(run.end_position());
             caches[run.slot].reserve(config, end, self.max_positions, &self.device)?;
         }
@@ -244,13 +246,11 @@ impl CandleTransformer {
                     into.slice_set(&part, 1, run.first_position)?;
                 }
             }
-            let batch = if layer.window.is_some() { &sliding } else { &global };
-            // Row order: the batched decoding rows first, then each other run; put back in place below.
+            let (batch, gather) = if layer.window.is_some() { &sliding } else { &global };
+            // The batched decoding rows first, then each other run, put back in row order by `gather`.
             let mut pieces = Vec::with_capacity(runs.len());
-            let mut order: Vec<usize> = Vec::with_capacity(m);
             if let Some(batch) = batch {
                 pieces.push(self.attend_decoding(&q, &runs, batch, caches, index)?);
-                order.extend(batch.runs.iter().map(|&(i, _)| runs[i].rows.start));
             }
             for (i, run) in runs.iter().enumerate() {
                 if batch.as_ref().is_some_and(|b| b.contains(i)) {
@@ -259,16 +259,11 @@ impl CandleTransformer {
                 let (keys, values) = caches[run.slot].layer(index);
                 let mask = if layer.window.is_some() { &window_masks[i] } else { &masks[i] };
                 pieces.push(self.attend(&q, run, keys, values, layer.window, mask.as_ref())?);
-                order.extend(run.rows.clone());
             }
             let attended = if pieces.len() == 1 { pieces.remove(0) } else { Tensor::cat(&pieces, 0)? };
-            let attended = if order.iter().enumerate().all(|(at, &row)| at == row) {
-                attended
-            } else {
-                // `order[at]` is the row at `at`; gather each row from where it is.
-                let mut from = vec![0u32; m];
-                order.iter().enumerate().for_each(|(at, &row)| from[row] = at as u32);
-                attended.index_select(&Tensor::new(from.as_slice(), &self.device)?, 0)?
+            let attended = match gather {
+                Some(gather) => attended.index_select(gather, 0)?,
+                None => attended,
             };
             let mut out = layer.o.forward(&attended)?;
             if let Some(norm) = &layer.post_attn_norm {
@@ -521,6 +516,23 @@ impl Run {
     }
 }
 
+/// Attention's output comes as the rows of `batch` first, then each other run's rows: the index of every row
+/// in that order, to put them back in row order, or `None` when they already are.
+fn row_gather(runs: &[Run], batch: Option<&DecodeBatch>, device: &Device) -> Result<Option<Tensor>, LocalError> {
+    let in_batch = |i: usize| batch.is_some_and(|b| b.contains(i));
+    let order: Vec<usize> = batch
+        .iter()
+        .flat_map(|b| b.runs.iter().map(|&(i, _)| runs[i].rows.start))
+        .chain((0..runs.len()).filter(|&i| !in_batch(i)).flat_map(|i| runs[i].rows.clone()))
+        .collect();
+    if order.iter().enumerate().all(|(at, &row)| at == row) {
+        return Ok(None);
+    }
+    let mut from = vec![0u32; order.len()];
+    order.iter().enumerate().for_each(|(at, &row)| from[row] = at as u32);
+    Ok(Some(Tensor::new(from.as_slice(), device)?))
+}
+
 /// Splits `rows` into runs (see [`Run`]).
 fn runs(rows: &[Row]) -> Vec<Run> {
     let mut runs: Vec<Run> = Vec::new();
@@ -623,6 +635,19 @@ mod tests {
         assert_eq!((sliding.runs.clone(), sliding.span), (vec![(0, 6), (1, 0), (3, 11)], 4));
         // One decoding row alone has nothing to join.
         assert!(DecodeBatch::plan(&runs[..1], None, &Device::Cpu).unwrap().is_none());
+    }
+
+    #[test]
+    fn attention_rows_are_gathered_back_into_row_order() {
+        // A prompt chunk (rows 0 and 1) before two decoding rows: attention yields rows 2, 3, 0, 1.
+        let chunk_first = runs(&[row(2, 0), row(2, 1), row(0, 5), row(1, 7)]);
+        let batch = DecodeBatch::plan(&chunk_first, None, &Device::Cpu).unwrap();
+        let gather = row_gather(&chunk_first, batch.as_ref(), &Device::Cpu).unwrap().unwrap();
+        assert_eq!(gather.to_vec1::<u32>().unwrap(), [2, 3, 0, 1]);
+        // Decoding rows first, as the engine orders them: already in place.
+        let decoding_first = runs(&[row(0, 5), row(1, 7), row(2, 0), row(2, 1)]);
+        let batch = DecodeBatch::plan(&decoding_first, None, &Device::Cpu).unwrap();
+        assert!(row_gather(&decoding_first, batch.as_ref(), &Device::Cpu).unwrap().is_none());
     }
 
     #[test]

@@ -128,7 +128,7 @@ impl Config {
 
     /// The window of layer `index` (Gemma 3's sliding layers), `None` for a layer that sees every position.
     pub fn layer_window(&self, index: usize) -> Option<usize> {
-        self.sliding_window.filter(|_| (index + 1) % self.sliding_pattern != 0)
+        self.sliding_window.filter(|_| !(index + 1).is_multiple_of(self.sliding_pattern))
     }
 
     fn q_dim(&self) -> usize {

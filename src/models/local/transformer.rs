@@ -344,26 +344,23 @@ impl RopeTable {
     }
 }
 
-/// Cosine and sine of every (position, frequency) a layer may need.
+/// The rotary embedding of a layer: its angles and how it pairs a head's dimensions.
 struct Rope {
     dims: usize,
     style: RopeStyle,
-    /// `[position][dims / 2]`.
-    cos: Vec<f32>,
-    sin: Vec<f32>,
+    angles: RopeTable,
 }
 
 impl Rope {
     fn new(dims: usize, base: f32, factors: Option<&[f32]>, style: RopeStyle, positions: usize) -> Rope {
-        let RopeTable { cos, sin } = RopeTable::new(dims, base, factors, positions);
-        Rope { dims, style, cos, sin }
+        Rope { dims, style, angles: RopeTable::new(dims, base, factors, positions) }
     }
 
     /// Rotates one head vector in place for `position`.
     fn apply(&self, head: &mut [f32], position: usize) {
         let half = self.dims / 2;
-        let cos = &self.cos[position * half..(position + 1) * half];
-        let sin = &self.sin[position * half..(position + 1) * half];
+        let cos = &self.angles.cos[position * half..(position + 1) * half];
+        let sin = &self.angles.sin[position * half..(position + 1) * half];
         match self.style {
             RopeStyle::Interleaved => {
                 for i in 0..half {
@@ -439,7 +436,7 @@ impl Decoder for Transformer {
     }
 
     fn new_cache(&self) -> KvCache {
-        Transformer::new_cache(self)
+        KvCache::new(self.config.layers, self.config.kv_heads)
     }
 
     fn clear_cache(cache: &mut KvCache) {
@@ -451,7 +448,10 @@ impl Decoder for Transformer {
     }
 
     fn forward(&self, rows: &[Row], caches: &mut [KvCache]) -> Result<Vec<Vec<f32>>, LocalError> {
-        Transformer::forward(self, rows, caches)
+        // The whole pass runs on a pool thread: the matmuls' and attention's parallel loops then start from
+        // inside the pool, where that thread works on them itself, instead of handing each of them over from
+        // outside and sleeping until it is done (a wake-up per matmul, ~120 of them per decoding step).
+        self.pool.install(|| self.forward_in_pool(rows, caches))
     }
 }
 
@@ -634,19 +634,6 @@ impl Transformer {
             max_positions,
             pool,
         })
-    }
-
-    pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.config.layers, self.config.kv_heads)
-    }
-
-    /// Runs `rows` through the model, writing their keys and values into `caches[row.slot]`, and returns the
-    /// logits of the rows that asked for them, in row order. A sequence's rows must come in position order.
-    pub fn forward(&self, rows: &[Row], caches: &mut [KvCache]) -> Result<Vec<Vec<f32>>, LocalError> {
-        // The whole pass runs on a pool thread: the matmuls' and attention's parallel loops then start from
-        // inside the pool, where that thread works on them itself, instead of handing each of them over from
-        // outside and sleeping until it is done (a wake-up per matmul, ~120 of them per decoding step).
-        self.pool.install(|| self.forward_in_pool(rows, caches))
     }
 
     fn forward_in_pool(&self, rows: &[Row], caches: &mut [KvCache]) -> Result<Vec<Vec<f32>>, LocalError> {

@@ -2,6 +2,7 @@
 //! come to memory bandwidth (one row) and to arithmetic throughput (tiles of rows).
 //!
 //!     cargo bench --bench qmatmul             # threads: SDG_BENCH_THREADS (default: every core)
+//!     SDG_BENCH_ONLY=gate cargo bench --bench qmatmul   # only the shapes whose name holds `gate`
 //!
 //! Per shape, row count and SIMD kernel this CPU runs (AVX2; AVX-512 VNNI), side by side: time per call, weight GB/s (weight bytes / time; the figure that bounds a single
 //! decoding stream) and nanoseconds per row and 32-value block (the figure that bounds batched decoding).
@@ -32,9 +33,11 @@ fn main() {
         ("down   Q4_1", 576, 1536, GgmlDType::Q4_1),
         ("output Q8_0", 49152, 576, GgmlDType::Q8_0),
     ];
-    for (name, outputs, inputs, dtype) in shapes {
+    // `SDG_BENCH_ONLY=gate`: only the shapes whose name holds it.
+    let only = std::env::var("SDG_BENCH_ONLY").unwrap_or_default();
+    for (name, outputs, inputs, dtype) in shapes.into_iter().filter(|shape| shape.0.contains(only.as_str())) {
         let matrix = weights(outputs, inputs, dtype);
-        for rows in [1usize, 4, 16, 64] {
+        for rows in [1usize, 2, 4, 8, 16, 64] {
             let x = activations(rows, inputs);
             for kernel in Kernel::available().into_iter().filter(|k| *k != Kernel::Portable) {
                 matrix.forward_with(kernel, &x, rows, Some(&pool));

@@ -37,6 +37,11 @@ const NIBBLE_PANEL_BLOCK: usize = BLOCK * PANEL / 2;
 const TILE: usize = 8;
 /// Weight bytes a thread runs every tile of rows over before moving on: well inside a core's L2.
 const L2_WEIGHT_BYTES: usize = 256 << 10;
+/// Rows from which an AMX tile beats AVX-512 VNNI tiles.
+pub const AMX_MIN_ROWS: usize = 8;
+
+#[cfg(target_arch = "x86_64")]
+mod amx;
 
 /// A `[outputs, inputs]` weight matrix in quantized blocks, packed in panels.
 pub struct QMatrix {
@@ -123,32 +128,66 @@ pub enum Kernel {
     Avx2,
     /// AVX-512 (F, BW) with VNNI.
     Avx512Vnni,
+    /// AVX-512 VNNI, and AMX-INT8 for tiles of [`AMX_MIN_ROWS`] rows or more.
+    Amx,
 }
 
 impl Kernel {
-    /// The fastest kernel this CPU runs.
+    /// The fastest kernel this CPU runs, or the one `SDG_CPU_KERNEL` names (`portable`, `avx2`, `avx512vnni` or
+    /// `amx`; one this CPU runs) to compare kernels in one build.
     pub fn detect() -> Kernel {
         use std::sync::OnceLock;
         static DETECTED: OnceLock<Kernel> = OnceLock::new();
-        *DETECTED.get_or_init(|| Kernel::available().into_iter().last().unwrap_or(Kernel::Portable))
+        *DETECTED.get_or_init(|| {
+            let fastest = *Kernel::supported().last().unwrap_or(&Kernel::Portable);
+            let Ok(name) = std::env::var("SDG_CPU_KERNEL") else { return fastest };
+            match Kernel::supported().iter().find(|kernel| kernel.name() == name.trim()) {
+                Some(&kernel) => kernel,
+                None => {
+                    tracing::warn!(%name, ?fastest, "SDG_CPU_KERNEL names no kernel this CPU runs; using the fastest");
+                    fastest
+                }
+            }
+        })
     }
 
     /// Every kernel this CPU runs, slowest first.
     pub fn available() -> Vec<Kernel> {
-        let mut kernels = vec![Kernel::Portable];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if super::simd::has_f16c() {
-                kernels.push(Kernel::Avx2);
-                if is_x86_feature_detected!("avx512f")
-                    && is_x86_feature_detected!("avx512bw")
-                    && is_x86_feature_detected!("avx512vnni")
-                {
-                    kernels.push(Kernel::Avx512Vnni);
+        Kernel::supported().to_vec()
+    }
+
+    /// The name `SDG_CPU_KERNEL` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Portable => "portable",
+            Kernel::Avx2 => "avx2",
+            Kernel::Avx512Vnni => "avx512vnni",
+            Kernel::Amx => "amx",
+        }
+    }
+
+    fn supported() -> &'static [Kernel] {
+        use std::sync::OnceLock;
+        static SUPPORTED: OnceLock<Vec<Kernel>> = OnceLock::new();
+        SUPPORTED.get_or_init(|| {
+            let mut kernels = vec![Kernel::Portable];
+            #[cfg(target_arch = "x86_64")]
+            {
+                if super::simd::has_f16c() {
+                    kernels.push(Kernel::Avx2);
+                    if is_x86_feature_detected!("avx512f")
+                        && is_x86_feature_detected!("avx512bw")
+                        && is_x86_feature_detected!("avx512vnni")
+                    {
+                        kernels.push(Kernel::Avx512Vnni);
+                        if amx::available() {
+                            kernels.push(Kernel::Amx);
+                        }
+                    }
                 }
             }
-        }
-        kernels
+            kernels
+        })
     }
 }
 
@@ -293,7 +332,7 @@ impl QMatrix {
 
     /// [`QMatrix::forward`] on a given kernel (one of [`Kernel::available`]).
     pub fn forward_with(&self, kernel: Kernel, x: &[f32], rows: usize, pool: Option<&rayon::ThreadPool>) -> Vec<f32> {
-        assert!(kernel <= Kernel::detect(), "{kernel:?} does not run on this CPU");
+        assert!(Kernel::supported().contains(&kernel), "{kernel:?} does not run on this CPU");
         debug_assert_eq!(x.len(), rows * self.inputs);
         let activations = quantize(x, rows, self.inputs);
         let mut out = vec![0.0f32; rows * self.outputs];
@@ -306,6 +345,17 @@ impl QMatrix {
                 let part = start..(start + step).min(panels.end);
                 let mut first = 0;
                 while first < rows {
+                    #[cfg(target_arch = "x86_64")]
+                    if kernel == Kernel::Amx && rows - first >= AMX_MIN_ROWS {
+                        let tile = Tile { out: &shared, first };
+                        let count = if rows - first >= amx::ROWS { amx::ROWS } else { AMX_MIN_ROWS };
+                        match count {
+                            amx::ROWS => self.amx_tile::<{ amx::ROWS }>(part.clone(), &activations, tile),
+                            _ => self.amx_tile::<AMX_MIN_ROWS>(part.clone(), &activations, tile),
+                        }
+                        first += count;
+                        continue;
+                    }
                     let count = tile_rows(rows - first);
                     let tile = Tile { out: &shared, first };
                     match count {
@@ -349,7 +399,7 @@ impl QMatrix {
                     // SAFETY (both): the kernel's instructions are present (`forward_with` checked it against
                     // the CPU); the asserts above and the packing keep every access in bounds.
                     #[cfg(target_arch = "x86_64")]
-                    Kernel::Avx512Vnni => unsafe { int8_avx512_vnni(&weights, panels, &rows, &mut tile) },
+                    Kernel::Avx512Vnni | Kernel::Amx => unsafe { int8_avx512_vnni(&weights, panels, &rows, &mut tile) },
                     #[cfg(target_arch = "x86_64")]
                     Kernel::Avx2 => unsafe { int8_avx2(&weights, panels, &rows, &mut tile) },
                     _ => int8_portable(&weights, panels, &rows, &mut tile),
@@ -360,12 +410,34 @@ impl QMatrix {
                 match kernel {
                     // SAFETY: as above.
                     #[cfg(target_arch = "x86_64")]
-                    Kernel::Avx512Vnni => unsafe { nibble_avx512_vnni(&weights, panels, &rows, &mut tile) },
+                    Kernel::Avx512Vnni | Kernel::Amx => unsafe {
+                        nibble_avx512_vnni(&weights, panels, &rows, &mut tile)
+                    },
                     #[cfg(target_arch = "x86_64")]
                     Kernel::Avx2 => unsafe { nibble_avx2(&weights, panels, &rows, &mut tile) },
                     _ => nibble_portable(&weights, panels, &rows, &mut tile),
                 }
             }
+        }
+    }
+}
+
+impl QMatrix {
+    /// Outputs of `panels` for the `R` activation rows from `tile.first`, in one AMX tile.
+    #[cfg(target_arch = "x86_64")]
+    fn amx_tile<const R: usize>(&self, panels: Range<usize>, activations: &Q8Rows, mut tile: Tile) {
+        assert!(panels.end <= self.panels && tile.out.outputs == self.outputs && tile.first + R <= tile.out.rows);
+        let x = amx::ActivationTile::<R>::new(activations, tile.first);
+        let blocks = self.blocks;
+        // SAFETY (both): `forward_with` runs `Kernel::Amx` only where `Kernel::available` found AMX (and asked
+        // the OS for it) and AVX-512 VNNI; the kernels check their bounds.
+        match &self.weights {
+            Weights::Int8 { scales, quants } => unsafe {
+                amx::int8_amx(&Int8View { scales, quants, blocks }, panels, &x, &mut tile)
+            },
+            Weights::Nibbles { d, m, quants } => unsafe {
+                amx::nibble_amx(&NibbleView { d, m, quants, blocks }, panels, &x, &mut tile)
+            },
         }
     }
 }
@@ -855,7 +927,7 @@ mod tests {
             QMatrix::from_f32(&matrix(outputs, inputs, 5), outputs, inputs),
             QMatrix::from_qtensor(&q4).unwrap().unwrap(),
         ] {
-            for rows in [1, 2, 3, 4, 5, 8, 13] {
+            for rows in [1, 2, 3, 4, 5, 8, 13, 16, 21, 40] {
                 let x = matrix(rows, inputs, 9);
                 let portable = q.forward_with(Kernel::Portable, &x, rows, None);
                 for &kernel in &kernels {

@@ -512,9 +512,7 @@ impl KvCache {
                 if store.len() < end {
                     store.resize(end, 0);
                 }
-                for (bits, &x) in store[position * hd..end].iter_mut().zip(row) {
-                    *bits = simd::f32_to_f16(x);
-                }
+                simd::f32_to_f16_slice(row, &mut store[position * hd..end]);
             }
         }
     }

@@ -7,6 +7,7 @@
 mod common;
 
 use rayon::prelude::*;
+use sdg::models::local::qmatmul::Kernel;
 use sdg::models::local::simd::GroupAttention;
 
 const LAYERS: usize = 30;
@@ -30,35 +31,39 @@ fn main() {
         let keys: Vec<Vec<u16>> = (0..streams).map(|_| stream.clone()).collect();
         let values: Vec<Vec<u16>> = (0..streams).map(|_| stream.clone()).collect();
         let mut out = vec![0.0f32; streams * GROUP * HD];
-        let attend = |(task, out): (usize, &mut [f32]), keys: &[Vec<u16>], values: &[Vec<u16>]| {
-            GroupAttention {
-                queries: &queries,
-                hd: HD,
-                keys: &keys[task],
-                values: &values[task],
-                span: positions,
-                scale: 0.125,
-            }
-            .run(out)
-        };
-        let step = common::seconds_per_call(1.0, || {
-            pool.install(|| {
-                out.par_chunks_exact_mut(GROUP * HD).enumerate().for_each(|task| attend(task, &keys, &values))
-            })
-        });
-        let hot = common::seconds_per_call(0.5, || {
-            pool.install(|| {
-                out.par_chunks_exact_mut(GROUP * HD).enumerate().for_each(|(_, o)| attend((0, o), &keys, &values))
-            })
-        });
-        let bytes = (streams * positions * HD * 2 * 2) as f64;
-        println!(
-            "{sequences:>2} sequences at {positions} positions: {:>6.2} ms per step from memory ({:.1} GB/s of \
-             KV cache, {:.2} us per call); hot {:.2} us per call",
-            step * 1e3,
-            bytes / step / 1e9,
-            step * 1e6 * threads as f64 / streams as f64,
-            hot * 1e6 * threads as f64 / streams as f64,
-        );
+        // AVX2 and AVX-512 side by side (the AMX kernel's attention is the AVX-512 one).
+        for kernel in Kernel::available().into_iter().filter(|k| matches!(k, Kernel::Avx2 | Kernel::Avx512Vnni)) {
+            let attend = |(task, out): (usize, &mut [f32]), keys: &[Vec<u16>], values: &[Vec<u16>]| {
+                GroupAttention {
+                    queries: &queries,
+                    hd: HD,
+                    keys: &keys[task],
+                    values: &values[task],
+                    span: positions,
+                    scale: 0.125,
+                }
+                .run_with(kernel, out)
+            };
+            let step = common::seconds_per_call(1.0, || {
+                pool.install(|| {
+                    out.par_chunks_exact_mut(GROUP * HD).enumerate().for_each(|task| attend(task, &keys, &values))
+                })
+            });
+            let hot = common::seconds_per_call(0.5, || {
+                pool.install(|| {
+                    out.par_chunks_exact_mut(GROUP * HD).enumerate().for_each(|(_, o)| attend((0, o), &keys, &values))
+                })
+            });
+            let bytes = (streams * positions * HD * 2 * 2) as f64;
+            println!(
+                "{sequences:>2} sequences at {positions} positions, {:<10}: {:>6.2} ms per step from memory ({:.1} GB/s \
+             of KV cache, {:.2} us per call); hot {:.2} us per call",
+                format!("{kernel:?}"),
+                step * 1e3,
+                bytes / step / 1e9,
+                step * 1e6 * threads as f64 / streams as f64,
+                hot * 1e6 * threads as f64 / streams as f64,
+            );
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! The vector loops of attention, compiled twice: for the baseline target and with AVX2+FMA(+F16C), picked at
 //! run time. The default x86_64 target only has SSE2, and these loops run once per cached position and head.
 
+use super::qmatmul::Kernel;
+
 /// The query heads that share one key/value head (grouped-query attention) attending over their sequence's
 /// cached keys and values, which are f16 (half the bytes to read per position, as llama.cpp keeps them).
 /// Position `i` of the span has its key at `keys[i * hd..][..hd]` and its value likewise (the cache keeps each
@@ -16,15 +18,48 @@ pub struct GroupAttention<'a> {
 }
 
 impl GroupAttention<'_> {
-    /// softmax(scale * q.k) . v of every head into `out` (`[heads][hd]`, overwritten).
+    /// softmax(scale * q.k) . v of every head into `out` (`[heads][hd]`, overwritten), with the widest vectors
+    /// [`Kernel::detect`] allows.
     pub fn run(&self, out: &mut [f32]) {
+        self.run_with(Kernel::detect(), out)
+    }
+
+    /// [`GroupAttention::run`] with the vectors of `kernel` (one of [`Kernel::available`]): AVX-512 from
+    /// `Avx512Vnni` on (for head sizes that are multiples of 16), AVX2 from `Avx2`, else scalar code.
+    pub fn run_with(&self, kernel: Kernel, out: &mut [f32]) {
         let (hd, span) = (self.hd, self.span);
         let heads = self.queries.len() / hd;
         assert!(out.len() == self.queries.len() && self.queries.len() == heads * hd);
         assert!(span > 0 && span * hd <= self.keys.len().min(self.values.len()));
+        assert!(Kernel::available().contains(&kernel), "{kernel:?} does not run on this CPU");
         let mut scores = vec![0.0f32; heads * span];
         #[cfg(target_arch = "x86_64")]
-        if hd.is_multiple_of(8) && has_f16c() {
+        if hd.is_multiple_of(16) && kernel >= Kernel::Avx512Vnni {
+            // Heads in chunks of up to three, as below: every head's sums come out the same in any chunk.
+            let mut first = 0;
+            while first < heads {
+                let count = match heads - first {
+                    4 => 2,
+                    left => left.min(3),
+                };
+                let (queries, target) = (&self.queries[first * hd..(first + count) * hd], &mut out[first * hd..]);
+                let chunk = GroupAttention { queries, ..*self };
+                let scores = &mut scores[..count * span];
+                // SAFETY: AVX-512 (F), FMA and F16C are present (`kernel` runs here) and the asserts above bound
+                // every position's key and value and the queries and output.
+                unsafe {
+                    match count {
+                        1 => chunk.run_avx512::<1, 8>(scores, &mut target[..hd]),
+                        2 => chunk.run_avx512::<2, 4>(scores, &mut target[..2 * hd]),
+                        _ => chunk.run_avx512::<3, 4>(scores, &mut target[..3 * hd]),
+                    }
+                }
+                first += count;
+            }
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if hd.is_multiple_of(8) && kernel >= Kernel::Avx2 {
             // Heads in chunks of up to three, so each chunk's sums stay in the 16 vector registers; every head's
             // sums come out the same in any chunk.
             let mut first = 0;
@@ -150,6 +185,100 @@ impl GroupAttention<'_> {
             for (j, sum) in head.iter().enumerate() {
                 // SAFETY: asserted above: `out` holds head `g`'s dimensions up to `start + 8 * W`.
                 unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(g * hd + start + j * 8), *sum) };
+            }
+        }
+    }
+
+    /// [`GroupAttention::run_avx2`] with 16-lane vectors: `G` heads at once, values summed `W` vectors of a head
+    /// at a time.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn run_avx512<const G: usize, const W: usize>(&self, scores: &mut [f32], out: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let (hd, span) = (self.hd, self.span);
+        let (keys, queries, values) = (self.keys.as_ptr(), self.queries.as_ptr(), self.values.as_ptr());
+        // SAFETY (every load below): `run_with` checked that each of the `span` positions holds `hd` values,
+        // that the queries and `out` hold G heads of `hd`, and `hd` is a multiple of 16.
+        let mut i = 0;
+        while i < span {
+            let count = (span - i).min(4);
+            // Prefetching as in `run_avx2`.
+            let ahead = ((i + 8).min(span) * hd)..((i + 12).min(span) * hd);
+            for at in ahead.step_by(32) {
+                unsafe {
+                    _mm_prefetch::<_MM_HINT_T0>(keys.add(at) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T1>(values.add(at) as *const i8);
+                }
+            }
+            let mut sums = [[_mm512_setzero_ps(); 4]; G];
+            for d in (0..hd).step_by(16) {
+                let q: [__m512; G] = std::array::from_fn(|g| unsafe { _mm512_loadu_ps(queries.add(g * hd + d)) });
+                for p in 0..count {
+                    let key = unsafe { _mm256_loadu_si256(keys.add((i + p) * hd + d) as *const __m256i) };
+                    let k = _mm512_cvtph_ps(key);
+                    for (head, q) in sums.iter_mut().zip(&q) {
+                        head[p] = _mm512_fmadd_ps(k, *q, head[p]);
+                    }
+                }
+            }
+            for (g, head) in sums.into_iter().enumerate() {
+                // Halves added, then the four sums reduced together as in `run_avx2`.
+                let [s0, s1, s2, s3] = head.map(|s| {
+                    _mm256_add_ps(
+                        _mm512_castps512_ps256(s),
+                        _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(s))),
+                    )
+                });
+                let quad = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1), _mm256_hadd_ps(s2, s3));
+                let four = _mm_add_ps(_mm256_castps256_ps128(quad), _mm256_extractf128_ps(quad, 1));
+                let mut lanes = [0.0f32; 4];
+                unsafe { _mm_storeu_ps(lanes.as_mut_ptr(), _mm_mul_ps(four, _mm_set1_ps(self.scale))) };
+                scores[g * span + i..g * span + i + count].copy_from_slice(&lanes[..count]);
+            }
+            i += count;
+        }
+        for head in scores.chunks_exact_mut(span) {
+            softmax_avx2(head);
+        }
+        let mut start = 0;
+        while start + W * 16 <= hd {
+            unsafe { self.weigh_values_avx512::<G, W>(scores, out, start) };
+            start += W * 16;
+        }
+        while start < hd {
+            unsafe { self.weigh_values_avx512::<G, 1>(scores, out, start) };
+            start += 16;
+        }
+    }
+
+    /// [`GroupAttention::weigh_values_avx2`] with 16-lane vectors: dimensions `start..start + 16 * W`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn weigh_values_avx512<const G: usize, const W: usize>(
+        &self,
+        scores: &[f32],
+        out: &mut [f32],
+        start: usize,
+    ) {
+        use std::arch::x86_64::*;
+        let (hd, span, values) = (self.hd, self.span, self.values.as_ptr());
+        assert!(start + W * 16 <= hd && scores.len() == G * span && out.len() == G * hd);
+        let mut sums = [[_mm512_setzero_ps(); W]; G];
+        for i in 0..span {
+            // SAFETY: as in `run_avx512`.
+            let value = unsafe { values.add(i * hd + start) };
+            let weights: [__m512; G] = std::array::from_fn(|g| _mm512_set1_ps(scores[g * span + i]));
+            for j in 0..W {
+                let v = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(value.add(j * 16) as *const __m256i) });
+                for (head, weight) in sums.iter_mut().zip(&weights) {
+                    head[j] = _mm512_fmadd_ps(*weight, v, head[j]);
+                }
+            }
+        }
+        for (g, head) in sums.iter().enumerate() {
+            for (j, sum) in head.iter().enumerate() {
+                // SAFETY: asserted above: `out` holds head `g`'s dimensions up to `start + 16 * W`.
+                unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(g * hd + start + j * 16), *sum) };
             }
         }
     }
@@ -425,7 +554,8 @@ mod tests {
         let cache: Vec<f32> = (0..40 * 3 * 80).map(|i| ((i * 7919) % 200) as f32 / 100.0 - 1.0).collect();
         let bits: Vec<u16> = cache.iter().map(|&x| f32_to_f16(x)).collect();
         // Spans with every remainder of the four positions scored together.
-        for (hd, offset, span) in [(64, 80, 37), (64, 0, 40), (80, 0, 3), (80, 160, 38), (6, 160, 39)] {
+        // Head sizes: AVX-512 (multiples of 16), AVX2 only (of 8), scalar only.
+        for (hd, offset, span) in [(64, 80, 37), (64, 0, 40), (80, 0, 3), (80, 160, 38), (6, 160, 39), (128, 0, 9)] {
             for heads in [1, 2, 3, 4, 5, 8] {
                 let queries: Vec<f32> = (0..heads * hd).map(|i| (i as f32 * 0.37).sin()).collect();
                 let scale = 1.0 / (hd as f32).sqrt();
@@ -449,16 +579,19 @@ mod tests {
                     span,
                     scale,
                 };
-                let mut out = vec![9.0f32; heads * hd];
-                attention.run(&mut out);
-                for (got, want) in out.iter().zip(&expected) {
-                    assert!((got - want).abs() < 1e-4, "hd {hd}, span {span}, {heads} heads: {got} vs {want}");
-                }
-                // Each head alone gives the same values as in its group.
-                for (h, query) in queries.chunks_exact(hd).enumerate() {
-                    let mut alone = vec![0.0f32; hd];
-                    GroupAttention { queries: query, ..attention }.run(&mut alone);
-                    assert_eq!(alone, out[h * hd..(h + 1) * hd]);
+                for kernel in Kernel::available() {
+                    let mut out = vec![9.0f32; heads * hd];
+                    attention.run_with(kernel, &mut out);
+                    for (got, want) in out.iter().zip(&expected) {
+                        let case = format!("{kernel:?}, hd {hd}, span {span}, {heads} heads");
+                        assert!((got - want).abs() < 1e-4, "{case}: {got} vs {want}");
+                    }
+                    // Each head alone gives the same values as in its group.
+                    for (h, query) in queries.chunks_exact(hd).enumerate() {
+                        let mut alone = vec![0.0f32; hd];
+                        GroupAttention { queries: query, ..attention }.run_with(kernel, &mut alone);
+                        assert_eq!(alone, out[h * hd..(h + 1) * hd]);
+                    }
                 }
             }
         }

@@ -113,6 +113,7 @@ impl GroupAttention<'_> {
         // is reduced the same way.
         // SAFETY (every load below): `run` checked that each of the `span` positions holds `hd` values, that the
         // queries and `out` hold G heads of `hd`, and `hd` is a multiple of 8.
+        prefetch_start(keys, self.values.as_ptr(), span * hd);
         let mut i = 0;
         let values = self.values.as_ptr();
         while i < span {
@@ -121,7 +122,7 @@ impl GroupAttention<'_> {
             // the CPU caches, and the hardware prefetcher stops at every 4 KiB page (32 positions). Values go to
             // L2 only, so they do not push the keys out of L1 before the value sums read them.
             // SAFETY: prefetches never fault; the range stays within the span anyway.
-            let ahead = ((i + 8).min(span) * hd)..((i + 12).min(span) * hd);
+            let ahead = ((i + AHEAD).min(span) * hd)..((i + AHEAD + 4).min(span) * hd);
             for at in ahead.step_by(32) {
                 unsafe {
                     _mm_prefetch::<_MM_HINT_T0>(keys.add(at) as *const i8);
@@ -199,11 +200,12 @@ impl GroupAttention<'_> {
         let (keys, queries, values) = (self.keys.as_ptr(), self.queries.as_ptr(), self.values.as_ptr());
         // SAFETY (every load below): `run_with` checked that each of the `span` positions holds `hd` values,
         // that the queries and `out` hold G heads of `hd`, and `hd` is a multiple of 16.
+        prefetch_start(keys, values, span * hd);
         let mut i = 0;
         while i < span {
             let count = (span - i).min(4);
             // Prefetching as in `run_avx2`.
-            let ahead = ((i + 8).min(span) * hd)..((i + 12).min(span) * hd);
+            let ahead = ((i + AHEAD).min(span) * hd)..((i + AHEAD + 4).min(span) * hd);
             for at in ahead.step_by(32) {
                 unsafe {
                     _mm_prefetch::<_MM_HINT_T0>(keys.add(at) as *const i8);
@@ -280,6 +282,24 @@ impl GroupAttention<'_> {
                 // SAFETY: asserted above: `out` holds head `g`'s dimensions up to `start + 16 * W`.
                 unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(g * hd + start + j * 16), *sum) };
             }
+        }
+    }
+}
+
+/// Positions ahead of the one being scored whose keys and values are prefetched.
+const AHEAD: usize = 16;
+
+/// Prefetches the keys and values of the first [`AHEAD`] positions (of `len` values in all) at once, so that their
+/// cache misses overlap instead of each stalling the first scores in turn.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse")]
+fn prefetch_start(keys: *const u16, values: *const u16, len: usize) {
+    use std::arch::x86_64::*;
+    for at in (0..len.min(AHEAD * 64)).step_by(32) {
+        // SAFETY: prefetches never fault; the offsets stay within the span anyway.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(keys.add(at) as *const i8);
+            _mm_prefetch::<_MM_HINT_T1>(values.add(at) as *const i8);
         }
     }
 }

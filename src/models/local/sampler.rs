@@ -135,18 +135,30 @@ fn distribution(logits: &[f32], settings: &SamplerSettings) -> (Vec<(u32, f32)>,
 }
 
 fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
+    super::simd::argmax(logits) as u32
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn argmax_takes_the_first_largest_and_skips_nans() {
+        let mut logits: Vec<f32> = (0..100).map(|i| ((i * 37) % 101) as f32).collect();
+        let largest = logits.iter().cloned().fold(f32::MIN, f32::max);
+        let first = logits.iter().position(|&l| l == largest).unwrap();
+        assert_eq!(argmax(&logits), first as u32);
+        // A tie later on, in the remainder after the 16-wide chunks, and NaNs: the first largest still wins.
+        logits[97] = largest;
+        logits[3] = f32::NAN;
+        logits[98] = f32::NAN;
+        assert_eq!(argmax(&logits), first as u32);
+        logits[99] = largest + 1.0;
+        assert_eq!(argmax(&logits), 99);
+        assert_eq!(argmax(&[f32::NAN, f32::NAN]), 0);
+        assert_eq!(argmax(&[f32::NEG_INFINITY, f32::NEG_INFINITY]), 0);
+        assert_eq!(argmax(&[]), 0);
+    }
 
     fn settings(temperature: f32, top_k: usize, top_p: f32) -> SamplerSettings {
         SamplerSettings { temperature, top_k, top_p, seed: 7 }

@@ -286,6 +286,72 @@ impl GroupAttention<'_> {
     }
 }
 
+/// The first index of the largest value; NaNs never win, and 0 when no value beats minus infinity. With AVX2,
+/// eight lanes keep their largest value and its first index: a loop comparing each value with the best so far
+/// is a chain of dependent loads (49152 long for SmolLM2's logits) that compilers do not vectorize.
+pub fn argmax(values: &[f32]) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 (checked at run time).
+        return unsafe { argmax_avx2(values) };
+    }
+    argmax_from(values, 0, (f32::NEG_INFINITY, 0))
+}
+
+/// `best` (value, index) and then `values` from index `first` on: a value replaces the best only when larger.
+fn argmax_from(values: &[f32], first: usize, mut best: (f32, usize)) -> usize {
+    for (i, &value) in values.iter().enumerate() {
+        if value > best.0 {
+            best = (value, first + i);
+        }
+    }
+    best.1
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn argmax_avx2(values: &[f32]) -> usize {
+    use std::arch::x86_64::*;
+    // Four independent accumulators of eight lanes: one would wait on its own compare and blend every step.
+    const WAYS: usize = 4;
+    let mut best = [_mm256_set1_ps(f32::NEG_INFINITY); WAYS];
+    let mut best_index = [_mm256_setzero_si256(); WAYS];
+    let mut index: [__m256i; WAYS] = std::array::from_fn(|w| {
+        _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(8 * w as i32))
+    });
+    let step = _mm256_set1_epi32(8 * WAYS as i32);
+    let mut chunks = values.chunks_exact(8 * WAYS);
+    for chunk in &mut chunks {
+        for w in 0..WAYS {
+            // SAFETY: the chunk holds 8 * WAYS values.
+            let v = unsafe { _mm256_loadu_ps(chunk.as_ptr().add(8 * w)) };
+            // Ordered: false for NaN.
+            let larger = _mm256_cmp_ps::<_CMP_GT_OQ>(v, best[w]);
+            best[w] = _mm256_blendv_ps(best[w], v, larger);
+            let indices = _mm256_blendv_ps(_mm256_castsi256_ps(best_index[w]), _mm256_castsi256_ps(index[w]), larger);
+            best_index[w] = _mm256_castps_si256(indices);
+            index[w] = _mm256_add_epi32(index[w], step);
+        }
+    }
+    let (mut lanes, mut indices) = ([0.0f32; 8 * WAYS], [0i32; 8 * WAYS]);
+    for w in 0..WAYS {
+        // SAFETY: eight values each.
+        unsafe {
+            _mm256_storeu_ps(lanes.as_mut_ptr().add(8 * w), best[w]);
+            _mm256_storeu_si256(indices.as_mut_ptr().add(8 * w).cast(), best_index[w]);
+        }
+    }
+    // The lanes' bests, the largest first and the earliest among equals; then the values after the chunks.
+    let mut overall = (f32::NEG_INFINITY, 0usize);
+    for (&value, &at) in lanes.iter().zip(&indices) {
+        if value > overall.0 || (value == overall.0 && (at as usize) < overall.1) {
+            overall = (value, at as usize);
+        }
+    }
+    let done = values.len() - chunks.remainder().len();
+    argmax_from(chunks.remainder(), done, overall)
+}
+
 /// Positions ahead of the one being scored whose keys and values are prefetched.
 const AHEAD: usize = 16;
 
@@ -510,6 +576,29 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn argmax_agrees_with_the_plain_loop_at_every_length_and_tie() {
+        for len in [1usize, 7, 8, 9, 16, 23, 100, 49152] {
+            let mut values: Vec<f32> = (0..len).map(|i| ((i * 7919) % 1009) as f32).collect();
+            if len > 20 {
+                values[len / 3] = f32::NAN;
+                let top = values.iter().cloned().fold(f32::MIN, f32::max);
+                values[len - 1] = top; // a tie after the chunks or in another lane
+            }
+            assert_eq!(argmax(&values), argmax_from(&values, 0, (f32::NEG_INFINITY, 0)), "len {len}");
+        }
+        assert_eq!(argmax(&[f32::NAN; 12]), 0);
+        assert_eq!(argmax(&[f32::NEG_INFINITY; 12]), 0);
+        assert_eq!(argmax(&[]), 0);
+        // Ties: within the leftover values, and between lanes of different accumulators and chunks.
+        for (len, first, later) in [(20, 9, 18), (100, 40, 9 + 64), (100, 17, 33), (100, 70, 90)] {
+            let mut ties = vec![0.0f32; len];
+            ties[later] = 1.0;
+            ties[first] = 1.0;
+            assert_eq!(argmax(&ties), first, "len {len}, ties at {first} and {later}");
+        }
+    }
 
     #[test]
     fn converting_a_slice_to_f16_gives_each_value_s_bits() {

@@ -111,6 +111,21 @@ impl Drop for Tiles {
     }
 }
 
+/// Blocks ahead of the one being unpacked or multiplied whose weights are prefetched: the weights of a step come
+/// from memory (far more than the caches hold), the next panels' are at the next addresses, and a tile load of
+/// bytes not in the cache stalls the tile unit.
+const PREFETCH_BLOCKS: usize = 8;
+
+/// Prefetches `bytes` from `offset` of `base` into L1 (a prefetch never faults, in bounds or not).
+#[inline(always)]
+fn prefetch(base: *const u8, offset: usize, bytes: usize) {
+    for line in (0..bytes).step_by(64) {
+        // SAFETY: a prefetch is a hint and never faults; `wrapping_add` computes the address without claiming it
+        // is in bounds.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(offset + line) as *const i8) };
+    }
+}
+
 /// Dot products of the blocks in flight, `[slot][row][output]`.
 #[repr(C, align(64))]
 struct Dots([[[i32; PANEL]; ROWS]; SLOTS]);
@@ -221,7 +236,10 @@ pub(super) unsafe fn int8_amx<const R: usize>(
     assert!(panels.end * w.blocks * INT8_PANEL_BLOCK <= w.quants.len());
     assert!(panels.end * w.blocks * PANEL <= w.scales.len());
     // SAFETY (both closures): block `at` of the matrix exists (checked above).
-    let weights = |at: usize, _slot: usize| unsafe { w.quants.as_ptr().add(at * INT8_PANEL_BLOCK) };
+    let weights = |at: usize, _slot: usize| unsafe {
+        prefetch(w.quants.as_ptr(), (at + PREFETCH_BLOCKS) * INT8_PANEL_BLOCK, INT8_PANEL_BLOCK);
+        w.quants.as_ptr().add(at * INT8_PANEL_BLOCK)
+    };
     let scale = |at: usize, b: usize, dots: &[[i32; PANEL]; ROWS], acc: &mut [__m512; R]| {
         let scales = unsafe { _mm512_loadu_ps(w.scales.as_ptr().add(at * PANEL)) };
         let (row_scales, offsets) = (&x.scales[b], &x.offsets[b]);
@@ -256,6 +274,7 @@ pub(super) unsafe fn nibble_amx<const R: usize>(
     // bytes; `unpacked` outlives the pipeline.
     let weights = |at: usize, slot: usize| unsafe {
         // Steps 0-3 are the low nibbles, 4-7 the high ones, as in `nibble_avx512_vnni`.
+        prefetch(w.quants.as_ptr(), (at + PREFETCH_BLOCKS) * NIBBLE_PANEL_BLOCK, NIBBLE_PANEL_BLOCK);
         let packed = w.quants.as_ptr().add(at * NIBBLE_PANEL_BLOCK);
         let target = target.add(slot).cast::<u8>();
         for j in 0..4 {

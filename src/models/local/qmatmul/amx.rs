@@ -216,7 +216,10 @@ unsafe fn run_panels<const R: usize>(
             let (at, b) = (first + i, (first + i) % blocks);
             scale(at, b, &dots.0[i % SLOTS], &mut acc);
             if b == blocks - 1 {
-                store_zmm(tile, at / blocks * PANEL, &acc);
+                // A copy: were the accumulators' own address passed on, every tile instruction (inline assembly
+                // may touch any memory whose address escaped) would force them out of registers.
+                let sums = acc;
+                store_zmm(tile, at / blocks * PANEL, &sums);
                 acc = [_mm512_setzero_ps(); R];
             }
         }

@@ -64,18 +64,26 @@ impl TileConfig {
     }
 }
 
-/// Tile registers configured for `rows` activation rows while it lives; released (back to the init state, so a
-/// context switch saves none of it) when dropped.
-struct Tiles;
+/// Tile registers configured for `rows` activation rows while it lives. When dropped, the thread's tile
+/// configuration is put back as it was: candle's AMX kernels (for K-quants) configure a thread's tiles once and
+/// count on that configuration staying; a thread that had none is released (back to the init state, so a
+/// context switch saves no tile data).
+struct Tiles {
+    before: TileConfig,
+}
 
 impl Tiles {
     /// # Safety
     /// AMX-INT8 is present and this process has asked for it ([`available`]).
     unsafe fn configure(rows: usize) -> Tiles {
+        let mut before = TileConfig([0; 64]);
         let config = TileConfig::new(rows);
-        // SAFETY: the caller's promise; `config` is a valid 64-byte configuration.
-        unsafe { asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly)) };
-        Tiles
+        // SAFETY: the caller's promise; both operands are 64-byte configurations (all zero when none is loaded).
+        unsafe {
+            asm!("sttilecfg [{}]", in(reg) before.0.as_mut_ptr(), options(nostack));
+            asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly));
+        }
+        Tiles { before }
     }
 
     /// The `rows` x 16 dot products of the activation block at `a` (rows `stride` bytes apart) and the packed
@@ -106,8 +114,14 @@ impl Tiles {
 
 impl Drop for Tiles {
     fn drop(&mut self) {
-        // SAFETY: AMX is present (a `Tiles` exists only after `configure`).
-        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+        // SAFETY: AMX is present (a `Tiles` exists only after `configure`); `before` is what `sttilecfg` stored.
+        unsafe {
+            if self.before.0[0] == 0 {
+                asm!("tilerelease", options(nostack, nomem));
+            } else {
+                asm!("ldtilecfg [{}]", in(reg) self.before.0.as_ptr(), options(nostack, readonly));
+            }
+        }
     }
 }
 
@@ -305,4 +319,39 @@ pub(super) unsafe fn nibble_amx<const R: usize>(
     };
     // SAFETY: the caller's promise.
     unsafe { run_panels(x, panels, tile, weights, scale) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored_config() -> [u8; 64] {
+        let mut config = TileConfig([0; 64]);
+        // SAFETY: AMX is present (callers check `available`).
+        unsafe { asm!("sttilecfg [{}]", in(reg) config.0.as_mut_ptr(), options(nostack)) };
+        config.0
+    }
+
+    /// Another library's tile configuration on this thread (candle configures a thread once and keeps using it)
+    /// is the same after a matmul on our AMX kernel; a thread without one is left without one.
+    #[test]
+    fn a_kernel_call_leaves_the_thread_s_tile_configuration_as_it_found_it() {
+        if !available() {
+            println!("no AMX here: nothing to check");
+            return;
+        }
+        let matrix = super::super::QMatrix::from_f32(&vec![0.5; 64 * 96], 64, 96);
+        let x = vec![0.25f32; 16 * 96];
+        let run = || matrix.forward_with(super::super::Kernel::Amx, &x, 16, None);
+        run();
+        assert_eq!(stored_config(), [0; 64], "released when nothing was configured before");
+        let theirs = TileConfig::new(3);
+        // SAFETY: AMX is present; a valid configuration.
+        unsafe { asm!("ldtilecfg [{}]", in(reg) theirs.0.as_ptr(), options(nostack, readonly)) };
+        let result = run();
+        assert_eq!(stored_config(), theirs.0);
+        // SAFETY: AMX is present.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+        assert!(result.iter().all(|&v| (v - 0.5 * 0.25 * 96.0).abs() < 0.1), "{:?}", &result[..4]);
+    }
 }

@@ -35,53 +35,32 @@ impl GroupAttention<'_> {
         let mut scores = vec![0.0f32; heads * span];
         #[cfg(target_arch = "x86_64")]
         if hd.is_multiple_of(16) && kernel >= Kernel::Avx512Vnni {
-            // Heads in chunks of up to three, as below: every head's sums come out the same in any chunk.
-            let mut first = 0;
-            while first < heads {
-                let count = match heads - first {
-                    4 => 2,
-                    left => left.min(3),
-                };
-                let (queries, target) = (&self.queries[first * hd..(first + count) * hd], &mut out[first * hd..]);
-                let chunk = GroupAttention { queries, ..*self };
-                let scores = &mut scores[..count * span];
+            self.in_head_chunks(&mut scores, out, |chunk, scores, target| {
                 // SAFETY: AVX-512 (F), FMA and F16C are present (`kernel` runs here) and the asserts above bound
                 // every position's key and value and the queries and output.
                 unsafe {
-                    match count {
-                        1 => chunk.run_avx512::<1, 8>(scores, &mut target[..hd]),
-                        2 => chunk.run_avx512::<2, 4>(scores, &mut target[..2 * hd]),
-                        _ => chunk.run_avx512::<3, 4>(scores, &mut target[..3 * hd]),
+                    match target.len() / hd {
+                        1 => chunk.run_avx512::<1, 8>(scores, target),
+                        2 => chunk.run_avx512::<2, 4>(scores, target),
+                        _ => chunk.run_avx512::<3, 4>(scores, target),
                     }
                 }
-                first += count;
-            }
+            });
             return;
         }
         #[cfg(target_arch = "x86_64")]
         if hd.is_multiple_of(8) && kernel >= Kernel::Avx2 {
-            // Heads in chunks of up to three, so each chunk's sums stay in the 16 vector registers; every head's
-            // sums come out the same in any chunk.
-            let mut first = 0;
-            while first < heads {
-                let count = match heads - first {
-                    4 => 2,
-                    left => left.min(3),
-                };
-                let (queries, target) = (&self.queries[first * hd..(first + count) * hd], &mut out[first * hd..]);
-                let chunk = GroupAttention { queries, ..*self };
-                let scores = &mut scores[..count * span];
-                // SAFETY: AVX2, FMA and F16C are present (checked at run time) and the asserts above bound every
+            self.in_head_chunks(&mut scores, out, |chunk, scores, target| {
+                // SAFETY: AVX2, FMA and F16C are present (`kernel` runs here) and the asserts above bound every
                 // position's key and value and the queries and output.
                 unsafe {
-                    match count {
-                        1 => chunk.run_avx2::<1, 8>(scores, &mut target[..hd]),
-                        2 => chunk.run_avx2::<2, 4>(scores, &mut target[..2 * hd]),
-                        _ => chunk.run_avx2::<3, 2>(scores, &mut target[..3 * hd]),
+                    match target.len() / hd {
+                        1 => chunk.run_avx2::<1, 8>(scores, target),
+                        2 => chunk.run_avx2::<2, 4>(scores, target),
+                        _ => chunk.run_avx2::<3, 2>(scores, target),
                     }
                 }
-                first += count;
-            }
+            });
             return;
         }
         let key = |i: usize| &self.keys[i * hd..(i + 1) * hd];
@@ -97,6 +76,29 @@ impl GroupAttention<'_> {
                 let value = &self.values[i * hd..(i + 1) * hd];
                 target.iter_mut().zip(value).for_each(|(o, &v)| *o += weight * f16_to_f32(v));
             }
+        }
+    }
+
+    /// Runs `kernel(chunk, scores, out)` over the heads in chunks of up to three (four as two and two), so that a
+    /// chunk's sums stay in vector registers; every head's sums come out the same in any chunk.
+    #[cfg(target_arch = "x86_64")]
+    fn in_head_chunks(
+        &self,
+        scores: &mut [f32],
+        out: &mut [f32],
+        mut kernel: impl FnMut(&GroupAttention, &mut [f32], &mut [f32]),
+    ) {
+        let (hd, span) = (self.hd, self.span);
+        let heads = self.queries.len() / hd;
+        let mut first = 0;
+        while first < heads {
+            let count = match heads - first {
+                4 => 2,
+                left => left.min(3),
+            };
+            let chunk = GroupAttention { queries: &self.queries[first * hd..(first + count) * hd], ..*self };
+            kernel(&chunk, &mut scores[..count * span], &mut out[first * hd..(first + count) * hd]);
+            first += count;
         }
     }
 
@@ -139,12 +141,8 @@ impl GroupAttention<'_> {
                     }
                 }
             }
-            for (g, [s0, s1, s2, s3]) in sums.into_iter().enumerate() {
-                let quad = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1), _mm256_hadd_ps(s2, s3));
-                let four = _mm_add_ps(_mm256_castps256_ps128(quad), _mm256_extractf128_ps(quad, 1));
-                let mut lanes = [0.0f32; 4];
-                unsafe { _mm_storeu_ps(lanes.as_mut_ptr(), _mm_mul_ps(four, _mm_set1_ps(self.scale))) };
-                scores[g * span + i..g * span + i + count].copy_from_slice(&lanes[..count]);
+            for (g, head) in sums.into_iter().enumerate() {
+                store_four_scores(head, self.scale, &mut scores[g * span + i..g * span + i + count]);
             }
             i += count;
         }
@@ -224,18 +222,14 @@ impl GroupAttention<'_> {
                 }
             }
             for (g, head) in sums.into_iter().enumerate() {
-                // Halves added, then the four sums reduced together as in `run_avx2`.
-                let [s0, s1, s2, s3] = head.map(|s| {
+                // Halves added, then reduced as in `run_avx2`.
+                let halves = head.map(|s| {
                     _mm256_add_ps(
                         _mm512_castps512_ps256(s),
                         _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(s))),
                     )
                 });
-                let quad = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1), _mm256_hadd_ps(s2, s3));
-                let four = _mm_add_ps(_mm256_castps256_ps128(quad), _mm256_extractf128_ps(quad, 1));
-                let mut lanes = [0.0f32; 4];
-                unsafe { _mm_storeu_ps(lanes.as_mut_ptr(), _mm_mul_ps(four, _mm_set1_ps(self.scale))) };
-                scores[g * span + i..g * span + i + count].copy_from_slice(&lanes[..count]);
+                store_four_scores(halves, self.scale, &mut scores[g * span + i..g * span + i + count]);
             }
             i += count;
         }
@@ -350,6 +344,22 @@ fn argmax_avx2(values: &[f32]) -> usize {
     }
     let done = values.len() - chunks.remainder().len();
     argmax_from(chunks.remainder(), done, overall)
+}
+
+/// One head's sums for four positions (eight lanes each) reduced together (three horizontal adds), scaled, into
+/// `scores` (one to four of them: the sums of missing positions are zero and reduced the same way).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn store_four_scores(sums: [std::arch::x86_64::__m256; 4], scale: f32, scores: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let [s0, s1, s2, s3] = sums;
+    let quad = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1), _mm256_hadd_ps(s2, s3));
+    let four = _mm_add_ps(_mm256_castps256_ps128(quad), _mm256_extractf128_ps(quad, 1));
+    let mut lanes = [0.0f32; 4];
+    // SAFETY: four floats.
+    unsafe { _mm_storeu_ps(lanes.as_mut_ptr(), _mm_mul_ps(four, _mm_set1_ps(scale))) };
+    let count = scores.len();
+    scores.copy_from_slice(&lanes[..count]);
 }
 
 /// Positions ahead of the one being scored whose keys and values are prefetched.

@@ -156,6 +156,12 @@ impl Kernel {
         Kernel::supported().to_vec()
     }
 
+    /// Whether this CPU runs the kernel (without the allocation of [`Kernel::available`]: callers check it on
+    /// every call).
+    pub fn runs_here(self) -> bool {
+        Kernel::supported().contains(&self)
+    }
+
     /// The name `SDG_CPU_KERNEL` takes.
     pub fn name(self) -> &'static str {
         match self {
@@ -332,7 +338,7 @@ impl QMatrix {
 
     /// [`QMatrix::forward`] on a given kernel (one of [`Kernel::available`]).
     pub fn forward_with(&self, kernel: Kernel, x: &[f32], rows: usize, pool: Option<&rayon::ThreadPool>) -> Vec<f32> {
-        assert!(Kernel::supported().contains(&kernel), "{kernel:?} does not run on this CPU");
+        assert!(kernel.runs_here(), "{kernel:?} does not run on this CPU");
         debug_assert_eq!(x.len(), rows * self.inputs);
         let activations = quantize(x, rows, self.inputs);
         let mut out = vec![0.0f32; rows * self.outputs];

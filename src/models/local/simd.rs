@@ -31,7 +31,7 @@ impl GroupAttention<'_> {
         let heads = self.queries.len() / hd;
         assert!(out.len() == self.queries.len() && self.queries.len() == heads * hd);
         assert!(span > 0 && span * hd <= self.keys.len().min(self.values.len()));
-        assert!(Kernel::available().contains(&kernel), "{kernel:?} does not run on this CPU");
+        assert!(kernel.runs_here(), "{kernel:?} does not run on this CPU");
         let mut scores = vec![0.0f32; heads * span];
         #[cfg(target_arch = "x86_64")]
         if hd.is_multiple_of(16) && kernel >= Kernel::Avx512Vnni {

@@ -115,22 +115,14 @@ impl GroupAttention<'_> {
         // is reduced the same way.
         // SAFETY (every load below): `run` checked that each of the `span` positions holds `hd` values, that the
         // queries and `out` hold G heads of `hd`, and `hd` is a multiple of 8.
-        prefetch_start(keys, self.values.as_ptr(), span * hd);
-        let mut i = 0;
         let values = self.values.as_ptr();
+        // The first positions at once (their misses overlap instead of each stalling the first scores in turn),
+        // then, four at a time, the four positions `AHEAD` of those being scored.
+        prefetch_positions(keys, values, hd, 0..span.min(AHEAD));
+        let mut i = 0;
         while i < span {
             let count = (span - i).min(4);
-            // The keys and values of the positions 8 ahead, into L1 and L2: a step's caches are far larger than
-            // the CPU caches, and the hardware prefetcher stops at every 4 KiB page (32 positions). Values go to
-            // L2 only, so they do not push the keys out of L1 before the value sums read them.
-            // SAFETY: prefetches never fault; the range stays within the span anyway.
-            let ahead = ((i + AHEAD).min(span) * hd)..((i + AHEAD + 4).min(span) * hd);
-            for at in ahead.step_by(32) {
-                unsafe {
-                    _mm_prefetch::<_MM_HINT_T0>(keys.add(at) as *const i8);
-                    _mm_prefetch::<_MM_HINT_T1>(values.add(at) as *const i8);
-                }
-            }
+            prefetch_positions(keys, values, hd, (i + AHEAD).min(span)..(i + AHEAD + 4).min(span));
             let mut sums = [[_mm256_setzero_ps(); 4]; G];
             for d in (0..hd).step_by(8) {
                 for p in 0..count {
@@ -198,18 +190,12 @@ impl GroupAttention<'_> {
         let (keys, queries, values) = (self.keys.as_ptr(), self.queries.as_ptr(), self.values.as_ptr());
         // SAFETY (every load below): `run_with` checked that each of the `span` positions holds `hd` values,
         // that the queries and `out` hold G heads of `hd`, and `hd` is a multiple of 16.
-        prefetch_start(keys, values, span * hd);
+        // Prefetching as in `run_avx2`.
+        prefetch_positions(keys, values, hd, 0..span.min(AHEAD));
         let mut i = 0;
         while i < span {
             let count = (span - i).min(4);
-            // Prefetching as in `run_avx2`.
-            let ahead = ((i + AHEAD).min(span) * hd)..((i + AHEAD + 4).min(span) * hd);
-            for at in ahead.step_by(32) {
-                unsafe {
-                    _mm_prefetch::<_MM_HINT_T0>(keys.add(at) as *const i8);
-                    _mm_prefetch::<_MM_HINT_T1>(values.add(at) as *const i8);
-                }
-            }
+            prefetch_positions(keys, values, hd, (i + AHEAD).min(span)..(i + AHEAD + 4).min(span));
             let mut sums = [[_mm512_setzero_ps(); 4]; G];
             for d in (0..hd).step_by(16) {
                 let q: [__m512; G] = std::array::from_fn(|g| unsafe { _mm512_loadu_ps(queries.add(g * hd + d)) });
@@ -362,21 +348,21 @@ fn store_four_scores(sums: [std::arch::x86_64::__m256; 4], scale: f32, scores: &
     scores.copy_from_slice(&lanes[..count]);
 }
 
-/// Positions ahead of the one being scored whose keys and values are prefetched.
+/// Positions ahead of the ones being scored whose keys and values are prefetched.
 const AHEAD: usize = 16;
 
-/// Prefetches the keys and values of the first [`AHEAD`] positions (of `len` values in all) at once, so that their
-/// cache misses overlap instead of each stalling the first scores in turn.
+/// Prefetches the keys (into L1) and values (into L2) of `positions`, `hd` values each. A step's caches are far
+/// larger than the CPU caches, and the hardware prefetcher stops at every 4 KiB page; values go to L2 only, so
+/// they do not push the keys out of L1 before the value sums read them.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "sse")]
-fn prefetch_start(keys: *const u16, values: *const u16, len: usize) {
+fn prefetch_positions(keys: *const u16, values: *const u16, hd: usize, positions: std::ops::Range<usize>) {
     use std::arch::x86_64::*;
-    for at in (0..len.min(AHEAD * 64)).step_by(32) {
-        // SAFETY: prefetches never fault; the offsets stay within the span anyway.
-        unsafe {
-            _mm_prefetch::<_MM_HINT_T0>(keys.add(at) as *const i8);
-            _mm_prefetch::<_MM_HINT_T1>(values.add(at) as *const i8);
-        }
+    // 32 halves: a cache line.
+    for at in (positions.start * hd..positions.end * hd).step_by(32) {
+        // A prefetch never faults, and `wrapping_add` claims nothing about the address.
+        _mm_prefetch::<_MM_HINT_T0>(keys.wrapping_add(at) as *const i8);
+        _mm_prefetch::<_MM_HINT_T1>(values.wrapping_add(at) as *const i8);
     }
 }
 

@@ -346,22 +346,17 @@ impl QMatrix {
         // Writes the outputs of `panels` for every row, a tile of rows at a time, over at most `step` panels at
         // a time so that the tiles after the first find those panels' weights still in L2.
         let step = (L2_WEIGHT_BYTES * self.panels / self.bytes().max(1)).max(1);
+        // AMX tiles' activation figures are gathered once here, not for every part of every thread's panels.
+        #[cfg(target_arch = "x86_64")]
+        let amx_rows = (kernel == Kernel::Amx).then(|| amx::AmxRows::new(&activations));
         let fill = |panels: Range<usize>| {
             for start in panels.clone().step_by(step) {
                 let part = start..(start + step).min(panels.end);
+                #[cfg(target_arch = "x86_64")]
+                let mut first = amx_rows.as_ref().map_or(0, |tiles| self.amx_tiles(part.clone(), tiles, &shared));
+                #[cfg(not(target_arch = "x86_64"))]
                 let mut first = 0;
                 while first < rows {
-                    #[cfg(target_arch = "x86_64")]
-                    if kernel == Kernel::Amx && rows - first >= AMX_MIN_ROWS {
-                        let tile = Tile { out: &shared, first };
-                        let count = if rows - first >= amx::ROWS { amx::ROWS } else { AMX_MIN_ROWS };
-                        match count {
-                            amx::ROWS => self.amx_tile::<{ amx::ROWS }>(part.clone(), &activations, tile),
-                            _ => self.amx_tile::<AMX_MIN_ROWS>(part.clone(), &activations, tile),
-                        }
-                        first += count;
-                        continue;
-                    }
                     let count = tile_rows(rows - first);
                     let tile = Tile { out: &shared, first };
                     match count {
@@ -429,20 +424,32 @@ impl QMatrix {
 }
 
 impl QMatrix {
-    /// Outputs of `panels` for the `R` activation rows from `tile.first`, in one AMX tile.
+    /// Outputs of `panels` for the rows of every AMX tile; returns how many rows they hold (from row 0).
     #[cfg(target_arch = "x86_64")]
-    fn amx_tile<const R: usize>(&self, panels: Range<usize>, activations: &Q8Rows, mut tile: Tile) {
-        assert!(panels.end <= self.panels && tile.out.outputs == self.outputs && tile.first + R <= tile.out.rows);
-        let x = amx::ActivationTile::<R>::new(activations, tile.first);
+    fn amx_tiles(&self, panels: Range<usize>, tiles: &amx::AmxRows, out: &SharedOut) -> usize {
+        for x in &tiles.sixteens {
+            self.amx_tile(panels.clone(), x, out);
+        }
+        if let Some(x) = &tiles.eight {
+            self.amx_tile(panels, x, out);
+        }
+        tiles.rows()
+    }
+
+    /// Outputs of `panels` for the `R` activation rows of `x`, in one AMX tile.
+    #[cfg(target_arch = "x86_64")]
+    fn amx_tile<const R: usize>(&self, panels: Range<usize>, x: &amx::ActivationTile<R>, out: &SharedOut) {
+        assert!(panels.end <= self.panels && out.outputs == self.outputs && x.first + R <= out.rows);
+        let mut tile = Tile { out, first: x.first };
         let blocks = self.blocks;
         // SAFETY (both): `forward_with` runs `Kernel::Amx` only where `Kernel::available` found AMX (and asked
         // the OS for it) and AVX-512 VNNI; the kernels check their bounds.
         match &self.weights {
             Weights::Int8 { scales, quants } => unsafe {
-                amx::int8_amx(&Int8View { scales, quants, blocks }, panels, &x, &mut tile)
+                amx::int8_amx(&Int8View { scales, quants, blocks }, panels, x, &mut tile)
             },
             Weights::Nibbles { d, m, quants } => unsafe {
-                amx::nibble_amx(&NibbleView { d, m, quants, blocks }, panels, &x, &mut tile)
+                amx::nibble_amx(&NibbleView { d, m, quants, blocks }, panels, x, &mut tile)
             },
         }
     }

@@ -12,7 +12,10 @@ use std::arch::asm;
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{BLOCK, INT8_PANEL_BLOCK, Int8View, NIBBLE_PANEL_BLOCK, NibbleView, PANEL, Q8Rows, STEPS, Tile, store_zmm};
+use super::{
+    AMX_MIN_ROWS, BLOCK, INT8_PANEL_BLOCK, Int8View, NIBBLE_PANEL_BLOCK, NibbleView, PANEL, Q8Rows, STEPS, Tile,
+    store_zmm,
+};
 
 /// The most activation rows one tile holds.
 pub(super) const ROWS: usize = 16;
@@ -148,9 +151,34 @@ struct Dots([[[i32; PANEL]; ROWS]; SLOTS]);
 #[repr(C, align(64))]
 struct Unpacked([[u8; B_BYTES]; SLOTS]);
 
+/// A matmul's activation rows as AMX tiles, built once per matmul and read by every thread: as many tiles of 16
+/// rows as fit, then one of [`AMX_MIN_ROWS`] where that many are left. The rows after them (fewer than
+/// [`AMX_MIN_ROWS`]) go to the AVX-512 kernel.
+pub(super) struct AmxRows<'a> {
+    pub sixteens: Vec<ActivationTile<'a, ROWS>>,
+    pub eight: Option<ActivationTile<'a, AMX_MIN_ROWS>>,
+}
+
+impl<'a> AmxRows<'a> {
+    pub(super) fn new(activations: &'a Q8Rows) -> AmxRows<'a> {
+        let rows = activations.scales.len() / activations.blocks.max(1);
+        let sixteens = (0..rows / ROWS).map(|t| ActivationTile::new(activations, t * ROWS)).collect();
+        let first = rows / ROWS * ROWS;
+        let eight = (rows - first >= AMX_MIN_ROWS).then(|| ActivationTile::new(activations, first));
+        AmxRows { sixteens, eight }
+    }
+
+    /// Rows the tiles hold, from row 0.
+    pub(super) fn rows(&self) -> usize {
+        self.sixteens.len() * ROWS + self.eight.as_ref().map_or(0, |_| AMX_MIN_ROWS)
+    }
+}
+
 /// A tile's activation rows: where their bytes are, and their per-block figures moved to `[block][row]`, so that
 /// the scaling reads the `R` rows' figures of a block side by side.
 pub(super) struct ActivationTile<'a, const R: usize> {
+    /// The tile's first row in the matmul.
+    pub first: usize,
     /// Row `first`'s quantized values; the tile's rows follow `stride` bytes apart.
     quants: &'a [i8],
     stride: usize,
@@ -173,6 +201,7 @@ impl<'a, const R: usize> ActivationTile<'a, R> {
             std::array::from_fn(|_| values[at.next().expect("R rows")])
         };
         ActivationTile {
+            first,
             quants: &activations.quants[first * stride..(first + R) * stride],
             stride,
             scales: (0..blocks).map(|b| gather(&activations.scales, b)).collect(),

@@ -9,6 +9,8 @@
 //! 128 new tokens, EOS ignored), and aggregate decode tokens/s with 4, 8 and 16 sequences decoding together;
 //! measured in rounds (`SDG_BENCH_ROUNDS`, default 3) of one of each, medians reported.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -25,10 +27,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let threads: usize = std::env::var("SDG_BENCH_THREADS")
-        .ok()
-        .and_then(|t| t.parse().ok())
-        .unwrap_or_else(sdg::models::local::default_threads);
+    let threads = common::threads();
     configure_threads(threads);
     let model = catalog_model("smollm2-135m-instruct");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -4,8 +4,9 @@
 //!     cargo bench --bench qmatmul             # threads: SDG_BENCH_THREADS (default: every core)
 //!     SDG_BENCH_ONLY=gate cargo bench --bench qmatmul   # only the shapes whose name holds `gate`
 //!
-//! Per shape, row count and SIMD kernel this CPU runs (AVX2; AVX-512 VNNI), side by side: time per call, weight GB/s (weight bytes / time; the figure that bounds a single
-//! decoding stream) and nanoseconds per row and 32-value block (the figure that bounds batched decoding).
+//! Per shape, row count and SIMD kernel this CPU runs (AVX2; AVX-512 VNNI; AMX), side by side: time per call,
+//! weight GB/s (weight bytes / time; the figure that bounds a single decoding stream) and nanoseconds per row and
+//! 32-value block (the figure that bounds batched decoding).
 
 mod common;
 

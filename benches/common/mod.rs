@@ -1,4 +1,5 @@
-//! Helpers shared by the kernel benchmarks.
+//! Helpers shared by the benchmarks (each uses some of them).
+#![allow(dead_code)]
 
 use std::time::Instant;
 

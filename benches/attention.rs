@@ -6,9 +6,9 @@
 
 mod common;
 
-use rayon::prelude::*;
 use sdg::models::local::qmatmul::Kernel;
 use sdg::models::local::simd::GroupAttention;
+use sdg::models::local::team::Team;
 
 const LAYERS: usize = 30;
 const KV_HEADS: usize = 3;
@@ -17,7 +17,7 @@ const HD: usize = 64;
 
 fn main() {
     let threads = common::threads();
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    let team = Team::new(threads, "bench").unwrap();
     println!(
         "attention of one decoding step, {threads} threads, {LAYERS} layers x {KV_HEADS} kv heads x {GROUP} query heads of {HD}"
     );
@@ -45,14 +45,10 @@ fn main() {
                 .run_with(kernel, out)
             };
             let step = common::seconds_per_call(1.0, || {
-                pool.install(|| {
-                    out.par_chunks_exact_mut(GROUP * HD).enumerate().for_each(|task| attend(task, &keys, &values))
-                })
+                team.for_each_chunk_mut(&mut out, GROUP * HD, |task, o| attend((task, o), &keys, &values))
             });
             let hot = common::seconds_per_call(0.5, || {
-                pool.install(|| {
-                    out.par_chunks_exact_mut(GROUP * HD).enumerate().for_each(|(_, o)| attend((0, o), &keys, &values))
-                })
+                team.for_each_chunk_mut(&mut out, GROUP * HD, |_, o| attend((0, o), &keys, &values))
             });
             let bytes = (streams * positions * HD * 2 * 2) as f64;
             println!(

@@ -13,6 +13,7 @@ mod common;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use sdg::models::local::qmatmul::{Kernel, QMatrix};
+use sdg::models::local::team::Team;
 
 fn weights(outputs: usize, inputs: usize, dtype: GgmlDType) -> QMatrix {
     let values: Vec<f32> = (0..outputs * inputs).map(|i| ((i * 2_654_435_761) % 1000) as f32 / 500.0 - 1.0).collect();
@@ -26,7 +27,7 @@ fn activations(rows: usize, inputs: usize) -> Vec<f32> {
 
 fn main() {
     let threads = common::threads();
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    let team = Team::new(threads, "bench").unwrap();
     println!("quantized matmul, {threads} threads");
     let shapes = [
         ("qkv    Q4_1", 960, 576, GgmlDType::Q4_1),
@@ -41,8 +42,8 @@ fn main() {
         for rows in [1usize, 2, 4, 8, 16, 64] {
             let x = activations(rows, inputs);
             for kernel in Kernel::available().into_iter().filter(|k| *k != Kernel::Portable) {
-                matrix.forward_with(kernel, &x, rows, Some(&pool));
-                let seconds = common::seconds_per_call(0.3, || matrix.forward_with(kernel, &x, rows, Some(&pool)));
+                matrix.forward_with(kernel, &x, rows, Some(&team));
+                let seconds = common::seconds_per_call(0.3, || matrix.forward_with(kernel, &x, rows, Some(&team)));
                 let row_blocks = (rows * outputs * inputs / 32) as f64;
                 println!(
                     "{name} [{outputs:>5} x {inputs:>4}] rows {rows:>2} {:<10}: {:>8.1} us/call, weights {:>5.1} GB/s, \
@@ -65,7 +66,7 @@ fn main() {
         let x = activations(rows, 576);
         let mut layer = layers.iter().cycle();
         let seconds =
-            common::seconds_per_call(0.5, || layer.next().unwrap().forward_with(kernel, &x, rows, Some(&pool)));
+            common::seconds_per_call(0.5, || layer.next().unwrap().forward_with(kernel, &x, rows, Some(&team)));
         println!(
             "gate+up Q4_1 x 30 layers, from memory, rows {rows:>2} {:<10}: {:>8.1} us/call, weights {:>5.1} GB/s, \
              {:.3} ns per row-block",

@@ -11,6 +11,7 @@ pub mod guided;
 pub mod qmatmul;
 pub mod sampler;
 pub mod simd;
+pub mod team;
 pub mod template;
 pub mod tokenizer;
 pub mod transformer;

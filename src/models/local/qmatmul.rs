@@ -20,10 +20,9 @@ use candle_core::Device;
 use candle_core::quantized::{GgmlDType, QTensor};
 use std::ops::Range;
 
-use rayon::prelude::*;
-
 use super::LocalError;
 use super::simd::f16_to_f32;
+use super::team::Team;
 
 const BLOCK: usize = 32;
 /// Output rows packed together.
@@ -331,17 +330,23 @@ impl QMatrix {
         }
     }
 
-    /// `x` is `[rows, inputs]`, the result `[rows, outputs]`. Panels are split over `pool` when given.
-    pub fn forward(&self, x: &[f32], rows: usize, pool: Option<&rayon::ThreadPool>) -> Vec<f32> {
-        self.forward_with(Kernel::detect(), x, rows, pool)
+    /// `x` is `[rows, inputs]`, the result `[rows, outputs]`. Panels are split over `team` when given.
+    pub fn forward(&self, x: &[f32], rows: usize, team: Option<&Team>) -> Vec<f32> {
+        self.forward_with(Kernel::detect(), x, rows, team)
     }
 
     /// [`QMatrix::forward`] on a given kernel (one of [`Kernel::available`]).
-    pub fn forward_with(&self, kernel: Kernel, x: &[f32], rows: usize, pool: Option<&rayon::ThreadPool>) -> Vec<f32> {
+    pub fn forward_with(&self, kernel: Kernel, x: &[f32], rows: usize, team: Option<&Team>) -> Vec<f32> {
         assert!(kernel.runs_here(), "{kernel:?} does not run on this CPU");
         debug_assert_eq!(x.len(), rows * self.inputs);
         let activations = quantize(x, rows, self.inputs);
-        let mut out = vec![0.0f32; rows * self.outputs];
+        // Every element is written below (each thread writes every row of its panels, and the panels cover the
+        // outputs), so the buffer is not zeroed first: for a logits matrix that is megabytes per step. Debug
+        // builds zero it, so that a gap would show as wrong values in the tests instead of as garbage.
+        let mut out = Vec::with_capacity(rows * self.outputs);
+        if cfg!(debug_assertions) {
+            out.resize(rows * self.outputs, 0.0f32);
+        }
         let shared = SharedOut { ptr: out.as_mut_ptr(), rows, outputs: self.outputs };
         // Writes the outputs of `panels` for every row, a tile of rows at a time, over at most `step` panels at
         // a time so that the tiles after the first find those panels' weights still in L2.
@@ -370,19 +375,18 @@ impl QMatrix {
                 }
             }
         };
-        match pool.filter(|p| p.current_num_threads() > 1) {
+        match team.filter(|t| t.threads() > 1) {
             None => fill(0..self.panels),
-            Some(pool) => {
+            Some(team) => {
                 // A few ranges per thread keeps them busy when one is preempted. The ranges are disjoint, so
                 // every output element is written by exactly one thread.
-                let chunk = self.panels.div_ceil(pool.current_num_threads() * 4).max(1);
-                pool.install(|| {
-                    (0..self.panels.div_ceil(chunk))
-                        .into_par_iter()
-                        .for_each(|i| fill(i * chunk..((i + 1) * chunk).min(self.panels)))
-                });
+                let chunk = self.panels.div_ceil(team.threads() * 4).max(1);
+                team.run(self.panels.div_ceil(chunk), |i| fill(i * chunk..((i + 1) * chunk).min(self.panels)));
             }
         }
+        // SAFETY: the capacity holds `rows * outputs` floats, all of them written above (see the comment at the
+        // allocation).
+        unsafe { out.set_len(rows * self.outputs) };
         out
     }
 
@@ -783,23 +787,36 @@ fn quantize(values: &[f32], rows: usize, width: usize) -> Q8Rows {
     let mut sums = vec![0.0f32; rows * blocks];
     let mut int_sums = vec![0i32; rows * blocks];
     let mut quants = vec![0i8; rows * width];
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::has_f16c() {
+        // SAFETY: AVX2 and FMA are present (checked at run time, with F16C).
+        unsafe { quantize_avx2(values, &mut quants, &mut scales, &mut sums, &mut int_sums) };
+        return Q8Rows { blocks, scales, sums, int_sums, quants };
+    }
     for (index, (source, target)) in values.chunks_exact(BLOCK).zip(quants.chunks_exact_mut(BLOCK)).enumerate() {
         let source: &[f32; BLOCK] = source.try_into().expect("a whole block");
         let target: &mut [i8; BLOCK] = target.try_into().expect("a whole block");
-        #[cfg(target_arch = "x86_64")]
-        let (scale, sum) = if super::simd::has_f16c() {
-            // SAFETY: AVX2 is present (checked at run time).
-            unsafe { quantize_block_avx2(source, target) }
-        } else {
-            quantize_block(source, target)
-        };
-        #[cfg(not(target_arch = "x86_64"))]
         let (scale, sum) = quantize_block(source, target);
         scales[index] = scale;
         sums[index] = scale * sum as f32;
         int_sums[index] = sum;
     }
     Q8Rows { blocks, scales, sums, int_sums, quants }
+}
+
+/// [`quantize`]'s loop with AVX2, in one function so that the block code is inlined into it.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn quantize_avx2(values: &[f32], quants: &mut [i8], scales: &mut [f32], sums: &mut [f32], int_sums: &mut [i32]) {
+    let blocks = values.chunks_exact(BLOCK).zip(quants.chunks_exact_mut(BLOCK));
+    for ((((source, target), scale), scaled_sum), int_sum) in blocks.zip(scales).zip(sums).zip(int_sums) {
+        let source: &[f32; BLOCK] = source.try_into().expect("a whole block");
+        let target: &mut [i8; BLOCK] = target.try_into().expect("a whole block");
+        let (block_scale, sum) = quantize_block_avx2(source, target);
+        *scale = block_scale;
+        *scaled_sum = block_scale * sum as f32;
+        *int_sum = sum;
+    }
 }
 
 /// One block's int8 values; returns its scale and the sum of the values.
@@ -818,6 +835,7 @@ fn quantize_block(source: &[f32; BLOCK], target: &mut [i8; BLOCK]) -> (f32, i32)
 /// [`quantize_block`] with AVX2: the same values (products rounded half to even by the conversion).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+#[inline]
 fn quantize_block_avx2(source: &[f32; BLOCK], target: &mut [i8; BLOCK]) -> (f32, i32) {
     use std::arch::x86_64::*;
     // SAFETY: the arrays hold 32 values.
@@ -881,12 +899,12 @@ mod tests {
         let (outputs, inputs) = (37, 96);
         let weights = matrix(outputs, inputs, 1);
         let q = QMatrix::from_f32(&weights, outputs, inputs);
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let team = Team::new(2, "test").unwrap();
         for rows in [1, 3, 4, 5, 9] {
             let x = matrix(rows, inputs, 7);
             let expected = float_matmul(&x, rows, &weights, outputs, inputs);
-            for pool in [None, Some(&pool)] {
-                assert_close(&q.forward(&x, rows, pool), &expected, &format!("rows {rows}"));
+            for team in [None, Some(&team)] {
+                assert_close(&q.forward(&x, rows, team), &expected, &format!("rows {rows}"));
             }
         }
     }
@@ -899,12 +917,12 @@ mod tests {
         assert!(matches!(matrix4.weights, Weights::Nibbles { .. }));
         // Two panels of 16 rows (8 of them padding), each block 16 bytes of nibbles and two f16 scales per row.
         assert_eq!(matrix4.bytes(), 32 * (inputs / 2 + inputs / BLOCK * 4));
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let team = Team::new(2, "test").unwrap();
         for rows in [1, 2, 3, 4, 5, 9, 16, 23] {
             let x = matrix(rows, inputs, 17);
             let expected = float_matmul(&x, rows, &weights, outputs, inputs);
-            for pool in [None, Some(&pool)] {
-                assert_close(&matrix4.forward(&x, rows, pool), &expected, &format!("rows {rows}"));
+            for team in [None, Some(&team)] {
+                assert_close(&matrix4.forward(&x, rows, team), &expected, &format!("rows {rows}"));
             }
         }
     }
@@ -915,12 +933,12 @@ mod tests {
         let (q4, _) = q4_1(outputs, inputs, 3);
         // 13 rows: tiles of 8, 4 and 1.
         let x = matrix(13, inputs, 11);
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let team = Team::new(2, "test").unwrap();
         for q in [
             QMatrix::from_f32(&matrix(outputs, inputs, 3), outputs, inputs),
             QMatrix::from_qtensor(&q4).unwrap().unwrap(),
         ] {
-            let all = q.forward(&x, 13, Some(&pool));
+            let all = q.forward(&x, 13, Some(&team));
             for r in 0..13 {
                 let alone = q.forward(&x[r * inputs..(r + 1) * inputs], 1, None);
                 assert_eq!(alone, all[r * outputs..(r + 1) * outputs].to_vec());
@@ -933,7 +951,7 @@ mod tests {
         // 37 outputs: two full panels and a partial one; 288 inputs: nine blocks.
         let (outputs, inputs) = (37, 288);
         let (q4, _) = q4_1(outputs, inputs, 5);
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        let team = Team::new(3, "test").unwrap();
         let kernels = Kernel::available();
         println!("kernels on this CPU: {kernels:?}");
         for q in [
@@ -944,8 +962,8 @@ mod tests {
                 let x = matrix(rows, inputs, 9);
                 let portable = q.forward_with(Kernel::Portable, &x, rows, None);
                 for &kernel in &kernels {
-                    for pool in [None, Some(&pool)] {
-                        let got = q.forward_with(kernel, &x, rows, pool);
+                    for team in [None, Some(&team)] {
+                        let got = q.forward_with(kernel, &x, rows, team);
                         let same = got.iter().zip(&portable).all(|(a, b)| a.to_bits() == b.to_bits());
                         assert!(same, "{kernel:?}, {rows} rows: {got:?} vs {portable:?}");
                     }
@@ -963,9 +981,9 @@ mod tests {
         assert!(q.bytes() > 2 * L2_WEIGHT_BYTES, "{} bytes", q.bytes());
         let rows = 13;
         let x = matrix(rows, inputs, 4);
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let team = Team::new(2, "test").unwrap();
         for kernel in Kernel::available() {
-            let together = q.forward_with(kernel, &x, rows, Some(&pool));
+            let together = q.forward_with(kernel, &x, rows, Some(&team));
             for r in 0..rows {
                 let alone = q.forward_with(kernel, &x[r * inputs..(r + 1) * inputs], 1, None);
                 let same = alone.iter().zip(&together[r * outputs..]).all(|(a, b)| a.to_bits() == b.to_bits());

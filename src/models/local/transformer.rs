@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
 use candle_core::{Device, Module, Tensor};
-use rayon::prelude::*;
 
 use super::LocalError;
 use super::qmatmul::{QMatrix, RowMatrix};
 use super::simd::{self, GroupAttention};
+use super::team::Team;
 
 /// The model families this engine runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,13 +209,14 @@ impl Linear {
     }
 
     /// `x` is `[rows, inputs]`, the result `[rows, outputs]`.
-    fn forward(&self, x: &[f32], rows: usize, pool: &rayon::ThreadPool) -> Result<Vec<f32>, LocalError> {
+    fn forward(&self, x: &[f32], rows: usize, threads: &Threads) -> Result<Vec<f32>, LocalError> {
         debug_assert_eq!(x.len(), rows * self.inputs);
         match &self.weight {
-            Weight::Blocks(matrix) => Ok(matrix.forward(x, rows, Some(pool))),
+            Weight::Blocks(matrix) => Ok(matrix.forward(x, rows, Some(&threads.team))),
             Weight::Candle(weight) => {
                 let input = Tensor::from_slice(x, (rows, self.inputs), &Device::Cpu)?;
-                let output = weight.forward(&input)?;
+                threads.team.rest();
+                let output = threads.candle.install(|| weight.forward(&input))?;
                 debug_assert_eq!(output.dims(), [rows, self.outputs]);
                 Ok(output.flatten_all()?.to_vec1::<f32>()?)
             }
@@ -267,12 +268,12 @@ impl Projections {
     }
 
     /// Every part's output for `x` (`[rows, inputs]`), side by side in each row.
-    fn forward(&self, x: &[f32], rows: usize, pool: &rayon::ThreadPool) -> Result<Projected<'_>, LocalError> {
+    fn forward(&self, x: &[f32], rows: usize, threads: &Threads) -> Result<Projected<'_>, LocalError> {
         let data = if self.linears.len() == 1 {
-            self.linears[0].forward(x, rows, pool)?
+            self.linears[0].forward(x, rows, threads)?
         } else {
             let parts: Vec<Vec<f32>> =
-                self.linears.iter().map(|linear| linear.forward(x, rows, pool)).collect::<Result<_, _>>()?;
+                self.linears.iter().map(|linear| linear.forward(x, rows, threads)).collect::<Result<_, _>>()?;
             let mut data = Vec::with_capacity(rows * self.total);
             for r in 0..rows {
                 for (part, &width) in parts.iter().zip(&self.widths) {
@@ -448,10 +449,7 @@ impl Decoder for Transformer {
     }
 
     fn forward(&self, rows: &[Row], caches: &mut [KvCache]) -> Result<Vec<Vec<f32>>, LocalError> {
-        // The whole pass runs on a pool thread: the matmuls' and attention's parallel loops then start from
-        // inside the pool, where that thread works on them itself, instead of handing each of them over from
-        // outside and sleeping until it is done (a wake-up per matmul, ~120 of them per decoding step).
-        self.pool.install(|| self.forward_in_pool(rows, caches))
+        self.forward_rows(rows, caches)
     }
 }
 
@@ -529,7 +527,15 @@ pub struct Transformer {
     output: Linear,
     /// Positions the rope tables cover.
     pub max_positions: usize,
-    pool: rayon::ThreadPool,
+    threads: Threads,
+}
+
+/// The threads a forward pass computes on.
+struct Threads {
+    /// This thread and its helpers run our parallel loops (matmuls, attention).
+    team: Team,
+    /// candle's operations (weights of types our kernels do not run) run on this pool, which has as many threads.
+    candle: rayon::ThreadPool,
 }
 
 impl Transformer {
@@ -617,11 +623,14 @@ impl Transformer {
         }
         let output = Linear::new(output)?;
         check((output.outputs, output.inputs), (config.vocab, config.hidden), "output")?;
-        let pool = rayon::ThreadPoolBuilder::new()
+        let cannot_start =
+            |e: &dyn std::fmt::Display| LocalError::Unsupported(format!("cannot start model threads: {e}"));
+        let team = Team::new(threads, "sdg-llm").map_err(|e| cannot_start(&e))?;
+        let candle = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
-            .thread_name(|i| format!("sdg-attn-{i}"))
+            .thread_name(|i| format!("sdg-candle-{i}"))
             .build()
-            .map_err(|e| LocalError::Unsupported(format!("cannot start attention threads: {e}")))?;
+            .map_err(|e| cannot_start(&e))?;
         Ok(Transformer {
             embed_scale: (config.arch == Arch::Gemma3).then(|| (config.hidden as f32).sqrt()),
             config,
@@ -630,11 +639,11 @@ impl Transformer {
             output_norm,
             output,
             max_positions,
-            pool,
+            threads: Threads { team, candle },
         })
     }
 
-    fn forward_in_pool(&self, rows: &[Row], caches: &mut [KvCache]) -> Result<Vec<Vec<f32>>, LocalError> {
+    fn forward_rows(&self, rows: &[Row], caches: &mut [KvCache]) -> Result<Vec<Vec<f32>>, LocalError> {
         let config = &self.config;
         let m = rows.len();
         if m == 0 {
@@ -654,7 +663,7 @@ impl Transformer {
         for (index, layer) in self.layers.iter().enumerate() {
             rms_norm_rows(&hidden, &layer.attn_norm, config.eps, &mut normed);
             // Parts 0, 1 and 2 of each row: q, k and v.
-            let mut qkv = layer.qkv.forward(&normed, m, &self.pool)?;
+            let mut qkv = layer.qkv.forward(&normed, m, &self.threads)?;
             for (r, row) in rows.iter().enumerate() {
                 for (part, bias) in [&layer.q_bias, &layer.k_bias, &layer.v_bias].into_iter().enumerate() {
                     if let Some(bias) = bias {
@@ -672,7 +681,7 @@ impl Transformer {
                 caches[row.slot].write(index, row.position, qkv.part(r, 1), qkv.part(r, 2));
             }
             let attended = self.attention(rows, &qkv, caches, index, layer.window);
-            let mut out = layer.o.forward(&attended, m, &self.pool)?;
+            let mut out = layer.o.forward(&attended, m, &self.threads)?;
             if let Some(norm) = &layer.post_attn_norm {
                 rms_norm_rows_in_place(&mut out, norm, config.eps);
             }
@@ -680,7 +689,7 @@ impl Transformer {
 
             rms_norm_rows(&hidden, &layer.ffn_norm, config.eps, &mut normed);
             // Parts 0 and 1 of each row: gate and up.
-            let gate_up = layer.gate_up.forward(&normed, m, &self.pool)?;
+            let gate_up = layer.gate_up.forward(&normed, m, &self.threads)?;
             let mut gated = Vec::with_capacity(m * layer.gate_up.widths[0]);
             for r in 0..m {
                 let (gate, up) = (gate_up.part(r, 0), gate_up.part(r, 1));
@@ -689,7 +698,7 @@ impl Transformer {
                     _ => simd::silu_times(gate, up, &mut gated),
                 }
             }
-            let mut down = layer.down.forward(&gated, m, &self.pool)?;
+            let mut down = layer.down.forward(&gated, m, &self.threads)?;
             if let Some(norm) = &layer.post_ffn_norm {
                 rms_norm_rows_in_place(&mut down, norm, config.eps);
             }
@@ -704,7 +713,7 @@ impl Transformer {
             last.extend_from_slice(&hidden[r * h..(r + 1) * h]);
         }
         rms_norm_rows_in_place(&mut last, &self.output_norm, config.eps);
-        let logits = self.output.forward(&last, wanted.len(), &self.pool)?;
+        let logits = self.output.forward(&last, wanted.len(), &self.threads)?;
         Ok(logits.chunks_exact(config.vocab).map(<[f32]>::to_vec).collect())
     }
 
@@ -746,7 +755,7 @@ impl Transformer {
         if positions * config.heads * hd < 1 << 14 {
             out.chunks_exact_mut(group * hd).enumerate().for_each(work);
         } else {
-            self.pool.install(|| out.par_chunks_exact_mut(group * hd).enumerate().for_each(work));
+            self.threads.team.for_each_chunk_mut(&mut out, group * hd, |task, out_heads| work((task, out_heads)));
         }
         out
     }

@@ -7,7 +7,8 @@
 //!
 //! Figures: time to first token (prefill + first sample), decode tokens/s of one sequence (greedy, exactly
 //! 128 new tokens, EOS ignored), and aggregate decode tokens/s with 4, 8 and 16 sequences decoding together;
-//! measured in rounds (`SDG_BENCH_ROUNDS`, default 3) of one of each, medians reported.
+//! measured in rounds (`SDG_BENCH_ROUNDS`, default 3) of one of each, medians reported. `SDG_BENCH_BATCHES`
+//! (a comma list, default `4,8,16`; empty for none) picks the batch sizes.
 
 mod common;
 
@@ -60,7 +61,13 @@ fn main() {
     // Rounds of one single-stream run then each batch size, so every ratio to the single stream is measured
     // minutes apart at most on a machine whose speed drifts; the figures are medians over the rounds.
     let rounds: usize = std::env::var("SDG_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3).max(1);
-    let sizes = [4usize, 8, 16];
+    // `SDG_BENCH_BATCHES=16` (a comma list; empty for none) measures only those batch sizes.
+    let sizes: Vec<usize> = match std::env::var("SDG_BENCH_BATCHES") {
+        Ok(list) => {
+            list.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse().expect("a batch size")).collect()
+        }
+        Err(_) => vec![4, 8, 16],
+    };
     let prompts: Vec<Vec<Vec<u32>>> = sizes
         .iter()
         .map(|&sequences| {
@@ -114,7 +121,7 @@ fn main() {
                 .arg(root.join("benches/llamacpp_reference.py"))
                 .args(["--model", model.to_str().unwrap(), "--threads", &threads.to_string()])
                 .args(["--prompt-file", prompt_file.to_str().unwrap(), "--max-tokens", &NEW_TOKENS.to_string()])
-                .args(["--batch", "4,8,16"])
+                .args(["--batch", &sizes.iter().map(usize::to_string).collect::<Vec<_>>().join(",")])
                 .output()
                 .expect("llama.cpp reference runs");
             let reference: serde_json::Value = match serde_json::from_slice(&output.stdout) {

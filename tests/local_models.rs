@@ -377,7 +377,7 @@ fn scheduled_logits<M: Decoder>(model: &M, prompt: &[u32], continuation: &[u32])
     let mut all = Vec::new();
     for rows in &steps {
         let logits = model.forward(rows, &mut caches).unwrap();
-        all.extend(rows.iter().filter(|r| r.logits).map(|r| r.slot).zip(logits));
+        all.extend(rows.iter().filter(|r| r.logits).map(|r| r.slot).zip(logits.iter().map(<[f32]>::to_vec)));
     }
     all
 }

@@ -15,7 +15,7 @@ use candle_core::quantized::{QMatMul, QTensor, gguf_file};
 use candle_core::{D, DType, Device, Module, Tensor};
 
 use super::LocalError;
-use super::transformer::{Arch, Config, Decoder, RopeTable, Row, first_visible};
+use super::transformer::{Arch, Config, Decoder, Logits, RopeTable, Row, first_visible};
 
 struct Layer {
     attn_norm: Tensor,
@@ -165,11 +165,11 @@ impl CandleTransformer {
         self.weight_bytes
     }
 
-    fn forward_rows(&self, rows: &[Row], caches: &mut [CandleKvCache]) -> Result<Vec<Vec<f32>>, LocalError> {
+    fn forward_rows(&self, rows: &[Row], caches: &mut [CandleKvCache]) -> Result<Logits, LocalError> {
         let config = &self.config;
         let (m, hd) = (rows.len(), config.head_dim);
         if m == 0 {
-            return Ok(Vec::new());
+            return Ok(Logits::default());
         }
         if let Some(row) = rows.iter().find(|r| r.position >= self.max_positions) {
             return Err(LocalError::ContextFull { position: row.position, context: self.max_positions });
@@ -285,11 +285,13 @@ impl CandleTransformer {
         }
         let wanted: Vec<u32> = rows.iter().enumerate().filter(|(_, r)| r.logits).map(|(i, _)| i as u32).collect();
         if wanted.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Logits::default());
         }
         let last = hidden.index_select(&Tensor::new(wanted.as_slice(), &self.device)?, 0)?;
         let last = candle_nn::ops::rms_norm(&last, &self.output_norm, eps)?;
-        Ok(self.output.forward(&last)?.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+        let logits = self.output.forward(&last)?.to_dtype(DType::F32)?;
+        let vocab = logits.dim(1)?;
+        Ok(Logits::new(logits.flatten_all()?.to_vec1::<f32>()?, vocab))
     }
 
     /// Attention of one run's query heads (rows `run.rows` of `q`, `[rows, heads, hd]`) over its sequence's
@@ -435,7 +437,7 @@ impl Decoder for CandleTransformer {
         cache.deep_copy()
     }
 
-    fn forward(&self, rows: &[Row], caches: &mut [CandleKvCache]) -> Result<Vec<Vec<f32>>, LocalError> {
+    fn forward(&self, rows: &[Row], caches: &mut [CandleKvCache]) -> Result<Logits, LocalError> {
         self.forward_rows(rows, caches)
     }
 }

@@ -422,7 +422,7 @@ pub trait Decoder: Send + Sync + 'static {
 
     /// Runs `rows` through the model, writing their keys and values into `caches[row.slot]`, and returns the
     /// logits of the rows that asked for them, in row order. A sequence's rows come in position order.
-    fn forward(&self, rows: &[Row], caches: &mut [Self::Cache]) -> Result<Vec<Vec<f32>>, LocalError>;
+    fn forward(&self, rows: &[Row], caches: &mut [Self::Cache]) -> Result<Logits, LocalError>;
 }
 
 impl Decoder for Transformer {
@@ -448,8 +448,49 @@ impl Decoder for Transformer {
         Ok(cache.clone())
     }
 
-    fn forward(&self, rows: &[Row], caches: &mut [KvCache]) -> Result<Vec<Vec<f32>>, LocalError> {
+    fn forward(&self, rows: &[Row], caches: &mut [KvCache]) -> Result<Logits, LocalError> {
         self.forward_rows(rows, caches)
+    }
+}
+
+/// The logits rows of a forward pass, `[rows][vocab]` in one buffer as the output matmul wrote them (a copy
+/// per row would move megabytes per batched step).
+#[derive(Debug, Clone, Default)]
+pub struct Logits {
+    data: Vec<f32>,
+    vocab: usize,
+}
+
+impl Logits {
+    /// Rows of `vocab` logits, one after another in `data`.
+    pub fn new(data: Vec<f32>, vocab: usize) -> Logits {
+        assert!(vocab > 0 && data.len().is_multiple_of(vocab), "{} logits are not rows of {vocab}", data.len());
+        Logits { data, vocab }
+    }
+
+    pub fn len(&self) -> usize {
+        self.data.len().checked_div(self.vocab).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    pub fn row(&self, index: usize) -> &[f32] {
+        &self.data[index * self.vocab..(index + 1) * self.vocab]
+    }
+
+    pub fn iter(&self) -> std::slice::ChunksExact<'_, f32> {
+        self.data.chunks_exact(self.vocab.max(1))
+    }
+}
+
+impl<'a> IntoIterator for &'a Logits {
+    type Item = &'a [f32];
+    type IntoIter = std::slice::ChunksExact<'a, f32>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
     }
 }
 
@@ -643,11 +684,11 @@ impl Transformer {
         })
     }
 
-    fn forward_rows(&self, rows: &[Row], caches: &mut [KvCache]) -> Result<Vec<Vec<f32>>, LocalError> {
+    fn forward_rows(&self, rows: &[Row], caches: &mut [KvCache]) -> Result<Logits, LocalError> {
         let config = &self.config;
         let m = rows.len();
         if m == 0 {
-            return Ok(Vec::new());
+            return Ok(Logits::default());
         }
         if let Some(row) = rows.iter().find(|r| r.position >= self.max_positions) {
             return Err(LocalError::ContextFull { position: row.position, context: self.max_positions });
@@ -706,15 +747,14 @@ impl Transformer {
         }
         let wanted: Vec<usize> = rows.iter().enumerate().filter(|(_, r)| r.logits).map(|(i, _)| i).collect();
         if wanted.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Logits::default());
         }
         let mut last = Vec::with_capacity(wanted.len() * h);
         for &r in &wanted {
             last.extend_from_slice(&hidden[r * h..(r + 1) * h]);
         }
         rms_norm_rows_in_place(&mut last, &self.output_norm, config.eps);
-        let logits = self.output.forward(&last, wanted.len(), &self.threads)?;
-        Ok(logits.chunks_exact(config.vocab).map(<[f32]>::to_vec).collect())
+        Ok(Logits::new(self.output.forward(&last, wanted.len(), &self.threads)?, config.vocab))
     }
 
     /// Scaled dot-product attention of every row's query heads over its own sequence's cached positions

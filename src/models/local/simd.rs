@@ -427,23 +427,22 @@ fn silu(x: f32) -> f32 {
 }
 
 /// Appends silu(gate) * up (SwiGLU's gating, silu(x) = x / (1 + e^-x)) to `out`.
-pub fn silu_times(gate: &[f32], up: &[f32], out: &mut Vec<f32>) {
-    debug_assert_eq!(gate.len(), up.len());
+pub fn silu_times(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    assert!(gate.len() == up.len() && gate.len() == out.len());
     #[cfg(target_arch = "x86_64")]
     if has_f16c() {
         // SAFETY: AVX2 and FMA are present (checked at run time).
         return unsafe { silu_times_avx2(gate, up, out) };
     }
-    out.extend(gate.iter().zip(up).map(|(&g, u)| silu(g) * u));
+    for ((o, &g), u) in out.iter_mut().zip(gate).zip(up) {
+        *o = silu(g) * u;
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn silu_times_avx2(gate: &[f32], up: &[f32], out: &mut Vec<f32>) {
+fn silu_times_avx2(gate: &[f32], up: &[f32], target: &mut [f32]) {
     use std::arch::x86_64::*;
-    let start = out.len();
-    out.resize(start + gate.len(), 0.0);
-    let target = &mut out[start..];
     let mut chunks = target.chunks_exact_mut(8);
     for ((chunk, g), u) in (&mut chunks).zip(gate.chunks_exact(8)).zip(up.chunks_exact(8)) {
         // SAFETY: every chunk holds 8 values.

@@ -285,6 +285,11 @@ impl Projections {
         Ok(Projected { data, layout: self })
     }
 
+    /// Where part `part` lies in an output row.
+    fn range(&self, part: usize) -> std::ops::Range<usize> {
+        self.offsets[part]..self.offsets[part] + self.widths[part]
+    }
+
     fn inputs(&self) -> usize {
         self.linears[0].inputs
     }
@@ -302,17 +307,12 @@ struct Projected<'a> {
 
 impl Projected<'_> {
     fn range(&self, row: usize, part: usize) -> std::ops::Range<usize> {
-        let start = row * self.layout.total + self.layout.offsets[part];
-        start..start + self.layout.widths[part]
+        let within = self.layout.range(part);
+        row * self.layout.total + within.start..row * self.layout.total + within.end
     }
 
     fn part(&self, row: usize, part: usize) -> &[f32] {
         &self.data[self.range(row, part)]
-    }
-
-    fn part_mut(&mut self, row: usize, part: usize) -> &mut [f32] {
-        let range = self.range(row, part);
-        &mut self.data[range]
     }
 }
 
@@ -705,20 +705,25 @@ impl Transformer {
             rms_norm_rows(&hidden, &layer.attn_norm, config.eps, &mut normed);
             // Parts 0, 1 and 2 of each row: q, k and v.
             let mut qkv = layer.qkv.forward(&normed, m, &self.threads)?;
-            for (r, row) in rows.iter().enumerate() {
+            // Biases, q and k norms and rope, rows spread over the team; then the keys and values go to the
+            // caches (rows of one sequence share its cache).
+            let layout = &layer.qkv;
+            self.threads.team.for_each_chunk_mut(&mut qkv.data, layout.total, |r, row| {
                 for (part, bias) in [&layer.q_bias, &layer.k_bias, &layer.v_bias].into_iter().enumerate() {
                     if let Some(bias) = bias {
-                        simd::add_assign(qkv.part_mut(r, part), bias);
+                        simd::add_assign(&mut row[layout.range(part)], bias);
                     }
                 }
                 for (part, norm) in [(0, &layer.q_norm), (1, &layer.k_norm)] {
-                    for head in qkv.part_mut(r, part).chunks_exact_mut(hd) {
+                    for head in row[layout.range(part)].chunks_exact_mut(hd) {
                         if let Some(norm) = norm {
                             rms_norm_in_place(head, norm, config.eps);
                         }
-                        layer.rope.apply(head, row.position);
+                        layer.rope.apply(head, rows[r].position);
                     }
                 }
+            });
+            for (r, row) in rows.iter().enumerate() {
                 caches[row.slot].write(index, row.position, qkv.part(r, 1), qkv.part(r, 2));
             }
             let attended = self.attention(rows, &qkv, caches, index, layer.window);
@@ -731,14 +736,17 @@ impl Transformer {
             rms_norm_rows(&hidden, &layer.ffn_norm, config.eps, &mut normed);
             // Parts 0 and 1 of each row: gate and up.
             let gate_up = layer.gate_up.forward(&normed, m, &self.threads)?;
-            let mut gated = Vec::with_capacity(m * layer.gate_up.widths[0]);
-            for r in 0..m {
+            let width = layer.gate_up.widths[0];
+            let mut gated = vec![0.0f32; m * width];
+            self.threads.team.for_each_chunk_mut(&mut gated, width, |r, out| {
                 let (gate, up) = (gate_up.part(r, 0), gate_up.part(r, 1));
                 match config.arch {
-                    Arch::Gemma3 => gated.extend(gate.iter().zip(up).map(|(&g, u)| gelu_tanh(g) * u)),
-                    _ => simd::silu_times(gate, up, &mut gated),
+                    Arch::Gemma3 => {
+                        out.iter_mut().zip(gate.iter().zip(up)).for_each(|(o, (&g, u))| *o = gelu_tanh(g) * u)
+                    }
+                    _ => simd::silu_times(gate, up, out),
                 }
-            }
+            });
             let mut down = layer.down.forward(&gated, m, &self.threads)?;
             if let Some(norm) = &layer.post_ffn_norm {
                 rms_norm_rows_in_place(&mut down, norm, config.eps);
@@ -878,7 +886,7 @@ mod tests {
 
     #[test]
     fn activations_match_reference_values() {
-        let mut gated = Vec::new();
+        let mut gated = [0.0; 9];
         simd::silu_times(&[1.0; 9], &[2.0; 9], &mut gated);
         assert!(gated.iter().all(|g| (g - 2.0 * 0.731_058_6).abs() < 1e-6), "{gated:?}");
         assert!((gelu_tanh(1.0) - 0.841_192).abs() < 1e-5);

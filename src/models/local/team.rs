@@ -37,6 +37,8 @@ struct Shared {
     /// A task panicked in the current loop.
     panicked: AtomicBool,
     stop: AtomicBool,
+    /// Threads in the team, the caller included.
+    threads: usize,
     /// Helpers park at once instead of spinning (see [`Team::rest`]).
     resting: AtomicBool,
     /// Helpers parked on `wake`.
@@ -73,6 +75,7 @@ impl Team {
             body: Mutex::new(None),
             panicked: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            threads: threads.max(1),
             resting: AtomicBool::new(false),
             parked: AtomicUsize::new(0),
             lock: Mutex::new(()),
@@ -190,20 +193,28 @@ impl Drop for Team {
 /// Claims and runs tasks of loop `generation` until none are left.
 fn work(shared: &Shared, generation: u64, body: &(dyn Fn(usize) + Sync)) {
     let tasks = shared.tasks.load(Ordering::SeqCst) as u64;
+    // Tasks taken per claim: each claim moves the cursor's cache line between cores, which for a loop of
+    // thousands of short tasks (attention over many sequences) adds up; a few claims per thread keep the load
+    // balanced.
+    let grain = (tasks / (shared.threads as u64 * 8)).max(1);
     let mut cursor = shared.cursor.load(Ordering::SeqCst);
     loop {
         if cursor >> 32 != generation || cursor & EXHAUSTED >= tasks {
             return;
         }
-        match shared.cursor.compare_exchange_weak(cursor, cursor + 1, Ordering::SeqCst, Ordering::SeqCst) {
+        let end = ((cursor & EXHAUSTED) + grain).min(tasks);
+        match shared.cursor.compare_exchange_weak(cursor, generation << 32 | end, Ordering::SeqCst, Ordering::SeqCst) {
             Ok(_) => {
-                let task = (cursor & EXHAUSTED) as usize;
+                let claimed = (cursor & EXHAUSTED) as usize..end as usize;
+                let count = claimed.len();
                 IN_TASK.with(|t| t.set(true));
-                if catch_unwind(AssertUnwindSafe(|| body(task))).is_err() {
-                    shared.panicked.store(true, Ordering::SeqCst);
+                for task in claimed {
+                    if catch_unwind(AssertUnwindSafe(|| body(task))).is_err() {
+                        shared.panicked.store(true, Ordering::SeqCst);
+                    }
                 }
                 IN_TASK.with(|t| t.set(false));
-                shared.done.fetch_add(1, Ordering::Release);
+                shared.done.fetch_add(count, Ordering::Release);
                 cursor = shared.cursor.load(Ordering::SeqCst);
             }
             Err(now) => cursor = now,

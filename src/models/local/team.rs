@@ -117,7 +117,9 @@ impl Team {
         shared.done.store(0, Ordering::SeqCst);
         shared.panicked.store(false, Ordering::SeqCst);
         shared.resting.store(false, Ordering::SeqCst);
-        let generation = (shared.cursor.load(Ordering::SeqCst) >> 32) + 1;
+        // 32 bits of generation: at ~10,000 loops a second they wrap after days, and a helper only compares
+        // the generation with the last one it saw.
+        let generation = ((shared.cursor.load(Ordering::SeqCst) >> 32) + 1) & EXHAUSTED;
         // Publishing the new generation with task 0 next starts the loop.
         shared.cursor.store(generation << 32, Ordering::SeqCst);
         if shared.parked.load(Ordering::SeqCst) > 0 {

@@ -268,6 +268,15 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
 
+    /// A loop of 100 tasks on `team` runs each of them.
+    fn assert_runs_a_loop(team: &Team) {
+        let sum = AtomicUsize::new(0);
+        team.run(100, |i| {
+            sum.fetch_add(i, Ordering::Relaxed);
+        });
+        assert_eq!(sum.load(Ordering::Relaxed), 4950);
+    }
+
     #[test]
     fn every_task_runs_exactly_once_on_any_team_size() {
         for threads in [1, 2, 3, 8] {
@@ -309,11 +318,7 @@ mod tests {
             assert!(started.elapsed() < Duration::from_secs(10), "the helpers never parked");
             std::thread::yield_now();
         }
-        let sum = AtomicUsize::new(0);
-        team.run(100, |i| {
-            sum.fetch_add(i, Ordering::Relaxed);
-        });
-        assert_eq!(sum.load(Ordering::Relaxed), 4950);
+        assert_runs_a_loop(&team);
     }
 
     #[test]
@@ -331,11 +336,7 @@ mod tests {
     fn loops_after_the_helpers_parked_still_run() {
         let team = Team::new(2, "test").unwrap();
         std::thread::sleep(SPIN * 4);
-        let sum = AtomicUsize::new(0);
-        team.run(100, |i| {
-            sum.fetch_add(i, Ordering::Relaxed);
-        });
-        assert_eq!(sum.load(Ordering::Relaxed), 4950);
+        assert_runs_a_loop(&team);
     }
 
     #[test]
@@ -372,10 +373,6 @@ mod tests {
         }));
         assert!(result.is_err());
         assert_eq!(finished.load(Ordering::Relaxed), 49);
-        let sum = AtomicUsize::new(0);
-        team.run(10, |i| {
-            sum.fetch_add(i, Ordering::Relaxed);
-        });
-        assert_eq!(sum.load(Ordering::Relaxed), 45);
+        assert_runs_a_loop(&team);
     }
 }

@@ -92,7 +92,7 @@ impl Team {
 
     /// Threads that work on a loop, the caller included.
     pub fn threads(&self) -> usize {
-        self.helpers.len() + 1
+        self.shared.threads
     }
 
     /// Runs `body(0)`, ..., `body(tasks - 1)`, each once, spread over the team; returns when all have returned.
@@ -101,7 +101,7 @@ impl Team {
         if tasks == 0 {
             return;
         }
-        if self.helpers.is_empty() || tasks == 1 || IN_TASK.with(Cell::get) {
+        if self.shared.threads == 1 || tasks == 1 || IN_TASK.with(Cell::get) {
             (0..tasks).for_each(body);
             return;
         }

@@ -476,10 +476,6 @@ impl Logits {
         self.data.is_empty()
     }
 
-    pub fn row(&self, index: usize) -> &[f32] {
-        &self.data[index * self.vocab..(index + 1) * self.vocab]
-    }
-
     pub fn iter(&self) -> std::slice::ChunksExact<'_, f32> {
         self.data.chunks_exact(self.vocab.max(1))
     }

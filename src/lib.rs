@@ -6,6 +6,8 @@
 pub mod config;
 pub mod export;
 pub mod io;
+pub mod job;
+pub mod kinds;
 pub mod models;
 pub mod plan;
 pub mod retrieve;

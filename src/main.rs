@@ -5,18 +5,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use sdg::config::NodeSpec;
-use sdg::config::resolve;
-use sdg::config::{Config, ConfigError};
+use sdg::config::ConfigError;
+use sdg::job::{JobEvent, JobStatus};
 use sdg::plan::{Plan, render};
 use sdg::run::manifest::{Manifest, RunStatus};
-use sdg::runtime::metrics::{WorkerCounters, process_totals};
-use sdg::runtime::{Engine, RunOptions, default_cache_dir};
+use sdg::runtime::RunOptions;
 
 /// glibc's malloc contends across the timely, tokio and HTTP threads; mimalloc keeps per-thread heaps.
 #[global_allocator]
@@ -44,6 +41,11 @@ enum Command {
         /// Write the graph a `task:` recipe expands to into this file, as an editable config.
         #[arg(long, value_name = "FILE")]
         eject: Option<PathBuf>,
+    },
+    /// List the node kinds a graph may use, or print one kind's example config.
+    Kinds {
+        /// A kind: print its example config (a complete graph; paths relative to configs/).
+        name: Option<String>,
     },
     /// Run a graph and write the run directory (data/, rejects/, manifest.json).
     Run {
@@ -234,7 +236,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                         eprintln!("{}: has no `task:` section; it is already a graph", config.display());
                         ExitCode::from(2)
                     }
-                    Some(text) => match write_atomically(&target, text.as_bytes()) {
+                    Some(text) => match sdg::io::atomic::write_atomically(&target, text.as_bytes()) {
                         Ok(()) => {
                             println!("wrote the expanded graph to {}", target.display());
                             ExitCode::SUCCESS
@@ -272,19 +274,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             no_cache,
             dry_run,
         } => {
-            let plan = match load_plan(config.as_deref()) {
+            let plan = match sdg::job::load_plan(config.as_deref()) {
                 Ok(plan) => plan,
                 Err(error) => return Ok(report_config_error(&error)),
             };
-            let cache_dir = if no_cache {
-                None
-            } else {
-                Some(
-                    cache_dir
-                        .or_else(|| plan.config.run.cache_dir.as_ref().map(|d| resolve(&plan.config.base_dir, d)))
-                        .unwrap_or_else(default_cache_dir),
-                )
-            };
+            let cache_dir = sdg::job::cache_dir_for(&plan, cache_dir, no_cache);
             // A dry run writes into a scratch folder that is removed afterwards.
             let scratch = if dry_run { Some(tempfile_dir()?) } else { None };
             let out = scratch.as_ref().map_or(out, |dir| dir.clone());
@@ -300,15 +294,6 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 force,
                 cache_dir,
             };
-            if options.resume && already_complete(&plan, &options.out) {
-                println!("{} already holds the completed run of this config; nothing to do", options.out.display());
-                return Ok(ExitCode::SUCCESS);
-            }
-            if options.resume && options.cache_dir.is_none() {
-                eprintln!(
-                    "warning: --resume without the response cache sends again every model call not yet committed"
-                );
-            }
             let result = run(plan, options, quiet);
             if let Some(dir) = scratch {
                 let _ = std::fs::remove_dir_all(dir);
@@ -316,6 +301,21 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             result
         }
         Command::Models { command } => models(command),
+        Command::Kinds { name: None } => {
+            println!("{:<14} {:<10} summary", "kind", "role");
+            for kind in sdg::kinds::KINDS {
+                let role = serde_json::to_value(kind.role).ok().and_then(|v| v.as_str().map(str::to_string));
+                println!("{:<14} {:<10} {}", kind.name, role.unwrap_or_default(), kind.summary);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Kinds { name: Some(name) } => match sdg::kinds::find(&name) {
+            Some(kind) => {
+                print!("{}", kind.example);
+                Ok(ExitCode::SUCCESS)
+            }
+            None => anyhow::bail!("no node kind `{name}`; `sdg kinds` lists them"),
+        },
         Command::Serve { port, host, runs, cache_dir, token_env } => {
             let token = match token_env {
                 Some(var) => Some(std::env::var(&var).with_context(|| format!("--token-env: ${var} is not set"))?),
@@ -482,16 +482,6 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-fn load_plan(config: Option<&Path>) -> Result<Plan, ConfigError> {
-    match config {
-        Some(path) => Plan::from_file(path),
-        None => {
-            let (config, diagnostics) = Config::embedded()?;
-            Plan::build(config, diagnostics)
-        }
-    }
-}
-
 fn report_config_error(error: &ConfigError) -> ExitCode {
     eprintln!("{error}");
     let n = error.diagnostics.len();
@@ -499,200 +489,28 @@ fn report_config_error(error: &ConfigError) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Most runs of a `task:` recipe that tops up toward `num_samples`.
-const MAX_ATTEMPTS: usize = 4;
-
+/// Runs the job, printing what it reports; the exit code follows the run's status.
 fn run(plan: Plan, options: RunOptions, quiet: bool) -> anyhow::Result<ExitCode> {
-    // Before any thread starts: candle sizes its matmul pool from the environment at first use.
-    let local_threads = plan.config.models.values().filter(|m| m.provider == sdg::models::spec::Provider::Local);
-    if let Some(threads) = local_threads.map(|m| m.threads.unwrap_or_else(sdg::models::local::default_threads)).max() {
-        sdg::models::local::configure_threads(threads);
-    }
     let stop = Arc::new(AtomicBool::new(false));
     install_signal_handler(Arc::clone(&stop))?;
-    let Some(target) = plan.config.target_samples.filter(|_| !options.dry_run) else {
-        return run_once(plan, options, quiet, &stop).map(|(code, _)| code);
-    };
-    // A recipe must deliver `num_samples` records: when verification drops too many, the sources draw more
-    // and the run is repeated. Rows already verified are answered from the response cache, so a repeat costs
-    // only the new rows.
-    let (text, origin, base_dir) = (plan.config.text.clone(), plan.config.origin.clone(), plan.config.base_dir.clone());
-    let plan_can_top_up = plan.config.can_top_up;
     let out = options.out.clone();
-    let mut attempts = Vec::new();
-    let mut scale = 1.0f64;
-    let mut plan = plan;
-    let mut options = options;
-    // A resumed recipe goes on with the attempt it was killed in, not the first one.
-    let top_up_state = out.join("state").join("top_up.json");
-    if options.resume
-        && let Ok(bytes) = std::fs::read(&top_up_state)
-        && let Ok(state) = serde_json::from_slice::<serde_json::Value>(&bytes)
-        && let Some(saved) = state["scale"].as_f64()
-        && saved != scale
-    {
-        scale = saved;
-        attempts = state["attempts"].as_array().cloned().unwrap_or_default();
-        let (config, diagnostics) =
-            Config::parse_scaled(&text, &origin, &base_dir, scale).map_err(|e| anyhow::anyhow!("{e}"))?;
-        plan = Plan::build(config, diagnostics).map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
-    if !options.resume && options.overwrite {
-        let _ = std::fs::remove_file(&top_up_state);
-    }
-    loop {
-        // The first attempt needs no record (a resume starts there anyway), and must not touch a folder it
-        // may yet be refused.
-        if !attempts.is_empty() {
-            std::fs::create_dir_all(out.join("state"))?;
-            write_atomically(
-                &top_up_state,
-                &serde_json::to_vec(&serde_json::json!({"scale": scale, "attempts": attempts}))?,
-            )?;
+    let show_progress = !quiet && std::io::stderr().is_terminal();
+    let status = sdg::job::run(plan, options, show_progress, &stop, &mut |event| match event {
+        JobEvent::RunEnded { manifest, out } => print_summary(manifest, out),
+        JobEvent::Estimated { manifest } => print_estimate(manifest),
+        JobEvent::Exported { summary, dir } => println!("exported {summary} into {}", dir.display()),
+        JobEvent::Warning(message) => eprintln!("warning: {message}"),
+        JobEvent::Note(message) => eprintln!("{message}"),
+    })?;
+    Ok(match status {
+        JobStatus::AlreadyComplete => {
+            println!("{} already holds the completed run of this config; nothing to do", out.display());
+            ExitCode::SUCCESS
         }
-        let (code, manifest) = run_once(plan, options.clone(), quiet, &stop)?;
-        let Some(manifest) = manifest else { return Ok(code) };
-        let rows: u64 = manifest.outputs.values().map(|o| o.rows).sum();
-        attempts.push(serde_json::json!({"scale": scale, "records": rows}));
-        let done = rows >= target as u64
-            || !plan_can_top_up
-            || attempts.len() >= MAX_ATTEMPTS
-            || manifest.status != RunStatus::Completed
-            || stop.load(Ordering::SeqCst);
-        if done {
-            let met = rows >= target as u64;
-            record_attempts(&out, target, &attempts, met)?;
-            if !met && !plan_can_top_up {
-                eprintln!(
-                    "warning: {rows} of the {target} records asked for: the corpus was read whole; add documents, \
-                     raise `per_passage` or loosen verification (see `top_up` in the manifest)"
-                );
-            } else if !met {
-                eprintln!(
-                    "warning: {rows} of the {target} records asked for after {} attempts; see `top_up` in the manifest",
-                    attempts.len()
-                );
-            }
-            return Ok(code);
-        }
-        // Draw in proportion to the yield so far, with a margin, and at least a quarter more.
-        let yield_rate = rows.max(1) as f64 / scale;
-        scale = (target as f64 / yield_rate * 1.2).max(scale * 1.25).min(scale * 8.0);
-        eprintln!("{rows} of {target} records; drawing {scale:.2}x the first attempt and running again");
-        let (config, diagnostics) =
-            Config::parse_scaled(&text, &origin, &base_dir, scale).map_err(|e| anyhow::anyhow!("{e}"))?;
-        plan = Plan::build(config, diagnostics).map_err(|e| anyhow::anyhow!("{e}"))?;
-        options.overwrite = true;
-        options.resume = false;
-    }
-}
-
-/// Whether `out` holds a completed run of this very config (a `--resume` then has nothing to do).
-fn already_complete(plan: &Plan, out: &Path) -> bool {
-    Manifest::read(&out.join("manifest.json"))
-        .is_ok_and(|m| m.status == RunStatus::Completed && m.config_hash == plan.config.hash)
-}
-
-/// Adds the top-up attempts to `manifest.json` (atomically), so the record says how `num_samples` was met.
-fn record_attempts(out: &Path, target: usize, attempts: &[serde_json::Value], met: bool) -> anyhow::Result<()> {
-    let path = out.join("manifest.json");
-    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
-    manifest["top_up"] = serde_json::json!({"num_samples": target, "met": met, "attempts": attempts});
-    write_atomically(&path, &serde_json::to_vec_pretty(&manifest)?)?;
-    Ok(())
-}
-
-/// One run of the graph: sources drawn, the engine run, the summary printed.
-fn run_once(
-    plan: Plan,
-    options: RunOptions,
-    quiet: bool,
-    stop: &Arc<AtomicBool>,
-) -> anyhow::Result<(ExitCode, Option<Manifest>)> {
-    let dry_run = options.dry_run;
-    let out = options.out.clone();
-    // Hub sources are drawn before the run (cached beside the response cache) and then read as files.
-    let mut plan = plan;
-    let staging = tempfile::tempdir()?;
-    let samples = sdg::io::hub_source::samples_root(options.cache_dir.as_deref(), staging.path());
-    let models = PreRunModels::new(&plan, options.cache_dir.as_deref());
-    for node in &mut plan.nodes {
-        let drawn = match &node.spec {
-            NodeSpec::Hub(hub) => {
-                let ask = |request| models.ask(request).map_err(|e| e.to_string());
-                hub.materialize(&samples, &ask).map_err(|e| format!("cannot read the Hub datasets: {e}"))
-            }
-            NodeSpec::Passages(passages) => {
-                let reply = match passages.extraction_request() {
-                    None => None,
-                    Some(request) => Some(models.ask(request)?),
-                };
-                passages
-                    .all_queries(reply.as_deref())
-                    .and_then(|queries| passages.materialize(&node.id, &samples.join("passages"), &queries))
-                    .map_err(|e| format!("cannot retrieve passages: {e}"))
-            }
-            _ => continue,
-        };
-        match drawn {
-            Ok(ingest) => node.spec = NodeSpec::Ingest(ingest),
-            Err(error) => {
-                eprintln!("node `{}`: {error}", node.id);
-                return Ok((ExitCode::FAILURE, None));
-            }
-        }
-    }
-    // The engine opens the response cache itself; the pre-run service must let go of it first. Its calls
-    // are added to the manifest's accounting below.
-    let pre_run = models.stats();
-    drop(models);
-    let node_ids: Vec<(String, String)> = plan.nodes.iter().map(|n| (n.id.clone(), n.kind.clone())).collect();
-    let export = plan.config.export.clone();
-    let target_samples = plan.config.target_samples;
-    let engine = Engine::new(plan, options);
-    let files = engine.files_to_read();
-    let live =
-        (!dry_run).then(|| live_progress_file(&out, &node_ids, engine.counters(), files.clone(), target_samples));
-    let progress =
-        (!quiet && std::io::stderr().is_terminal()).then(|| terminal_progress(&node_ids, engine.counters(), files));
-    let result = engine.run(Arc::clone(stop));
-    if let Some(progress) = progress {
-        progress.finish();
-    }
-    if let Some(live) = live {
-        live.finish();
-    }
-    let mut manifest = result.with_context(|| format!("run into {} failed", out.display()))?;
-    if !pre_run.is_empty() && !dry_run {
-        for (name, stats) in &pre_run {
-            manifest.models.entry(name.clone()).or_default().merge(stats);
-        }
-        manifest.write(&out.join("manifest.json")).with_context(|| format!("cannot write {}", out.display()))?;
-    }
-    if dry_run {
-        print_estimate(&manifest);
-        return Ok((ExitCode::SUCCESS, Some(manifest)));
-    }
-    print_summary(&manifest, &out);
-    if manifest.status == RunStatus::Completed {
-        if let Err(error) = sdg::export::write_run_card(&out) {
-            eprintln!("warning: no dataset card: {error}");
-        }
-        // The config's `export:` section: checked when the config was loaded.
-        if let Some(export) = export
-            && let Ok(settings) = export.settings()
-        {
-            let report = sdg::export::export(&out, &out.join(&export.dir), &settings)
-                .with_context(|| format!("cannot export into {}", out.join(&export.dir).display()))?;
-            println!("exported {} into {}", report.split_summary(), out.join(&export.dir).display());
-        }
-    }
-    let code = match manifest.status {
-        RunStatus::Completed => ExitCode::SUCCESS,
-        RunStatus::Interrupted => ExitCode::from(130),
-        RunStatus::Failed | RunStatus::Running => ExitCode::FAILURE,
-    };
-    Ok((code, Some(manifest)))
+        JobStatus::Run(RunStatus::Completed) => ExitCode::SUCCESS,
+        JobStatus::Run(RunStatus::Interrupted) => ExitCode::from(130),
+        JobStatus::Run(RunStatus::Failed | RunStatus::Running) => ExitCode::FAILURE,
+    })
 }
 
 fn print_estimate(manifest: &Manifest) {
@@ -791,224 +609,5 @@ fn print_summary(manifest: &Manifest, out: &Path) {
     }
     if matches!(manifest.status, RunStatus::Interrupted | RunStatus::Failed) {
         println!("everything committed so far is kept; go on with: sdg run <config> -o {} --resume", out.display());
-    }
-}
-
-/// A thread that calls `tick(elapsed seconds, finished)` every `period` until [`finish`](Self::finish), and
-/// once more after it with `finished` set, so the last call sees the final counts.
-struct Ticker {
-    done: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl Ticker {
-    fn start(period: Duration, mut tick: impl FnMut(f64, bool) + Send + 'static) -> Ticker {
-        let done = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&done);
-        let thread = std::thread::spawn(move || {
-            let started = std::time::Instant::now();
-            loop {
-                // Read the flag first, so the last call shows the final counts.
-                let finished = flag.load(Ordering::Relaxed);
-                tick(started.elapsed().as_secs_f64().max(1e-3), finished);
-                if finished {
-                    break;
-                }
-                std::thread::sleep(period);
-            }
-        });
-        Ticker { done, thread }
-    }
-
-    fn finish(self) {
-        self.done.store(true, Ordering::Relaxed);
-        let _ = self.thread.join();
-    }
-}
-
-/// `OUT/state/progress.json`, rewritten twice a second while the run works: per-node counts, requests in
-/// flight, rows/s, and an overall fraction and ETA, for `sdg serve` and anyone watching a run.
-fn live_progress_file(
-    out: &Path,
-    nodes: &[(String, String)],
-    counters: Vec<Arc<WorkerCounters>>,
-    files: Vec<u64>,
-    target_samples: Option<usize>,
-) -> Ticker {
-    let path = out.join("state").join("progress.json");
-    let nodes = nodes.to_vec();
-    Ticker::start(Duration::from_millis(500), move |secs, finished| {
-        let totals: Vec<_> = (0..nodes.len()).map(|i| process_totals(&counters, i)).collect();
-        let fraction = live_fraction(&nodes, &totals, &files, target_samples);
-        let mut by_node = serde_json::Map::new();
-        for ((id, kind), t) in nodes.iter().zip(&totals) {
-            by_node.insert(
-                id.clone(),
-                serde_json::json!({"kind": kind, "rows_in": t.rows_in, "rows_out": t.rows_out,
-                    "rejected": t.rejected, "in_flight": t.in_flight, "model_calls": t.model_calls,
-                    "cache_hits": t.cache_hits, "prompt_tokens": t.prompt_tokens,
-                    "completion_tokens": t.completion_tokens,
-                    "already_committed": t.already_committed, "rows_per_s": t.rows_in.max(t.rows_out) as f64 / secs}),
-            );
-        }
-        let eta = fraction.filter(|f| *f > 0.0 && !finished).map(|f| secs * (1.0 - f) / f);
-        let status = if finished { "finishing" } else { "running" };
-        let value = serde_json::json!({"status": status, "elapsed_s": secs, "fraction": fraction,
-            "eta_s": eta, "nodes": by_node});
-        // Best effort, and the folder is made each time: preparing the run directory may clear it.
-        if std::fs::create_dir_all(path.parent().expect("state folder")).is_ok()
-            && let Ok(bytes) = serde_json::to_vec(&value)
-        {
-            let _ = write_atomically(&path, &bytes);
-        }
-    })
-}
-
-/// How far a run is, from 0 to 1: the sinks' rows against `num_samples` for a recipe, else the files the
-/// sources have read; held below 1 while requests are in flight. `None` when nothing tells.
-fn live_fraction(
-    nodes: &[(String, String)],
-    totals: &[sdg::runtime::metrics::NodeStats],
-    files: &[u64],
-    target_samples: Option<usize>,
-) -> Option<f64> {
-    let in_flight: u64 = totals.iter().map(|t| t.in_flight).sum();
-    let sunk: u64 = nodes.iter().zip(totals).filter(|((_, kind), _)| kind == "sink").map(|(_, t)| t.rows_in).sum();
-    let read: u64 = totals.iter().map(|t| t.files_done).sum();
-    let to_read: u64 = files.iter().sum();
-    let fraction = match (target_samples, to_read) {
-        (Some(target), _) if target > 0 => sunk as f64 / target as f64,
-        (_, 0) => return None,
-        (_, to_read) => read as f64 / to_read as f64,
-    };
-    let cap = if in_flight > 0 { 0.99 } else { 1.0 };
-    Some(fraction.clamp(0.0, cap))
-}
-
-/// One progress line per node, refreshed from the workers' counters.
-fn terminal_progress(nodes: &[(String, String)], counters: Vec<Arc<WorkerCounters>>, files: Vec<u64>) -> Ticker {
-    let multi = indicatif::MultiProgress::new();
-    let style = indicatif::ProgressStyle::with_template("{spinner} {prefix:<24} {msg}")
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
-    let bars: Vec<indicatif::ProgressBar> = nodes
-        .iter()
-        .map(|(id, kind)| {
-            let bar = multi.add(indicatif::ProgressBar::new_spinner());
-            bar.set_style(style.clone());
-            bar.set_prefix(format!("{id} [{kind}]"));
-            bar
-        })
-        .collect();
-    Ticker::start(Duration::from_millis(200), move |secs, finished| {
-        for (i, bar) in bars.iter().enumerate() {
-            let t = process_totals(&counters, i);
-            let moved = t.rows_in.max(t.rows_out);
-            let total_files = files.get(i).copied().unwrap_or(0);
-            let eta = if total_files > 0 {
-                let done = t.files_done.min(total_files);
-                let left = if done == 0 {
-                    String::from("?")
-                } else {
-                    format!("{:.0}s", secs * (total_files - done) as f64 / done as f64)
-                };
-                format!("  files {done}/{total_files}  ETA {left}")
-            } else {
-                String::new()
-            };
-            let calls = if t.model_calls > 0 {
-                format!(
-                    "  calls {} ({} cached)  tokens {}/{}",
-                    t.model_calls, t.cache_hits, t.prompt_tokens, t.completion_tokens
-                )
-            } else {
-                String::new()
-            };
-            bar.set_message(format!(
-                "in {:>10}  out {:>10}  rejected {:>8}  {:>9.0} rows/s{calls}{eta}",
-                t.rows_in,
-                t.rows_out,
-                t.rejected,
-                moved as f64 / secs
-            ));
-            bar.tick();
-        }
-        if finished {
-            for bar in &bars {
-                bar.finish();
-            }
-        }
-    })
-}
-
-/// Writes `bytes` to `path` through a temporary file and a rename, so a reader never sees half a file.
-fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    let mut file = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::Write::write_all(&mut file, bytes)?;
-    file.as_file().sync_all()?;
-    file.persist(path).map_err(|e| e.error)?;
-    Ok(())
-}
-
-/// Model calls made before the run (query writing, dataset judging), through the same service, cache and
-/// retry rules as the run's own calls. One service serves them all: it is built on first use with only the
-/// endpoints those nodes name (a local model is loaded once, not once per call), and dropped before the engine
-/// opens the response cache itself.
-struct PreRunModels {
-    specs: std::collections::BTreeMap<String, sdg::models::ModelSpec>,
-    cache: Option<PathBuf>,
-    service: std::cell::OnceCell<sdg::models::service::ModelService>,
-}
-
-impl PreRunModels {
-    fn new(plan: &Plan, cache_dir: Option<&Path>) -> Self {
-        let endpoints: Vec<String> = plan
-            .nodes
-            .iter()
-            .flat_map(|node| match &node.spec {
-                NodeSpec::Hub(hub) => hub.endpoints(),
-                NodeSpec::Passages(passages) => passages.endpoints(),
-                _ => Vec::new(),
-            })
-            .collect();
-        let specs = plan
-            .config
-            .models
-            .iter()
-            .filter(|(name, _)| endpoints.contains(name))
-            .map(|(name, spec)| (name.clone(), spec.clone()))
-            .collect();
-        PreRunModels {
-            specs,
-            cache: cache_dir.map(|dir| dir.join("responses.redb")),
-            service: std::cell::OnceCell::new(),
-        }
-    }
-
-    /// What the calls made so far cost, per endpoint (empty when none was made).
-    fn stats(&self) -> std::collections::BTreeMap<String, sdg::models::EndpointStats> {
-        self.service.get().map(|service| service.stats()).unwrap_or_default()
-    }
-
-    fn ask(&self, request: sdg_operators::model::ModelRequest) -> anyhow::Result<String> {
-        let service = match self.service.get() {
-            Some(service) => service,
-            None => {
-                let built = sdg::models::service::ModelService::new(&self.specs, self.cache.as_deref())
-                    .map_err(anyhow::Error::msg)?;
-                self.service.get_or_init(|| built)
-            }
-        };
-        let (sender, receiver) = std::sync::mpsc::channel();
-        service.submit(vec![request], move |responses| {
-            let _ = sender.send(responses);
-        });
-        let responses = receiver.recv()?;
-        service.flush();
-        match responses.into_iter().next() {
-            Some(Ok(reply)) => Ok(reply.texts.into_iter().next().unwrap_or_default()),
-            Some(Err(error)) => Err(anyhow::anyhow!("the pre-run model call failed: {error}")),
-            None => Err(anyhow::anyhow!("the pre-run model call got no reply")),
-        }
     }
 }

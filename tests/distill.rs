@@ -80,3 +80,41 @@ fn self_instruct_pool_rejects_repeats_whatever_the_worker_count() {
     }
     assert_eq!(results[0], results[1]);
 }
+
+/// The pool is state: slots must be decided in their source order, whatever order their replies come back
+/// in. Two slots (two files, so two timestamps) get near-duplicate instructions; the first slot's reply is
+/// slow. In time order the first slot's instruction joins the pool and the second's is refused as too
+/// similar. Before the engine honoured `self_instruct`'s declared order, the fast second reply won.
+#[test]
+fn self_instruct_decides_slots_in_source_order_whatever_the_reply_timing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(&root.join("slots"), "a.jsonl", "{\"slot\": \"alpha\"}\n");
+    write(&root.join("slots"), "b.jsonl", "{\"slot\": \"beta\"}\n");
+    let first = "Describe the water cycle in three short steps for a young child.";
+    let second = "Describe the water cycle in three short steps for a young kid.";
+    let reply = |text: &str| serde_json::json!({"instructions": [text]}).to_string();
+    let script = serde_json::json!([
+        {"contains": "Slot alpha", "reply": reply(first), "delay_ms": 1500},
+        {"contains": "Slot beta", "reply": reply(second)},
+    ]);
+    write(root, "script.json", &script.to_string());
+    let server = TestServer::start(&["--script", root.join("script.json").to_str().unwrap()]);
+    write(
+        root,
+        "graph.yaml",
+        &format!(
+            "models:\n  teacher: {{base_url: \"{}\", model: teacher-model}}\nnodes:\n  - {{id: slots, kind: ingest, paths: [slots], fields: {{text: slot}}}}\n  - id: pool\n    kind: self_instruct\n    input: slots\n    model: teacher\n    seed: 1\n    prompt: \"Slot {{{{ text }}}}: write {{{{ n }}}} new instructions like {{{{ examples | join(', ') }}}} as JSON.\"\n    seeds: [\"Give three tips for staying healthy.\", \"Write a short poem about the sea.\"]\n  - {{id: out, kind: sink, input: pool}}\n",
+            server.url
+        ),
+    );
+    let output = run_in(root, &["run", "graph.yaml", "-o", "out", "--quiet", "--workers", "1", "--no-cache"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let data = read_parquet_dir(&root.join("out").join("data"));
+    let instructions: Vec<String> = strings(&data, "instruction").into_iter().flatten().collect();
+    assert_eq!(instructions, vec![first.to_string()]);
+    let rejects = read_parquet_dir(&root.join("out").join("rejects"));
+    let reasons: Vec<String> = strings(&rejects, "reason").into_iter().flatten().collect();
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(reasons[0].contains("too similar"), "{reasons:?}");
+}

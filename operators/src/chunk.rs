@@ -355,6 +355,14 @@ impl Operator for Chunker {
     }
 }
 
+/// A complete config that uses `chunk` (paths relative to the repository's `configs/`; `sdg kinds chunk`).
+pub const EXAMPLE: &str = r#"# Splits the sample corpus's documents into chunks of at most 200 tokens, 20 of them shared with the next.
+nodes:
+  - {id: docs, kind: ingest, paths: [sample-corpus/notes]}
+  - {id: chunks, kind: chunk, input: docs, max_tokens: 200, overlap: 20}
+  - {id: out, kind: sink, input: chunks}
+"#;
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::OpError;
 use crate::answer::{AnswerSpec, DEFAULT_TOLERANCE, extract};
-use crate::generate::extract_json;
+use crate::json_extract::extract_json;
 use crate::model::{ModelRequest, Prompt, Sampling};
 use crate::prompt::ChatTemplate;
 

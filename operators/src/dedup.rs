@@ -9,7 +9,7 @@
 //!
 //! The state holds hashes and ids only (never texts), so memory grows by a fixed amount per kept record:
 //! about 32 bytes for exact, and about 32 bytes per band for near. The first occurrence (in the order the
-//! engine delivers rows, see [`Operator::ordered`]) is kept; the others are rejected with the kept id in
+//! engine delivers rows: time order, see [`Operator::shape`]) is kept; the others are rejected with the kept id in
 //! the reason.
 
 use std::collections::HashMap;
@@ -20,7 +20,8 @@ use arrow::datatypes::{DataType, SchemaRef};
 use serde::Deserialize;
 
 use crate::columns::{ID, TEXT};
-use crate::{OpError, Operator, Output, Reject, Router, require_column, string_column, take_rows};
+use crate::text_hash::{K0, K1, K2, content_hash, fmix64, fold_mul, hash64, normalize, normalize_into, splitmix64};
+use crate::{Exchange, OpError, Operator, Output, Reject, Router, Shape, require_column, string_column, take_rows};
 
 /// Settings of a `dedup` node.
 ///
@@ -132,98 +133,8 @@ impl DedupSpec {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Normalization and hashing
+// Shingles
 // ---------------------------------------------------------------------------------------------------
-
-/// Lowercases (Unicode), strips every char that is neither alphanumeric nor whitespace, collapses
-/// whitespace runs to one space and trims.
-pub fn normalize(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    normalize_into(text, &mut out);
-    out
-}
-
-/// [`normalize`] into a reused buffer (cleared first).
-pub fn normalize_into(text: &str, out: &mut String) {
-    out.clear();
-    out.reserve(text.len());
-    let mut pending_space = false;
-    for c in text.chars() {
-        if c.is_ascii() {
-            if c.is_ascii_alphanumeric() {
-                if pending_space {
-                    out.push(' ');
-                    pending_space = false;
-                }
-                out.push(c.to_ascii_lowercase());
-            } else if c.is_whitespace() {
-                pending_space = !out.is_empty();
-            }
-        } else if c.is_alphanumeric() {
-            // Some lowercase mappings add combining marks ('İ' -> "i\u{307}"); dropping them keeps
-            // `normalize` idempotent.
-            for lower in c.to_lowercase().filter(|l| l.is_alphanumeric()) {
-                if pending_space {
-                    out.push(' ');
-                    pending_space = false;
-                }
-                out.push(lower);
-            }
-        } else if c.is_whitespace() {
-            pending_space = !out.is_empty();
-        }
-    }
-}
-
-/// The exact-match key: the first 16 bytes of BLAKE3 over the normalized text.
-pub fn content_hash(normalized: &str) -> u128 {
-    let hash = blake3::hash(normalized.as_bytes());
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&hash.as_bytes()[..16]);
-    u128::from_le_bytes(bytes)
-}
-
-const K0: u64 = 0xa076_1d64_78bd_642f;
-const K1: u64 = 0xe703_7ed1_a0b4_28db;
-const K2: u64 = 0x8ebc_6af0_9c88_c6e3;
-
-/// 64x64 -> 128 multiply, folded back to 64 bits.
-#[inline(always)]
-fn fold_mul(a: u64, b: u64) -> u64 {
-    let p = (a as u128) * (b as u128);
-    (p as u64) ^ ((p >> 64) as u64)
-}
-
-/// The splitmix64 / murmur3 finalizer: a bijective avalanche of 64 bits.
-#[inline(always)]
-fn fmix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    fmix64(*state)
-}
-
-/// A fast, stable (platform- and release-independent) 64-bit hash of bytes, used for shingles.
-/// Not collision-resistant against an adversary; BLAKE3 covers the exact mode.
-pub fn hash64(bytes: &[u8]) -> u64 {
-    let mut h = K0 ^ (bytes.len() as u64).wrapping_mul(K1);
-    let mut chunks = bytes.chunks_exact(8);
-    for c in &mut chunks {
-        let v = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        h = fold_mul(v ^ K2, h ^ K1);
-    }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let mut buf = [0u8; 8];
-        buf[..rest.len()].copy_from_slice(rest);
-        h = fold_mul(u64::from_le_bytes(buf) ^ K0, h ^ K2);
-    }
-    fmix64(h)
-}
 
 /// Hashes of the word `shingle`-grams of a normalized text (words separated by single spaces), in text
 /// order, into a reused buffer. A text with fewer than `shingle` words (the empty text included) is one
@@ -596,48 +507,54 @@ impl Operator for Dedup {
 
     /// Exact only: rows meet by content hash, so the work spreads over every worker. Near: LSH bands of
     /// one record point at many different records, so no per-row key partitions the index; every row
-    /// goes to key 0 and one worker decides (correct and worker-count independent, but not parallel).
-    fn router(&self) -> Option<Box<dyn Router>> {
-        Some(Box::new(if self.near.is_some() {
-            DedupRouter::SingleWorker
+    /// goes to one worker, which decides (correct and worker-count independent, but not parallel). Both
+    /// keep the first occurrence in time order, so the kept record does not depend on arrival timing.
+    fn shape(&self) -> Shape {
+        let exchange = if self.near.is_some() {
+            Exchange::OneWorker
         } else {
-            DedupRouter::ByContent { column: self.column.clone() }
-        }))
+            Exchange::ByKey(format!("content hash of `{}`", self.column))
+        };
+        Shape::stream().exchanged(exchange).in_time_order()
     }
 
-    fn ordered(&self) -> bool {
-        true
-    }
-}
-
-/// Routes rows for [`Dedup`]: by the exact content hash, or everything to one worker.
-pub enum DedupRouter {
-    /// Key = the low 64 bits of [`content_hash`] of the normalized `column` (0 for nulls).
-    ByContent { column: String },
-    /// Key = 0 for every row.
-    SingleWorker,
-}
-
-impl Router for DedupRouter {
-    fn keys(&self, batch: &RecordBatch) -> Result<Vec<u64>, OpError> {
-        match self {
-            DedupRouter::SingleWorker => Ok(vec![0; batch.num_rows()]),
-            DedupRouter::ByContent { column } => {
-                let texts = string_column(batch, column)?;
-                let mut normalized = String::new();
-                Ok((0..batch.num_rows())
-                    .map(|row| {
-                        if texts.is_null(row) {
-                            return 0;
-                        }
-                        normalize_into(texts.value(row), &mut normalized);
-                        content_hash(&normalized) as u64
-                    })
-                    .collect())
-            }
+    fn router(&self) -> Option<Box<dyn Router>> {
+        if self.near.is_some() {
+            return None;
         }
+        Some(Box::new(ContentRouter { column: self.column.clone() }))
     }
 }
+
+/// Routes rows of exact [`Dedup`] by content: key = the low 64 bits of [`content_hash`] of the normalized
+/// `column` (0 for nulls).
+pub struct ContentRouter {
+    pub column: String,
+}
+
+impl Router for ContentRouter {
+    fn keys(&self, batch: &RecordBatch) -> Result<Vec<u64>, OpError> {
+        let texts = string_column(batch, &self.column)?;
+        let mut normalized = String::new();
+        Ok((0..batch.num_rows())
+            .map(|row| {
+                if texts.is_null(row) {
+                    return 0;
+                }
+                normalize_into(texts.value(row), &mut normalized);
+                content_hash(&normalized) as u64
+            })
+            .collect())
+    }
+}
+
+/// A complete config that uses `dedup` (paths relative to the repository's `configs/`; `sdg kinds dedup`).
+pub const EXAMPLE: &str = r#"# Drops the copy of the pharmacology note: exact duplicates after normalization, and near ones (MinHash).
+nodes:
+  - {id: docs, kind: ingest, paths: [sample-corpus/notes]}
+  - {id: unique, kind: dedup, input: docs, near: {threshold: 0.8}}
+  - {id: out, kind: sink, input: unique}
+"#;
 
 #[cfg(test)]
 mod tests {
@@ -698,17 +615,6 @@ mod tests {
                 format!("{}{}{}", SYLLABLES[a], SYLLABLES[b], SYLLABLES[c])
             })
             .collect()
-    }
-
-    #[test]
-    fn normalize_lowercases_strips_punctuation_and_collapses_whitespace() {
-        assert_eq!(normalize("  Hello,\t\nWORLD!!  "), "hello world");
-        assert_eq!(normalize("a - b"), "a b");
-        assert_eq!(normalize("don't"), "dont");
-        assert_eq!(normalize("ÉCOLE   Straße 42"), "école straße 42");
-        assert_eq!(normalize("?!..."), "");
-        let once = normalize("İstanbul — ÇA VA?");
-        assert_eq!(normalize(&once), once);
     }
 
     #[test]
@@ -907,9 +813,12 @@ mod tests {
         assert_ne!(keys[0], keys[2]);
         assert_eq!(keys[0], content_hash("hello world") as u64);
         assert_eq!(keys[3], 0);
-        let near_keys = near(0.8).router().unwrap().keys(&input).unwrap();
-        assert_eq!(near_keys, vec![0; 4]);
-        assert!(exact().ordered());
+        assert!(near(0.8).router().is_none());
+        assert_eq!(
+            exact().shape(),
+            Shape::stream().exchanged(Exchange::ByKey("content hash of `text`".into())).in_time_order()
+        );
+        assert_eq!(near(0.8).shape(), Shape::stream().exchanged(Exchange::OneWorker).in_time_order());
     }
 
     #[test]

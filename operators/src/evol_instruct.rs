@@ -11,7 +11,7 @@
 //! - the reply is a refusal (`refusal_markers`, e.g. "sorry", "as an AI", "I cannot");
 //! - it copies the prompt's wording (`copy_markers`, e.g. "#Rewritten Prompt#", "given prompt", "rewritten");
 //! - it is shorter than `min_chars` or longer than `max_chars` characters;
-//! - it is too similar to its parent: [`similarity`] above `max_similarity`.
+//! - it is too similar to its parent: [`similarity`](crate::shingles::similarity) above `max_similarity`.
 //!
 //! A marker only counts when the parent instruction does not already contain it, so an instruction that is
 //! legitimately about, say, an apology ("sorry") can still evolve.
@@ -31,12 +31,12 @@ use serde::Deserialize;
 
 use crate::columns::{ID, stable_id};
 use crate::compare::preview;
-use crate::dedup::{hash64, normalize};
-use crate::generate::extract_json;
+use crate::json_extract::extract_json;
 use crate::model::{ModelRequest, ModelResponse, PendingId, Prompt, Sampling, Step};
 use crate::prompt::{ChatTemplate, text_cell};
+use crate::shingles::Shingles;
 use crate::task::{PendingTasks, Poll, RowOrReject, RowTask, derive_seed};
-use crate::{OpError, Operator, Output, Reject, require_column, string_column};
+use crate::{OpError, Operator, Output, Reject, Shape, require_column, string_column};
 
 /// The input row's id, on every output row.
 pub const EVOL_PARENT_ID: &str = "evol_parent_id";
@@ -44,9 +44,6 @@ pub const EVOL_PARENT_ID: &str = "evol_parent_id";
 pub const EVOL_GENERATIONS: &str = "evol_generations";
 /// Every round as JSON: `[{"round": 1, "method": "deepen", "outcome": "evolved", "instruction": "..."}, ...]`.
 pub const EVOL_HISTORY: &str = "evol_history";
-
-/// Character n-gram length of [`similarity`].
-pub const GRAM_CHARS: usize = 4;
 
 macro_rules! rules {
     () => {
@@ -345,91 +342,6 @@ fn default_copy_markers() -> Vec<String> {
 
 fn default_refusal_markers() -> Vec<String> {
     DEFAULT_REFUSAL_MARKERS.iter().map(|m| m.to_string()).collect()
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Similarity
-// ---------------------------------------------------------------------------------------------------
-
-/// The word set and the character-[`GRAM_CHARS`]-gram set of a text after [`normalize`], as sorted, distinct
-/// 64-bit hashes (sorted hash order is also the global token order of a prefix-filter index).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Shingles {
-    words: Vec<u64>,
-    grams: Vec<u64>,
-}
-
-impl Shingles {
-    pub fn of(text: &str) -> Self {
-        let normalized = normalize(text);
-        let mut words: Vec<u64> =
-            normalized.split(' ').filter(|w| !w.is_empty()).map(|w| hash64(w.as_bytes())).collect();
-        words.sort_unstable();
-        words.dedup();
-        let bounds: Vec<usize> = normalized.char_indices().map(|(i, _)| i).chain([normalized.len()]).collect();
-        let chars = bounds.len() - 1;
-        let mut grams: Vec<u64> = if chars == 0 {
-            Vec::new()
-        } else if chars < GRAM_CHARS {
-            // A text shorter than one gram is its own single gram.
-            vec![hash64(normalized.as_bytes())]
-        } else {
-            bounds.windows(GRAM_CHARS + 1).map(|w| hash64(&normalized.as_bytes()[w[0]..w[GRAM_CHARS]])).collect()
-        };
-        grams.sort_unstable();
-        grams.dedup();
-        Shingles { words, grams }
-    }
-
-    /// Nothing left after normalization (only punctuation or whitespace).
-    pub fn is_empty(&self) -> bool {
-        self.words.is_empty()
-    }
-
-    pub fn words(&self) -> &[u64] {
-        &self.words
-    }
-
-    pub fn grams(&self) -> &[u64] {
-        &self.grams
-    }
-
-    /// The larger of the word-set and the character-gram Jaccard similarities: words catch reordered
-    /// copies, grams catch small edits inside words (inflections, typos).
-    pub fn similarity(&self, other: &Shingles) -> f64 {
-        jaccard(&self.words, &other.words).max(jaccard(&self.grams, &other.grams))
-    }
-}
-
-/// Jaccard similarity of two sorted, distinct sets (1 for two empty sets).
-pub fn jaccard(a: &[u64], b: &[u64]) -> f64 {
-    if a.is_empty() && b.is_empty() {
-        return 1.0;
-    }
-    let common = overlap(a, b);
-    common as f64 / (a.len() + b.len() - common) as f64
-}
-
-/// Size of the intersection of two sorted, distinct sets.
-fn overlap(a: &[u64], b: &[u64]) -> usize {
-    let (mut i, mut j, mut common) = (0, 0, 0);
-    while i < a.len() && j < b.len() {
-        match a[i].cmp(&b[j]) {
-            std::cmp::Ordering::Less => i += 1,
-            std::cmp::Ordering::Greater => j += 1,
-            std::cmp::Ordering::Equal => {
-                common += 1;
-                i += 1;
-                j += 1;
-            }
-        }
-    }
-    common
-}
-
-/// [`Shingles::similarity`] of two texts, in [0, 1].
-pub fn similarity(a: &str, b: &str) -> f64 {
-    Shingles::of(a).similarity(&Shingles::of(b))
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -860,7 +772,21 @@ impl Operator for EvolInstruct {
     fn endpoints(&self) -> Vec<String> {
         vec![self.core.spec.model.clone()]
     }
+
+    fn shape(&self) -> Shape {
+        Shape::model()
+    }
 }
+
+/// A complete config that uses `evol_instruct` (paths relative to the repository's `configs/`; `sdg kinds evol_instruct`).
+pub const EXAMPLE: &str = r#"# One round of Evol-Instruct over the sample questions: each comes back deeper, more concrete or broader.
+models:
+  teacher: {base_url: "http://127.0.0.1:8000/v1", model: teacher-model}
+nodes:
+  - {id: seeds, kind: ingest, paths: [sample-corpus/tables/questions.jsonl]}
+  - {id: evolved, kind: evol_instruct, input: seeds, model: teacher, column: text, generations: 1, seed: 4}
+  - {id: out, kind: sink, input: evolved}
+"#;
 
 #[cfg(test)]
 mod tests {
@@ -1084,18 +1010,6 @@ mod tests {
         assert!(reasons[0].1.starts_with("no evolution succeeded in 2 rounds; history: "), "{reasons:?}");
         assert!(reasons[0].1.contains("model call failed: server error 500"), "{reasons:?}");
         assert_eq!(&reasons[1..], [(1, "`instruction` is null"), (2, "null id")]);
-    }
-
-    #[test]
-    fn similarity_combines_words_and_character_grams() {
-        assert_eq!(similarity("Write a poem.", "write a POEM!"), 1.0);
-        assert_eq!(similarity("", ""), 1.0);
-        assert_eq!(similarity("abc", "xyz"), 0.0);
-        let reordered = similarity("cats chase small mice at night", "at night small mice chase cats");
-        assert_eq!(reordered, 1.0, "same words");
-        let evolved = similarity(PARENT, &format!("{PARENT} Compare mRNA and viral-vector vaccines in a table."));
-        assert!(evolved < 0.7, "{evolved}");
-        assert!(Shingles::of("?!").is_empty());
     }
 
     #[test]

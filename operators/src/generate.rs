@@ -27,9 +27,10 @@ use serde::Deserialize;
 use serde_json::Map;
 
 use crate::columns::{ID, stable_id};
+use crate::json_extract::extract_json;
 use crate::model::{ChatMessage, ModelReply, ModelRequest, ModelResponse, PendingId, Prompt, Sampling, Step};
 use crate::prompt::ChatTemplate;
-use crate::{OpError, Operator, Output, Reject, require_column, string_column};
+use crate::{OpError, Operator, Output, Reject, Shape, require_column, string_column};
 
 /// The input row's id.
 pub const PARENT_ID: &str = "parent_id";
@@ -72,9 +73,6 @@ const ROW_VAR: &str = "row";
 
 /// How many characters of an unparseable reply a reject reason quotes.
 const RAW_PREVIEW_CHARS: usize = 200;
-
-/// How many `{` / `[` positions [`extract_json`] tries before it gives up.
-const MAX_JSON_CANDIDATES: usize = 64;
 
 /// Settings of a `generate` node.
 ///
@@ -230,82 +228,6 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
         serde_json::Value::Array(_) => "an array",
         serde_json::Value::Object(_) => "an object",
     }
-}
-
-/// Finds the JSON object or array in a model's reply: inside the first ``` code fence if there is one,
-/// else the first balanced `{...}` / `[...]` that parses, skipping prose before it and ignoring prose after.
-/// Never evaluates anything; the text is only scanned and handed to `serde_json`.
-pub fn extract_json(text: &str) -> Result<serde_json::Value, String> {
-    if let Some(body) = fenced_block(text)
-        && let Ok(value) = first_json_value(body)
-    {
-        return Ok(value);
-    }
-    first_json_value(text)
-}
-
-/// The body of the first ``` fence (after its info string, such as `json`), up to the closing fence or the
-/// end of the text.
-fn fenced_block(text: &str) -> Option<&str> {
-    let open = text.find("```")?;
-    let after = &text[open + 3..];
-    let body = &after[after.find('\n')? + 1..];
-    Some(match body.find("```") {
-        Some(close) => &body[..close],
-        None => body,
-    })
-}
-
-/// The first balanced object or array of `text` that parses as JSON.
-fn first_json_value(text: &str) -> Result<serde_json::Value, String> {
-    let mut first_error = None;
-    let candidates = text.char_indices().filter(|&(_, c)| c == '{' || c == '[').map(|(i, _)| i);
-    for start in candidates.take(MAX_JSON_CANDIDATES) {
-        let attempt = balanced_span(text, start)
-            .and_then(|span| serde_json::from_str::<serde_json::Value>(span).map_err(|e| format!("invalid JSON: {e}")));
-        match attempt {
-            Ok(value) => return Ok(value),
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    Err(first_error.unwrap_or_else(|| "no JSON object or array in the reply".to_string()))
-}
-
-/// The balanced `{...}` or `[...]` starting at byte `start`, respecting strings and escapes.
-fn balanced_span(text: &str, start: usize) -> Result<&str, String> {
-    let bytes = text.as_bytes();
-    let mut expected_closers = Vec::new();
-    let mut in_string = false;
-    let mut escaped = false;
-    for (offset, &byte) in bytes[start..].iter().enumerate() {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if byte == b'\\' {
-                escaped = true;
-            } else if byte == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
-            b'{' => expected_closers.push(b'}'),
-            b'[' => expected_closers.push(b']'),
-            b'}' | b']' => {
-                if expected_closers.pop() != Some(byte) {
-                    return Err(format!("unbalanced JSON: unexpected `{}`", byte as char));
-                }
-                if expected_closers.is_empty() {
-                    return Ok(&text[start..start + offset + 1]);
-                }
-            }
-            _ => {}
-        }
-    }
-    Err("truncated JSON: the reply ends inside an object, array or string".to_string())
 }
 
 /// SplitMix64: a tiny, well-mixed deterministic generator (enough for picking demos).
@@ -983,7 +905,27 @@ impl Operator for Generate {
     fn endpoints(&self) -> Vec<String> {
         vec![self.spec.model.clone()]
     }
+
+    fn shape(&self) -> Shape {
+        Shape::model()
+    }
 }
+
+/// A complete config that uses `generate` (paths relative to the repository's `configs/`; `sdg kinds generate`).
+pub const EXAMPLE: &str = r#"# A teacher writes one question and its short answer about each glossary entry, as structured output.
+models:
+  teacher: {base_url: "http://127.0.0.1:8000/v1", model: teacher-model}
+  student: {base_url: "http://127.0.0.1:8000/v1", model: student-model}
+nodes:
+  - {id: terms, kind: ingest, paths: [sample-corpus/tables/glossary.csv]}
+  - id: qa
+    kind: generate
+    input: terms
+    model: teacher
+    prompt: "Write one exam question about this definition, and its short answer, as JSON: {{ text }}"
+    output: {json: {columns: [question, answer]}}
+  - {id: out, kind: sink, input: qa}
+"#;
 
 #[cfg(test)]
 mod tests {
@@ -1271,27 +1213,6 @@ mod tests {
         let ids = all(rows, ID);
         assert_eq!(ids[1], stable_id(&[b"a", &0u32.to_le_bytes(), &1u32.to_le_bytes()]));
         assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 6);
-    }
-
-    #[test]
-    fn extract_json_handles_fences_and_prose() {
-        assert_eq!(extract_json("```json\n{\"a\": 1}\n```").unwrap(), json!({"a": 1}));
-        assert_eq!(extract_json("```\n[1, 2]\n```").unwrap(), json!([1, 2]));
-        assert_eq!(extract_json("Sure! Here it is: {\"a\": \"b}\"} Hope that helps {").unwrap(), json!({"a": "b}"}));
-        assert_eq!(
-            extract_json(r#"{"a": "say \"hi\" {[", "b": [1, {"c": null}]} trailing"#).unwrap(),
-            json!({"a": "say \"hi\" {[", "b": [1, {"c": null}]})
-        );
-        // Prose with brackets before the JSON: the first candidate that parses wins.
-        assert_eq!(extract_json("Answer [see below]: {\"x\": true}").unwrap(), json!({"x": true}));
-        // Fence without a closing fence, and a fence whose body is not JSON but the text has some after it.
-        assert_eq!(extract_json("```json\n{\"a\": [1]}").unwrap(), json!({"a": [1]}));
-        assert_eq!(extract_json("```\nnot json\n```\n{\"z\": 0}").unwrap(), json!({"z": 0}));
-        assert_eq!(extract_json("{\"emoji\": \"é🙂\"}").unwrap(), json!({"emoji": "é🙂"}));
-        assert!(extract_json("no json here").unwrap_err().contains("no JSON"));
-        assert!(extract_json("{\"a\": 1").unwrap_err().contains("truncated"));
-        assert!(extract_json("{\"a\": 1]").is_err());
-        assert!(extract_json("{a: 1}").unwrap_err().contains("invalid JSON"));
     }
 
     #[test]

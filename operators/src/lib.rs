@@ -9,10 +9,10 @@
 //!   do not line up is refused before any work starts.
 //! - [`Operator::process`] turns one input batch into an [`Output`]: the rows that go on, and the input rows
 //!   that were dropped, each with a reason (they end in the run's `rejects/`).
-//! - [`Operator::router`] asks the engine to exchange rows between workers by a key (for global steps such
-//!   as dedup) instead of keeping them on the worker that produced them.
-//! - [`Operator::ordered`] asks the engine to deliver batches in timestamp order, each batch's rows sorted by
-//!   `id`, so that a stateful operator's decisions do not depend on the number of workers.
+//! - [`Operator::shape`] declares how the engine must run the operator: whether it calls models, where its
+//!   rows are exchanged between workers and in which order its batches arrive. The engine matches on it to
+//!   pick the shell; it infers nothing. A shape with [`Exchange::ByKey`] gets its keys from
+//!   [`Operator::router`].
 
 use std::sync::Arc;
 
@@ -28,17 +28,24 @@ pub mod dedup;
 pub mod evol_instruct;
 pub mod filter;
 pub mod generate;
+pub mod json_extract;
+pub mod lang;
 pub mod model;
 pub mod project;
 pub mod prompt;
 pub mod protect;
 pub mod rewrite;
+pub mod sample;
 pub mod score;
 pub mod self_instruct;
+pub mod shingles;
 pub mod task;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod text_hash;
 pub mod translate;
+pub mod verify_score;
+pub mod verify_vote;
 pub mod vote;
 
 /// Errors of an operator: at plan time (schema, settings) or on a batch.
@@ -115,14 +122,100 @@ pub trait Operator: Send {
         Vec::new()
     }
 
-    /// `Some` when rows must be exchanged between workers before this operator sees them.
+    /// How the engine runs this operator (see [`Shape`]). The default is a pure stream operator.
+    fn shape(&self) -> Shape {
+        Shape::stream()
+    }
+
+    /// The key function of a shape whose exchange is [`Exchange::ByKey`] (`None` otherwise).
     fn router(&self) -> Option<Box<dyn Router>> {
         None
     }
+}
 
-    /// `true` when batches must arrive in timestamp order, rows sorted by `id`.
-    fn ordered(&self) -> bool {
-        false
+/// Whether an operator's batches go through [`Operator::process`] or through model calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Calls {
+    /// `process`: batch in, rows and rejects out.
+    Pure,
+    /// `start` / `resume`: the engine performs the model requests in between.
+    Models,
+}
+
+/// Where rows go between workers before the operator sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exchange {
+    /// They stay on the worker that holds them.
+    Local,
+    /// Rows with equal keys meet on one worker; the text says what the key is (shown by `sdg plan`), and
+    /// [`Operator::router`] computes it.
+    ByKey(String),
+    /// Every row goes to one worker: the operator keeps state over the whole run.
+    OneWorker,
+}
+
+/// In which order batches reach the operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// As they arrive.
+    Arrival,
+    /// One timestamp at a time, in timestamp order, once the timestamp is complete; rows sorted by `id`.
+    /// A model operator of this order has one timestamp's calls in flight at a time, so its decisions do
+    /// not depend on reply timing or on the number of workers.
+    Time,
+}
+
+/// How the engine must run an operator, declared by the operator and matched (not inferred) by the runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shape {
+    pub calls: Calls,
+    pub exchange: Exchange,
+    pub order: Order,
+}
+
+impl Shape {
+    /// A pure operator over batches as they come, on the worker that holds them.
+    pub fn stream() -> Shape {
+        Shape { calls: Calls::Pure, exchange: Exchange::Local, order: Order::Arrival }
+    }
+
+    /// A model operator over batches as they come, on the worker that holds them.
+    pub fn model() -> Shape {
+        Shape { calls: Calls::Models, ..Shape::stream() }
+    }
+
+    /// The same shape with rows exchanged by `exchange` first.
+    pub fn exchanged(self, exchange: Exchange) -> Shape {
+        Shape { exchange, ..self }
+    }
+
+    /// The same shape with batches in time order (see [`Order::Time`]).
+    pub fn in_time_order(self) -> Shape {
+        Shape { order: Order::Time, ..self }
+    }
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let calls = match self.calls {
+            Calls::Pure => "pure",
+            Calls::Models => "model",
+        };
+        let order = match self.order {
+            Order::Arrival => "stream",
+            Order::Time => "time-ordered",
+        };
+        write!(f, "{calls}, {order}")
+    }
+}
+
+impl std::fmt::Display for Exchange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exchange::Local => f.write_str("none (rows stay on their worker)"),
+            Exchange::ByKey(key) => write!(f, "by {key}"),
+            Exchange::OneWorker => f.write_str("all rows to one worker"),
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-use crate::filter::{lang_code, lang_from_code};
+use crate::lang::{lang_code, lang_from_code};
 
 const OPEN: char = '⟦';
 const CLOSE: char = '⟧';

@@ -21,13 +21,15 @@ use serde::Deserialize;
 
 use crate::columns::{ID, stable_id};
 use crate::compare::preview;
-use crate::generate::extract_json;
+use crate::json_extract::extract_json;
 use crate::model::{ModelRequest, ModelResponse, PendingId, Prompt, Sampling, Step};
 use crate::prompt::{ChatTemplate, text_cell};
-use crate::score::{Category, SCORE_K, SCORE_MODEL, ScoreCore, ScoreOutcome, ScoreSpec, ScoreTask};
 use crate::task::{PendingTasks, Poll, RowOrReject, RowTask, derive_seed, split_results};
-use crate::vote::{VOTE_MODEL, VOTE_PARSED, VOTE_SAMPLES, VoteCore, VoteOutcome, VoteSpec, VoteTask};
-use crate::{OpError, Operator, Output, require_column, string_column};
+use crate::verify_score::{
+    Category, SCORE_K, SCORE_MODEL, STUDENT_ANSWERS, ScoreCore, ScoreOutcome, ScoreSpec, ScoreTask, answers_column,
+};
+use crate::verify_vote::{VOTE_MODEL, VOTE_PARSED, VOTE_SAMPLES, VoteCore, VoteOutcome, VoteSpec, VoteTask};
+use crate::{OpError, Operator, Output, Shape, require_column, string_column};
 
 /// The input row's id, on every output row.
 pub const REWRITE_PARENT_ID: &str = "rewrite_parent_id";
@@ -542,11 +544,11 @@ impl Rewrite {
             Arc::new(UInt32Array::from_iter(scores().map(|s| s.map(|s| s.k))))
         } else if name == SCORE_MODEL {
             Arc::new(StringArray::from_iter(scores().map(|s| s.map(|s| s.model.as_str()))))
-        } else if name == crate::score::STUDENT_ANSWERS {
+        } else if name == STUDENT_ANSWERS {
             let empty: Vec<Option<String>> = Vec::new();
             let lists: Vec<&[Option<String>]> =
                 scores().map(|s| s.map_or(empty.as_slice(), |s| s.answers.as_slice())).collect();
-            crate::score::answers_column(&lists)
+            answers_column(&lists)
         } else {
             return None;
         };
@@ -671,7 +673,36 @@ impl Operator for Rewrite {
         }
         endpoints
     }
+
+    fn shape(&self) -> Shape {
+        Shape::model()
+    }
 }
+
+/// A complete config that uses `rewrite` (paths relative to the repository's `configs/`; `sdg kinds rewrite`).
+pub const EXAMPLE: &str = r#"# A teacher writes one question and its short answer about each glossary entry, as structured output;
+# questions the student solves are made harder, those it cannot solve easier, and each is checked again.
+models:
+  teacher: {base_url: "http://127.0.0.1:8000/v1", model: teacher-model}
+  student: {base_url: "http://127.0.0.1:8000/v1", model: student-model}
+nodes:
+  - {id: terms, kind: ingest, paths: [sample-corpus/tables/glossary.csv]}
+  - id: qa
+    kind: generate
+    input: terms
+    model: teacher
+    prompt: "Write one exam question about this definition, and its short answer, as JSON: {{ text }}"
+    output: {json: {columns: [question, answer]}}
+  - {id: scored, kind: score, input: qa, model: student, k: 4}
+  - id: balanced
+    kind: rewrite
+    input: scored
+    model: teacher
+    rounds: 1
+    vote: {model: teacher, n: 4}
+    score: {model: student, k: 4}
+  - {id: out, kind: sink, input: balanced}
+"#;
 
 #[cfg(test)]
 mod tests {

@@ -4,7 +4,7 @@
 //!
 //! Every candidate is checked, in order, against the whole pool: it is dropped when it does not parse, is
 //! empty, is shorter than `min_chars` or longer than `max_chars` characters, or is too similar to any pooled
-//! instruction ([`crate::evol_instruct::Shingles::similarity`]: the larger of the word-set and the
+//! instruction ([`crate::shingles::Shingles::similarity`]: the larger of the word-set and the
 //! character-4-gram Jaccard similarity, above `max_similarity`; the paper uses ROUGE-L, which needs the longest
 //! common subsequence of every pair, while Jaccard sets can be indexed). Accepted candidates join the pool at
 //! once, so later candidates of the same reply, and of later slots, are checked against them.
@@ -14,11 +14,14 @@
 //! `self_instruct_pool_size` (how many instructions the candidate was checked against). A slot that yields
 //! nothing goes to rejects with a summary ("8 candidates: 6 too similar to the pool, 2 unparseable").
 //!
-//! The pool is state, so the operator is [`Operator::ordered`]. It does not rely on the engine resuming
-//! batches in order, though: a batch's prompts show the pool as it was when the batch started (the snapshot
-//! is rendered into its requests), and its candidates are checked in `resume` against the pool as it is
-//! then, in row order and candidate order. A batch that finishes after a later one is still checked against
-//! everything accepted before it, so no near-duplicate gets in whatever the order.
+//! The pool is state over the whole run, so the operator's [`Operator::shape`] sends every slot to one
+//! worker and asks for time order: the engine hands it one timestamp at a time, rows sorted by `id`, with
+//! one timestamp's calls in flight at a time, so what gets accepted depends neither on reply timing nor on
+//! the number of workers. Within a timestamp it does not rely on batches resuming in order: a batch's
+//! prompts show the pool as it was when the batch started (the snapshot is rendered into its requests), and
+//! its candidates are checked in `resume` against the pool as it is then, in row order and candidate order.
+//! A batch that finishes after a later one is still checked against everything accepted before it, so no
+//! near-duplicate gets in whatever the order.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,12 +33,12 @@ use serde::Deserialize;
 
 use crate::columns::{ID, stable_id};
 use crate::compare::preview;
-use crate::evol_instruct::{Shingles, jaccard};
-use crate::generate::extract_json;
+use crate::json_extract::extract_json;
 use crate::model::{ModelRequest, ModelResponse, PendingId, Prompt, Sampling, Step};
 use crate::prompt::ChatTemplate;
+use crate::shingles::{Shingles, jaccard};
 use crate::task::{PendingTasks, Poll, RowTask, annotated_schema, derive_seed};
-use crate::{OpError, Operator, Output, Reject, require_column, string_column};
+use crate::{Exchange, OpError, Operator, Output, Reject, Shape, require_column, string_column};
 
 /// The slot row's id, on every output row.
 pub const SELF_INSTRUCT_PARENT_ID: &str = "self_instruct_parent_id";
@@ -635,16 +638,27 @@ impl Operator for SelfInstruct {
         vec![self.spec.model.clone()]
     }
 
-    fn ordered(&self) -> bool {
-        true
-    }
-
-    /// One pool for the whole run: every slot goes to one worker, so the result does not depend on how
-    /// many workers there are.
-    fn router(&self) -> Option<Box<dyn crate::Router>> {
-        Some(Box::new(crate::dedup::DedupRouter::SingleWorker))
+    /// One pool for the whole run: every slot goes to one worker, in time order.
+    fn shape(&self) -> Shape {
+        Shape::model().exchanged(Exchange::OneWorker).in_time_order()
     }
 }
+
+/// A complete config that uses `self_instruct` (paths relative to the repository's `configs/`; `sdg kinds self_instruct`).
+pub const EXAMPLE: &str = r#"# Grows a pool of instructions from two seeds: each input row is one request for new ones, and a new one
+# too similar to the pool is refused.
+models:
+  teacher: {base_url: "http://127.0.0.1:8000/v1", model: teacher-model}
+nodes:
+  - {id: slots, kind: ingest, paths: [sample-corpus/tables/questions.jsonl]}
+  - id: pool
+    kind: self_instruct
+    input: slots
+    model: teacher
+    seed: 1
+    seeds: ["Give three tips for staying healthy.", "Write a short poem about the sea."]
+  - {id: out, kind: sink, input: pool}
+"#;
 
 #[cfg(test)]
 mod tests {
@@ -903,7 +917,8 @@ mod tests {
         assert!(serde_json::from_value::<SelfInstructSpec>(typo).is_err());
 
         let op = op(serde_json::json!({"prompt": "{{ topic }}: {{ examples | join(', ') }} ({{ n }})"}));
-        assert!(op.ordered());
+        assert_eq!(op.shape(), Shape::model().exchanged(Exchange::OneWorker).in_time_order());
+        assert!(op.router().is_none());
         assert_eq!(op.endpoints(), ["teacher"]);
         let missing = op.output_schema(&slots(&["a"]).schema());
         assert!(matches!(missing, Err(OpError::MissingColumn { column, .. }) if column == "topic"));

@@ -24,12 +24,12 @@ use serde::Deserialize;
 
 use crate::answer::cosine;
 use crate::columns::{ID, stable_id};
-use crate::filter::lang_from_code;
+use crate::lang::lang_from_code;
 use crate::model::{ModelRequest, ModelResponse, PendingId, Prompt, Sampling, Step};
 use crate::prompt::{ChatTemplate, text_cell};
 use crate::protect::{detect_language, mask, same_language, split_segments, strip_protected, unmask};
 use crate::task::{PendingTasks, Poll, RowOrReject, RowTask, derive_seed};
-use crate::{OpError, Operator, Output, Reject, require_column, string_column, take_rows};
+use crate::{OpError, Operator, Output, Reject, Shape, require_column, string_column, take_rows};
 
 /// The language of the row (the target, or the source language on original rows).
 pub const LANGUAGE: &str = "language";
@@ -660,7 +660,21 @@ impl Operator for Translate {
         }
         endpoints
     }
+
+    fn shape(&self) -> Shape {
+        Shape::model()
+    }
 }
+
+/// A complete config that uses `translate` (paths relative to the repository's `configs/`; `sdg kinds translate`).
+pub const EXAMPLE: &str = r#"# Translates each glossary definition into French; a translation that is not French is rejected.
+models:
+  teacher: {base_url: "http://127.0.0.1:8000/v1", model: teacher-model}
+nodes:
+  - {id: terms, kind: ingest, paths: [sample-corpus/tables/glossary.csv]}
+  - {id: french, kind: translate, input: terms, model: teacher, columns: [text], languages: [fr]}
+  - {id: out, kind: sink, input: french}
+"#;
 
 #[cfg(test)]
 mod tests {

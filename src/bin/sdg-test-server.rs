@@ -70,8 +70,10 @@
 //! nor `mixed` is a command-line error (exit status 2).
 //!
 //! # Scripted replies (`--script FILE`)
-//! `FILE` is a JSON array of rules `{"contains": STRING, "reply": STRING, "model": STRING}` (`model`
-//! optional; other keys are an error). It is read at start: an unreadable or invalid file makes the
+//! `FILE` is a JSON array of rules `{"contains": STRING, "reply": STRING, "model": STRING, "delay_ms": N}`
+//! (`model` and `delay_ms` optional; other keys are an error). A chat answer decided by a rule with
+//! `delay_ms` waits that long more before it is sent (after `--latency-ms`), so a test can make replies
+//! come back in an order of its choosing. It is read at start: an unreadable or invalid file makes the
 //! server print a message on stderr and exit with status 2 before it listens. For a chat request, the
 //! rules are tried in file order; the first whose `contains` is a substring of the last user message's
 //! text (case-sensitive; `""` matches every request) and whose `model`, when given, equals `M` (the
@@ -234,6 +236,8 @@ struct ScriptRule {
     reply: String,
     #[serde(default)]
     model: Option<String>,
+    #[serde(default)]
+    delay_ms: u64,
 }
 
 fn load_script(path: &Path) -> Result<Vec<ScriptRule>, String> {
@@ -249,12 +253,11 @@ struct Rules {
 }
 
 impl Rules {
-    /// The reply of the first script rule matching `last_user` for `model`.
-    fn scripted(&self, last_user: &str, model: &str) -> Option<&str> {
+    /// The first script rule matching `last_user` for `model`.
+    fn scripted(&self, last_user: &str, model: &str) -> Option<&ScriptRule> {
         self.script
             .iter()
             .find(|rule| last_user.contains(&rule.contains) && rule.model.as_deref().is_none_or(|m| m == model))
-            .map(|rule| rule.reply.as_str())
     }
 
     /// The answer key of `last_user` for `model`, in answer-key mode.
@@ -758,7 +761,7 @@ impl Prompt {
     ) -> Self {
         let sampled = temperature.is_some_and(|t| t > 0.0);
         let format_type = response_format.and_then(|f| f.get("type")).and_then(Value::as_str);
-        let scripted = rules.scripted(last_user, model).map(|reply| ContentShape::Scripted(reply.to_owned()));
+        let scripted = rules.scripted(last_user, model).map(|rule| ContentShape::Scripted(rule.reply.clone()));
         let shape = scripted.unwrap_or_else(|| match format_type {
             Some("json_schema") => {
                 let keys = response_format
@@ -942,7 +945,8 @@ fn string_list(value: &Value, field: &str) -> Result<Vec<String>, BadRequest> {
     }
 }
 
-fn chat_body(server: &Server, body: &[u8], id: u64) -> Result<Vec<u8>, BadRequest> {
+/// A chat answer, and the extra wait its script rule asks for.
+fn chat_body(server: &Server, body: &[u8], id: u64) -> Result<(Vec<u8>, Duration), BadRequest> {
     let request: ChatRequest = parse(body)?;
     if request.stream {
         return Err(BadRequest::new("streaming is not supported"));
@@ -982,6 +986,7 @@ fn chat_body(server: &Server, body: &[u8], id: u64) -> Result<Vec<u8>, BadReques
     if prompt.is_scripted() {
         server.stats.scripted.fetch_add(1, Ordering::Relaxed);
     }
+    let delay = Duration::from_millis(server.rules.scripted(&last_user, model).map_or(0, |rule| rule.delay_ms));
     let mut completion_tokens = 0;
     let choices = (0..n)
         .map(|index| {
@@ -991,14 +996,15 @@ fn chat_body(server: &Server, body: &[u8], id: u64) -> Result<Vec<u8>, BadReques
         })
         .collect();
     let prompt_tokens = tokens(prompt_chars);
-    Ok(to_json(&ChatResponse {
+    let body = to_json(&ChatResponse {
         id: format!("chatcmpl-{id}"),
         object: "chat.completion",
         created: now_unix(),
         model,
         choices,
         usage: Usage { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens },
-    }))
+    });
+    Ok((body, delay))
 }
 
 fn completion_body(server: &Server, body: &[u8], id: u64) -> Result<Vec<u8>, BadRequest> {
@@ -1107,11 +1113,14 @@ async fn handle_model_request(server: &Server, route: Route, headers: &HeaderMap
     }
     let answer = match route {
         Route::Chat => chat_body(server, body, id),
-        Route::Completions => completion_body(server, body, id),
-        Route::Embeddings => embedding_body(server, body),
+        Route::Completions => completion_body(server, body, id).map(|answer| (answer, Duration::ZERO)),
+        Route::Embeddings => embedding_body(server, body).map(|answer| (answer, Duration::ZERO)),
     };
     match answer {
-        Ok(answer) => {
+        Ok((answer, delay)) => {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             let request = {
                 use std::hash::{Hash, Hasher};
                 let mut hasher = std::collections::hash_map::DefaultHasher::new();

@@ -20,20 +20,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use sdg_operators::chunk::ChunkSpec;
-use sdg_operators::dedup::DedupSpec;
-use sdg_operators::evol_instruct::EvolInstructSpec;
-use sdg_operators::filter::FilterSpec;
 use sdg_operators::generate::{GenerateSpec, parse_demos_jsonl};
-use sdg_operators::rewrite::RewriteSpec;
-use sdg_operators::score::ScoreSpec;
-use sdg_operators::self_instruct::SelfInstructSpec;
-use sdg_operators::translate::TranslateSpec;
-use sdg_operators::vote::VoteSpec;
 
-use crate::io::hub_source::HubSourceSpec;
 use crate::io::ingest::IngestSpec;
 use crate::io::passages_source::PassagesSpec;
-use crate::io::sink::SinkSpec;
+use crate::kinds::DecodeContext;
+pub use crate::kinds::NodeSpec;
 use crate::models::ModelSpec;
 pub use de::Diagnostic;
 use yaml::{Node, Value};
@@ -95,51 +87,12 @@ mod defaults {
     }
 }
 
-/// The typed settings of one node, by kind.
-#[derive(Debug, Clone, PartialEq)]
-pub enum NodeSpec {
-    Ingest(IngestSpec),
-    /// Rows sampled from Hub datasets; becomes an `Ingest` once drawn (`sdg run` does it before starting).
-    Hub(HubSourceSpec),
-    /// The corpus chunks retrieved for queries; becomes an `Ingest` once selected (before the run).
-    Passages(PassagesSpec),
-    Chunk(ChunkSpec),
-    Filter(FilterSpec),
-    Dedup(DedupSpec),
-    Generate(GenerateNode),
-    Vote(VoteSpec),
-    Score(ScoreSpec),
-    Rewrite(Box<RewriteSpec>),
-    Translate(TranslateSpec),
-    EvolInstruct(EvolInstructSpec),
-    SelfInstruct(SelfInstructSpec),
-    Sink(SinkSpec),
-}
-
 /// A `generate` node: its settings and the few-shot demos read from `demos` (a JSONL file).
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerateNode {
     pub spec: GenerateSpec,
     pub demos: Vec<serde_json::Map<String, serde_json::Value>>,
 }
-
-/// Every kind a node may have.
-pub const KINDS: &[&str] = &[
-    "ingest",
-    "hub",
-    "passages",
-    "chunk",
-    "filter",
-    "dedup",
-    "generate",
-    "vote",
-    "score",
-    "rewrite",
-    "translate",
-    "evol_instruct",
-    "self_instruct",
-    "sink",
-];
 
 /// One node of the graph as written.
 #[derive(Debug, Clone, PartialEq)]
@@ -526,64 +479,22 @@ fn node_config(item: &Node, index: usize, base_dir: &Path, diagnostics: &mut Vec
         line: item.line,
         col: item.col,
     };
+    let context = DecodeContext { item, path: &path, base_dir };
     let spec = match kind.as_deref() {
         None => None,
-        Some("ingest") => {
-            de::decode::<IngestSpec>(&settings, &path, diagnostics).map(|s| NodeSpec::Ingest(s.resolved(base_dir)))
-        }
-        Some("hub") => de::decode::<HubSourceSpec>(&settings, &path, diagnostics).map(NodeSpec::Hub),
-        Some("passages") => {
-            de::decode::<PassagesSpec>(&settings, &path, diagnostics).map(|s| NodeSpec::Passages(s.resolved(base_dir)))
-        }
-        Some("chunk") => de::decode::<ChunkSpec>(&settings, &path, diagnostics).map(|mut s| {
-            if let Some(file) = &s.tokenizer {
-                s.tokenizer = Some(resolve(base_dir, file));
+        Some(name) => match crate::kinds::find(name) {
+            Some(found) => found.decode(&settings, &context, diagnostics),
+            None => {
+                let at = item.get("kind").unwrap_or(item);
+                let names = crate::kinds::names();
+                diagnostics.push(Diagnostic::at(
+                    at,
+                    &format!("{path}.kind"),
+                    de::unknown_message("node kind", name, &names),
+                ));
+                None
             }
-            NodeSpec::Chunk(s)
-        }),
-        Some("filter") => de::decode::<FilterSpec>(&settings, &path, diagnostics).map(NodeSpec::Filter),
-        Some("dedup") => de::decode::<DedupSpec>(&settings, &path, diagnostics).map(NodeSpec::Dedup),
-        Some("sink") => de::decode::<SinkSpec>(&settings, &path, diagnostics).map(NodeSpec::Sink),
-        Some("vote") => de::decode::<VoteSpec>(&settings, &path, diagnostics).map(NodeSpec::Vote),
-        Some("score") => de::decode::<ScoreSpec>(&settings, &path, diagnostics).map(NodeSpec::Score),
-        Some("rewrite") => {
-            de::decode::<RewriteSpec>(&settings, &path, diagnostics).map(|s| NodeSpec::Rewrite(Box::new(s)))
-        }
-        Some("translate") => de::decode::<TranslateSpec>(&settings, &path, diagnostics).map(NodeSpec::Translate),
-        Some("evol_instruct") => {
-            de::decode::<EvolInstructSpec>(&settings, &path, diagnostics).map(NodeSpec::EvolInstruct)
-        }
-        Some("self_instruct") => {
-            de::decode::<SelfInstructSpec>(&settings, &path, diagnostics).map(NodeSpec::SelfInstruct)
-        }
-        Some("generate") => de::decode::<GenerateSpec>(&settings, &path, diagnostics).and_then(|mut spec| {
-            let demos = match &spec.demos {
-                None => Vec::new(),
-                Some(file) => {
-                    let file = resolve(base_dir, file);
-                    let at = item.get("demos").unwrap_or(item);
-                    let loaded = load_demos(&file);
-                    spec.demos = Some(file);
-                    match loaded {
-                        Ok(demos) => demos,
-                        Err(message) => {
-                            diagnostics.push(Diagnostic::at(at, &format!("{path}.demos"), message));
-                            return None;
-                        }
-                    }
-                }
-            };
-            Some(NodeSpec::Generate(GenerateNode { spec, demos }))
-        }),
-        Some(other) => {
-            let at = item.get("kind").unwrap_or(item);
-            diagnostics.push(Diagnostic::at(
-                at,
-                &format!("{path}.kind"),
-                de::unknown_message("node kind", other, KINDS),
-            ));
-            None
-        }
+        },
     };
     Some(NodeConfig {
         id,
@@ -599,6 +510,65 @@ fn node_config(item: &Node, index: usize, base_dir: &Path, diagnostics: &mut Vec
             .filter_map(|(k, _)| k.as_str().map(|name| (name.to_string(), k.line, k.col)))
             .collect(),
     })
+}
+
+/// `ingest`: its paths resolved against the config's folder.
+pub(crate) fn decode_ingest(
+    settings: &Node,
+    context: &DecodeContext,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<IngestSpec> {
+    de::decode::<IngestSpec>(settings, context.path, diagnostics).map(|s| s.resolved(context.base_dir))
+}
+
+/// `passages`: its corpus paths resolved against the config's folder.
+pub(crate) fn decode_passages(
+    settings: &Node,
+    context: &DecodeContext,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<PassagesSpec> {
+    de::decode::<PassagesSpec>(settings, context.path, diagnostics).map(|s| s.resolved(context.base_dir))
+}
+
+/// `chunk`: a tokenizer file resolved against the config's folder.
+pub(crate) fn decode_chunk(
+    settings: &Node,
+    context: &DecodeContext,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<ChunkSpec> {
+    de::decode::<ChunkSpec>(settings, context.path, diagnostics).map(|mut s| {
+        if let Some(file) = &s.tokenizer {
+            s.tokenizer = Some(resolve(context.base_dir, file));
+        }
+        s
+    })
+}
+
+/// `generate`: its settings and the few-shot demos its `demos` file holds, read now so a bad file is a
+/// config error located at the key.
+pub(crate) fn decode_generate(
+    settings: &Node,
+    context: &DecodeContext,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<GenerateNode> {
+    let mut spec = de::decode::<GenerateSpec>(settings, context.path, diagnostics)?;
+    let demos = match &spec.demos {
+        None => Vec::new(),
+        Some(file) => {
+            let file = resolve(context.base_dir, file);
+            let at = context.item.get("demos").unwrap_or(context.item);
+            let loaded = load_demos(&file);
+            spec.demos = Some(file);
+            match loaded {
+                Ok(demos) => demos,
+                Err(message) => {
+                    diagnostics.push(Diagnostic::at(at, &format!("{}.demos", context.path), message));
+                    return None;
+                }
+            }
+        }
+    };
+    Some(GenerateNode { spec, demos })
 }
 
 /// Few-shot demos from a JSONL file (one object per line) or a Parquet file (one object per row).

@@ -305,7 +305,7 @@ pub fn export(run_dir: &Path, out: &Path, settings: &ExportSettings) -> Result<E
     let (manifest, report) = scan(run_dir, Some(out), settings)?;
     let card = card::render(&manifest, settings, &report);
     let card_path = out.join("README.md");
-    crate::io::sink::write_atomic(&card_path, card.as_bytes()).map_err(io_error(&card_path))?;
+    crate::io::atomic::write_atomically(&card_path, card.as_bytes()).map_err(io_error(&card_path))?;
     Ok(report)
 }
 
@@ -315,7 +315,7 @@ pub fn write_run_card(run_dir: &Path) -> Result<(), ExportError> {
     let (manifest, report) = scan(run_dir, None, &settings)?;
     let card = card::render(&manifest, &settings, &report);
     let card_path = run_dir.join("README.md");
-    crate::io::sink::write_atomic(&card_path, card.as_bytes()).map_err(io_error(&card_path))
+    crate::io::atomic::write_atomically(&card_path, card.as_bytes()).map_err(io_error(&card_path))
 }
 
 /// Reads the run's committed data once: writes the formats of `settings` into `out` (when given) and

@@ -2,9 +2,10 @@
 //! the Hub's auto-converted `refs/convert/parquet` branch) and read chosen rows with HTTP range requests,
 //! fetching the footer and only the pages that hold those rows, never whole files.
 //!
-//! Settings follow `huggingface_hub`: `HF_ENDPOINT` (default `https://huggingface.co`), `HF_TOKEN`
-//! (sent as `Authorization: Bearer`, never logged or put in errors) and `HF_HUB_OFFLINE` (every call
-//! fails). Throttling (429) and server errors (5xx) are retried a few times with a growing delay.
+//! Requests go through the shared [`HubClient`] ([`super::hub_client`]): settings follow `huggingface_hub`
+//! (`HF_ENDPOINT`, `HF_TOKEN`, never logged or put in errors, and `HF_HUB_OFFLINE`, which fails every
+//! call), and throttling (408, 429) and server errors (5xx) are retried under the shared
+//! [`RetryPolicy`] (four attempts, 250 ms doubling up to 4 s, or what `Retry-After` asks within that).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -12,7 +13,6 @@ use std::future::Future;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -22,27 +22,26 @@ use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, RowS
 use parquet::arrow::push_decoder::{ParquetPushDecoderBuilder, RowGroupSelection};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaDataPushDecoder};
-use reqwest::header::{CONTENT_RANGE, HeaderMap, RANGE, RETRY_AFTER};
+use reqwest::header::CONTENT_RANGE;
 use reqwest::{StatusCode, Url};
 use serde_json::Value;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+
+pub use super::hub_client::HubClient;
+use super::hub_client::SendError;
+/// How failed requests are retried: the shared policy ([`super::retry::RetryPolicy`]).
+pub use super::retry::RetryPolicy;
 
 use crate::models::local::sampler::Rng;
 
 /// The branch where the Hub keeps Parquet conversions of datasets stored in other formats.
 pub const CONVERT_REVISION: &str = "refs/convert/parquet";
 
-const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
-
 /// Bytes read from the end of a file when opening it: footers of most files fit, saving a round trip.
 const FOOTER_PREFETCH: u64 = 64 * 1024;
 
 /// Requested ranges closer than this are fetched as one: a round trip costs more than a few KiB.
 const COALESCE_GAP: u64 = 8 * 1024;
-
-/// HTTP requests in flight at once, across everything one client does.
-const MAX_IN_FLIGHT: usize = 8;
 
 /// What went wrong talking to the Hub or reading its files. Messages name URLs but never the token.
 #[derive(Debug, thiserror::Error)]
@@ -90,28 +89,6 @@ fn code_suffix(code: &Option<String>) -> String {
     code.as_ref().map(|code| format!(" ({code})")).unwrap_or_default()
 }
 
-/// How failed requests are retried: `attempts` in all, waiting `base_delay`, then twice as long each
-/// time up to `max_delay` (or what `Retry-After` asks, within the same cap).
-#[derive(Clone, Debug)]
-pub struct RetryPolicy {
-    pub attempts: u32,
-    pub base_delay: Duration,
-    pub max_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy { attempts: 4, base_delay: Duration::from_millis(250), max_delay: Duration::from_secs(4) }
-    }
-}
-
-impl RetryPolicy {
-    fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
-        let backoff = self.base_delay.saturating_mul(1 << attempt.saturating_sub(1).min(16));
-        retry_after.unwrap_or(backoff).min(self.max_delay)
-    }
-}
-
 /// A dataset found by [`HubClient::search`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct DatasetInfo {
@@ -133,29 +110,6 @@ pub struct ParquetFile {
     pub revision: String,
 }
 
-/// A client for the Hub's dataset API. Clones share connections and the limit on requests in flight.
-#[derive(Clone)]
-pub struct HubClient {
-    http: reqwest::Client,
-    endpoint: String,
-    token: Option<String>,
-    offline: bool,
-    retry: RetryPolicy,
-    in_flight: Arc<Semaphore>,
-}
-
-impl fmt::Debug for HubClient {
-    // The token stays out of logs.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HubClient")
-            .field("endpoint", &self.endpoint)
-            .field("token", &self.token.as_ref().map(|_| "<set>"))
-            .field("offline", &self.offline)
-            .field("retry", &self.retry)
-            .finish()
-    }
-}
-
 /// A successful answer: its status (200 or 206), the `Content-Range` when partial, and the body.
 struct Reply {
     status: StatusCode,
@@ -163,61 +117,11 @@ struct Reply {
     body: Vec<u8>,
 }
 
-/// Why one attempt failed: worth another try, or final.
-enum Failure {
-    Retry { status: Option<u16>, message: String, retry_after: Option<Duration> },
-    Final(HubError),
-}
-
+/// The dataset API, on the shared Hub client.
 impl HubClient {
-    /// A client set up from `HF_ENDPOINT`, `HF_TOKEN` and `HF_HUB_OFFLINE`.
-    pub fn from_env() -> Self {
-        Self::from_lookup(|name| std::env::var(name).ok())
-    }
-
-    fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Self {
-        let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
-        let endpoint = get("HF_ENDPOINT").unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
-        let offline = get("HF_HUB_OFFLINE")
-            .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"));
-        let mut client = Self::with_endpoint(&endpoint, get("HF_TOKEN"));
-        client.offline = offline;
-        client
-    }
-
-    /// A client for `endpoint` (e.g. a mirror or a test server), with an optional access token.
-    pub fn with_endpoint(endpoint: &str, token: Option<String>) -> Self {
-        // Any TLS provider must be installed once per process before the first client is built.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(30))
-            .read_timeout(Duration::from_secs(60))
-            .build()
-            // Building fails only when TLS cannot start, which the provider installed above rules out.
-            .unwrap_or_default();
-        HubClient {
-            http,
-            endpoint: endpoint.trim_end_matches('/').to_string(),
-            token,
-            offline: false,
-            retry: RetryPolicy::default(),
-            in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
-        }
-    }
-
-    /// Replaces the retry policy (tests use short delays).
-    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
-        self
-    }
-
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
-    }
-
     /// Datasets whose id matches `query`, as the Hub ranks them, at most `limit`.
     pub async fn search(&self, query: &str, limit: usize) -> Result<Vec<DatasetInfo>, HubError> {
-        let mut url = self.url(&["api", "datasets"])?;
+        let mut url = self.hub_url(&["api", "datasets"])?;
         url.query_pairs_mut().append_pair("search", query).append_pair("limit", &limit.to_string());
         let reply = self.get(&url, None, &format!("search `{query}`"), query).await?;
         let list = json_body(&url, &reply)?;
@@ -248,7 +152,7 @@ impl HubClient {
     /// those of the `refs/convert/parquet` branch.
     pub async fn parquet_files(&self, dataset: &str) -> Result<Vec<ParquetFile>, HubError> {
         let id = dataset_segments(dataset)?;
-        let url = self.url(&[&["api", "datasets"], id.as_slice()].concat())?;
+        let url = self.hub_url(&[&["api", "datasets"], id.as_slice()].concat())?;
         let info = json_body(&url, &self.get(&url, None, &format!("list dataset `{dataset}`"), dataset).await?)?;
         let own = parquet_siblings(&info);
         let mut files: Vec<ParquetFile> = if !own.is_empty() {
@@ -266,7 +170,7 @@ impl HubClient {
                 })
                 .collect()
         } else {
-            let url = self.url(&[&["api", "datasets"], id.as_slice(), &["revision", CONVERT_REVISION]].concat())?;
+            let url = self.hub_url(&[&["api", "datasets"], id.as_slice(), &["revision", CONVERT_REVISION]].concat())?;
             let info = match self.get(&url, None, &format!("list dataset `{dataset}`"), dataset).await {
                 Ok(reply) => json_body(&url, &reply)?,
                 Err(HubError::NotFound { .. }) => return Err(HubError::NoParquet { dataset: dataset.to_string() }),
@@ -300,7 +204,8 @@ impl HubClient {
     pub async fn open(&self, file: &ParquetFile) -> Result<RemoteParquet, HubError> {
         let id = dataset_segments(&file.dataset)?;
         let path: Vec<&str> = file.path.split('/').collect();
-        let url = self.url(&[&["datasets"], id.as_slice(), &["resolve", &file.revision], path.as_slice()].concat())?;
+        let url =
+            self.hub_url(&[&["datasets"], id.as_slice(), &["resolve", &file.revision], path.as_slice()].concat())?;
         let fetched = Arc::new(AtomicU64::new(0));
         let parquet_error =
             |source| HubError::Parquet { dataset: file.dataset.clone(), path: file.path.clone(), source };
@@ -352,88 +257,52 @@ impl HubClient {
         Ok(RemoteParquet { file: file.clone(), len, metadata, row_group_starts, reader })
     }
 
-    /// `{endpoint}/{segments...}`, each segment percent-encoded (a `/` in a revision becomes `%2F`).
-    fn url(&self, segments: &[&str]) -> Result<Url, HubError> {
-        let bad = |message: String| HubError::BadEndpoint { endpoint: self.endpoint.clone(), message };
-        let mut url = Url::parse(&self.endpoint).map_err(|e| bad(e.to_string()))?;
-        url.path_segments_mut().map_err(|()| bad("it cannot have a path".into()))?.pop_if_empty().extend(segments);
-        Ok(url)
+    /// [`HubClient::url`], its error as a [`HubError`].
+    fn hub_url(&self, segments: &[&str]) -> Result<Url, HubError> {
+        self.url(segments).map_err(|message| HubError::BadEndpoint { endpoint: self.endpoint().to_string(), message })
     }
 
-    /// GET with retries. `what` says what the call was for (offline errors), `dataset` names the
+    /// GET with the shared retries. `what` says what the call was for (offline errors), `dataset` names the
     /// dataset (or query) in errors.
     async fn get(&self, url: &Url, range: Option<String>, what: &str, dataset: &str) -> Result<Reply, HubError> {
-        if self.offline {
-            return Err(HubError::Offline { endpoint: self.endpoint.clone(), action: what.to_string() });
-        }
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let failure = match self.try_get(url, range.as_deref(), dataset).await {
-                Ok(reply) => return Ok(reply),
-                Err(failure) => failure,
-            };
-            match failure {
-                Failure::Final(error) => return Err(error),
-                Failure::Retry { retry_after, .. } if attempt < self.retry.attempts.max(1) => {
-                    tokio::time::sleep(self.retry.delay(attempt, retry_after)).await;
-                }
-                Failure::Retry { status: Some(status), message, .. } => {
-                    return Err(HubError::Http { url: url.to_string(), status, attempts: attempt, message });
-                }
-                Failure::Retry { status: None, message, .. } => {
-                    return Err(HubError::Network { url: url.to_string(), attempts: attempt, message });
-                }
+        let url_text = url.to_string();
+        let reply = match self.get_bytes(url, range.as_deref()).await {
+            Ok(reply) => reply,
+            Err(SendError::Offline) => {
+                return Err(HubError::Offline { endpoint: self.endpoint().to_string(), action: what.to_string() });
             }
-        }
+            Err(SendError::Network { message, attempts }) => {
+                return Err(HubError::Network { url: url_text, attempts, message });
+            }
+            Err(SendError::Runtime(message)) => return Err(HubError::Runtime(message)),
+            Err(SendError::Status { reply, attempts, exhausted }) => {
+                return Err(self.status_error(reply, url_text, dataset, if exhausted { attempts } else { 1 }));
+            }
+        };
+        let content_range = reply.headers.get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
+        Ok(Reply { status: reply.status, content_range, body: reply.body })
     }
 
-    async fn try_get(&self, url: &Url, range: Option<&str>, dataset: &str) -> Result<Reply, Failure> {
-        // Held for the request and its body; never across a retry delay.
-        let _permit = self.in_flight.acquire().await.map_err(|e| Failure::Final(HubError::Runtime(e.to_string())))?;
-        let mut request = self.http.get(url.clone());
-        if let Some(range) = range {
-            request = request.header(RANGE, range);
-        }
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        let network =
-            |error: reqwest::Error| Failure::Retry { status: None, message: describe(&error), retry_after: None };
-        let response = request.send().await.map_err(network)?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(network)?;
-        if status.is_success() {
-            let content_range = headers.get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
-            return Ok(Reply { status, content_range, body: body.to_vec() });
-        }
-        let url_text = url.to_string();
-        let code = headers.get("x-error-code").and_then(|v| v.to_str().ok()).map(str::to_string);
-        Err(match status.as_u16() {
-            404 => Failure::Final(HubError::NotFound { dataset: dataset.to_string(), url: url_text, code }),
-            401 | 403 => Failure::Final(HubError::Unauthorized {
+    /// The error for a failed answer: 404 and refused credentials by name, others with their status.
+    fn status_error(&self, reply: super::hub_client::Reply, url: String, dataset: &str, attempts: u32) -> HubError {
+        let status = reply.status.as_u16();
+        let code = reply.headers.get("x-error-code").and_then(|v| v.to_str().ok()).map(str::to_string);
+        match status {
+            404 => HubError::NotFound { dataset: dataset.to_string(), url, code },
+            401 | 403 => HubError::Unauthorized {
                 dataset: dataset.to_string(),
-                url: url_text,
-                status: status.as_u16(),
-                hint: match (&self.token, code.as_deref()) {
+                url,
+                status,
+                hint: match (self.has_token(), code.as_deref()) {
                     (_, Some("RepositoryNotFound")) => {
                         "it does not exist, or is private or gated: check the id and HF_TOKEN"
                     }
-                    (Some(_), _) => "the token in HF_TOKEN was not accepted",
-                    (None, _) => "a gated or private dataset needs a token: set HF_TOKEN",
+                    (true, _) => "the token in HF_TOKEN was not accepted",
+                    (false, _) => "a gated or private dataset needs a token: set HF_TOKEN",
                 },
-            }),
-            code @ (408 | 429 | 500..=599) => {
-                Failure::Retry { status: Some(code), message: error_detail(&body), retry_after: retry_after(&headers) }
-            }
-            code => Failure::Final(HubError::Http {
-                url: url_text,
-                status: code,
-                attempts: 1,
-                message: error_detail(&body),
-            }),
-        })
+            },
+            _ => HubError::Http { url, status, attempts, message: self.scrub(&error_detail(&reply.body)) },
+        }
     }
 }
 
@@ -741,12 +610,6 @@ fn strip_shard_suffix(stem: &str) -> &str {
     stem
 }
 
-/// A `Retry-After` in seconds, when the server sent a usable one.
-pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let seconds: f64 = headers.get(RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
-    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
-}
-
 /// The message of a Hub error body (`{"error": ...}`), or the start of the body.
 fn error_detail(body: &[u8]) -> String {
     if let Ok(value) = serde_json::from_slice::<Value>(body)
@@ -755,25 +618,6 @@ fn error_detail(body: &[u8]) -> String {
         return message.to_string();
     }
     String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned()
-}
-
-/// A request error in words: its kind and causes, without the URL (the caller names it) or headers.
-pub(crate) fn describe(error: &reqwest::Error) -> String {
-    let kind = if error.is_timeout() {
-        "timed out"
-    } else if error.is_connect() {
-        "cannot connect"
-    } else {
-        "request failed"
-    };
-    // Without the URL (the caller names it) and never with headers, so no token.
-    let mut text = kind.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    text
 }
 
 /// How rows are drawn by [`sample_rows_with`].

@@ -13,9 +13,11 @@
 //!    line (sha256, size) per LFS file and, with [`PushOptions::prune`], a `deletedFile` line per repo
 //!    file the folder no longer has.
 //!
-//! Settings follow `huggingface_hub`: `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE`. The token is sent only
-//! to the endpoint's own origin (never to LFS storage URLs) and never reaches errors, logs or `Debug`.
-//! Throttling (429) and server errors (5xx) are retried a few times with a growing delay.
+//! Requests go through the shared [`HubClient`] ([`super::hub_client`]). Settings follow `huggingface_hub`:
+//! `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE`. The token is sent only to the endpoint's own origin (never
+//! to LFS storage URLs) and never reaches errors, logs or `Debug`. Throttling (408, 429), server errors
+//! (500, 502-504) and network failures are retried under the shared [`RetryPolicy`]: four attempts in all,
+//! 250 ms doubling up to 8 s, or what `Retry-After` asks within that.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -24,12 +26,14 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{ACCEPT, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::hub_datasets::{HubClient, describe, on_private_runtime, retry_after};
+use super::hub_client::{HubClient, HubRequest, HubSettings, Reply, SendError, shown};
+use super::hub_datasets::on_private_runtime;
+use super::retry::{RetryPolicy, RetryStatuses};
 
 /// The branch pushed to unless [`PushOptions::revision`] says otherwise.
 pub const DEFAULT_REVISION: &str = "main";
@@ -43,8 +47,15 @@ const SAMPLE_BYTES: usize = 512;
 /// Files per preupload or LFS batch request, as `huggingface_hub` sends them.
 const FILES_PER_REQUEST: usize = 256;
 
-/// Attempts per request when the Hub throttles or fails (429, 5xx) or cannot be reached.
+/// Attempts per request when the Hub throttles or fails (408, 429, 500, 502-504) or cannot be reached.
 const ATTEMPTS: u32 = 4;
+
+/// How pushes retry: [`ATTEMPTS`], 250 ms doubling up to 8 s (uploads are slow to recover).
+const RETRY: RetryPolicy =
+    RetryPolicy { attempts: ATTEMPTS, base_delay: Duration::from_millis(250), max_delay: Duration::from_secs(8) };
+
+/// Longest silence while an answer comes back: the Hub may take a while to take in a large commit.
+const READ_TIMEOUT: Duration = Duration::from_secs(300);
 
 const LFS_MEDIA_TYPE: &str = "application/vnd.git-lfs+json";
 
@@ -173,13 +184,12 @@ pub fn push_folder_with(
 /// [`push_folder_with`] with the endpoint and token `huggingface_hub` would use: `HF_ENDPOINT` (default
 /// `https://huggingface.co`) and `HF_TOKEN`; fails at once when `HF_HUB_OFFLINE` is set.
 pub fn push_folder_from_env(repo: &str, folder: &Path, options: &PushOptions) -> Result<PushReport, HubPushError> {
-    let var = |name: &str| std::env::var(name).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
-    // The endpoint is resolved exactly as the download client resolves it.
-    let endpoint = HubClient::from_env().endpoint().to_string();
-    if var("HF_HUB_OFFLINE").is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")) {
-        return Err(HubPushError::Offline { endpoint });
+    // The endpoint, token and offline flag are resolved exactly as the download client resolves them.
+    let settings = HubSettings::from_env();
+    if settings.offline {
+        return Err(HubPushError::Offline { endpoint: settings.endpoint });
     }
-    push_folder_with(&endpoint, var("HF_TOKEN").as_deref(), repo, folder, options)
+    push_folder_with(&settings.endpoint, settings.token.as_deref(), repo, folder, options)
 }
 
 /// The push itself. File reads are blocking: a caller on a busy runtime should run it on a blocking thread.
@@ -419,28 +429,16 @@ struct LfsObject {
     size: u64,
 }
 
-/// A successful (or accepted) answer.
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Vec<u8>,
-}
-
-/// Talks to one Hub endpoint with one token.
+/// Talks to one Hub endpoint with one token, through the shared [`HubClient`].
 struct Pusher {
-    http: reqwest::Client,
+    client: HubClient,
     endpoint: Url,
-    token: Option<String>,
-    base_delay: Duration,
 }
 
 impl fmt::Debug for Pusher {
     // The token stays out of logs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Pusher")
-            .field("endpoint", &self.endpoint.as_str())
-            .field("token", &self.token.as_ref().map(|_| "<set>"))
-            .finish()
+        f.debug_struct("Pusher").field("endpoint", &self.endpoint.as_str()).field("client", &self.client).finish()
     }
 }
 
@@ -451,15 +449,11 @@ impl Pusher {
         if url.cannot_be_a_base() || !matches!(url.scheme(), "http" | "https") {
             return Err(bad("expected an http(s) URL".into()));
         }
-        // Any TLS provider must be installed once per process before the first client is built.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(30))
-            .read_timeout(Duration::from_secs(300))
-            .build()
-            .map_err(|e| HubPushError::Runtime(format!("cannot build the HTTP client: {}", describe(&e))))?;
-        let token = token.map(str::trim).filter(|t| !t.is_empty()).map(str::to_string);
-        Ok(Pusher { http, endpoint: url, token, base_delay: Duration::from_millis(250) })
+        let client = HubClient::with_endpoint(url.as_str(), token.map(str::to_string))
+            .with_read_timeout(READ_TIMEOUT)
+            .with_retry(RETRY)
+            .with_retry_statuses(RetryStatuses::GATEWAY);
+        Ok(Pusher { client, endpoint: url })
     }
 
     /// `{endpoint}/{segments...}`, each segment percent-encoded (a `/` in a revision becomes `%2F`).
@@ -707,9 +701,9 @@ impl Pusher {
         self.send(method, url, HeaderMap::new(), Some((bytes, "application/json")), accepted).await
     }
 
-    /// Sends a request, retrying throttling, server errors and network failures. The token goes along
-    /// only to the endpoint's origin, and only when `headers` bring no `Authorization` of their own.
-    /// Statuses in `accepted` are answers, not errors.
+    /// Sends a request through the shared client (its retries, and the token only to the endpoint's
+    /// origin unless `headers` bring an `Authorization` of their own). Statuses in `accepted` are answers,
+    /// not errors.
     async fn send(
         &self,
         method: Method,
@@ -718,85 +712,37 @@ impl Pusher {
         body: Option<(Vec<u8>, &'static str)>,
         accepted: &[StatusCode],
     ) -> Result<Reply, HubPushError> {
-        let same_origin = url.origin() == self.endpoint.origin();
-        let send_token = same_origin && !headers.contains_key(AUTHORIZATION);
-        let mut request = self.http.request(method, url.clone()).headers(headers);
-        if let (true, Some(token)) = (send_token, &self.token) {
-            request = request.bearer_auth(token);
-        }
-        if let Some((bytes, content_type)) = body {
-            request = request.header(CONTENT_TYPE, content_type).body(bytes);
-        }
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            // Bodies are in memory, so a request can always be cloned for another attempt.
-            let Some(this_try) = request.try_clone() else {
-                return Err(HubPushError::Runtime("a request body cannot be resent".into()));
-            };
-            let last = attempt >= ATTEMPTS;
-            let (status, headers, body) = match this_try.send().await {
-                Ok(response) => {
-                    let status = response.status();
-                    let headers = response.headers().clone();
-                    match response.bytes().await {
-                        Ok(body) => (status, headers, body.to_vec()),
-                        Err(error) if !last => {
-                            tracing::debug!(url = %shown(url), "retrying after: {}", describe(&error));
-                            tokio::time::sleep(self.delay(attempt, None)).await;
-                            continue;
-                        }
-                        Err(error) => return Err(self.network(url, attempt, &error)),
-                    }
-                }
-                Err(error) if !last => {
-                    tracing::debug!(url = %shown(url), "retrying after: {}", describe(&error));
-                    tokio::time::sleep(self.delay(attempt, None)).await;
-                    continue;
-                }
-                Err(error) => return Err(self.network(url, attempt, &error)),
-            };
-            if status.is_success() || accepted.contains(&status) {
-                return Ok(Reply { status, headers, body });
+        let mut request = HubRequest::new(method, url).headers(headers).accepting(accepted);
+        request.body = body;
+        match self.client.send(request).await {
+            Ok(reply) => Ok(reply),
+            Err(SendError::Network { message, attempts }) => {
+                Err(HubPushError::Network { url: shown(url), attempts, message: self.scrub(&message) })
             }
-            let retryable = matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504);
-            if retryable && !last {
-                tracing::debug!(url = %shown(url), status = status.as_u16(), "retrying");
-                tokio::time::sleep(self.delay(attempt, retry_after(&headers))).await;
-                continue;
-            }
-            let message = self.scrub(&error_message(&headers, &body));
-            return Err(match status.as_u16() {
-                401 | 403 => HubPushError::Unauthorized {
-                    url: shown(url),
-                    status: status.as_u16(),
-                    message,
-                    hint: if self.token.is_some() {
-                        "the token was not accepted, or it cannot write to this repo"
-                    } else {
-                        "pushing needs a token with write access: set HF_TOKEN"
+            Err(SendError::Status { reply, attempts, .. }) => {
+                let message = self.scrub(&error_message(&reply.headers, &reply.body));
+                Err(match reply.status.as_u16() {
+                    401 | 403 => HubPushError::Unauthorized {
+                        url: shown(url),
+                        status: reply.status.as_u16(),
+                        message,
+                        hint: if self.client.has_token() {
+                            "the token was not accepted, or it cannot write to this repo"
+                        } else {
+                            "pushing needs a token with write access: set HF_TOKEN"
+                        },
                     },
-                },
-                code => HubPushError::Http { url: shown(url), status: code, attempts: attempt, message },
-            });
+                    code => HubPushError::Http { url: shown(url), status: code, attempts, message },
+                })
+            }
+            Err(SendError::Offline) => Err(HubPushError::Offline { endpoint: self.client.endpoint().to_string() }),
+            Err(SendError::Runtime(message)) => Err(HubPushError::Runtime(message)),
         }
-    }
-
-    fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
-        let cap = Duration::from_secs(8);
-        retry_after.unwrap_or_else(|| self.base_delay.saturating_mul(1 << attempt.saturating_sub(1).min(8))).min(cap)
-    }
-
-    fn network(&self, url: &Url, attempts: u32, error: &reqwest::Error) -> HubPushError {
-        HubPushError::Network { url: shown(url), attempts, message: self.scrub(&describe(error)) }
     }
 
     /// `text` with the token blotted out, for messages that come from elsewhere (a server may echo it).
     fn scrub(&self, text: &str) -> String {
-        match &self.token {
-            Some(token) => text.replace(token.as_str(), "<token>"),
-            None => text.to_string(),
-        }
+        self.client.scrub(text)
     }
 }
 
@@ -827,16 +773,6 @@ fn header_map(header: &BTreeMap<String, String>) -> HeaderMap {
         }
     }
     headers
-}
-
-/// A URL as errors and logs show it: without its query, which for storage URLs holds a signature.
-fn shown(url: &Url) -> String {
-    let mut url = url.clone();
-    url.set_query(None);
-    url.set_fragment(None);
-    let _ = url.set_username("");
-    let _ = url.set_password(None);
-    url.to_string()
 }
 
 fn json_body(url: &Url, reply: &Reply) -> Result<Value, HubPushError> {

@@ -337,7 +337,7 @@ fn read_judgment(dataset: &str, reply: &str, columns: &[String], judge: &Dataset
         kept: false,
         reason: String::new(),
     };
-    let value = match sdg_operators::generate::extract_json(reply) {
+    let value = match sdg_operators::json_extract::extract_json(reply) {
         Ok(value) => value,
         Err(e) => {
             judgment.reason = format!("the judge's reply is not JSON: {e}");
@@ -374,3 +374,16 @@ fn read_judgment(dataset: &str, reply: &str, columns: &[String], judge: &Dataset
     };
     judgment
 }
+
+/// A complete config that uses `hub` (paths relative to the repository's `configs/`; `sdg kinds hub`).
+pub const EXAMPLE: &str = r#"# 20 rows of GSM8K's train split, with their provenance (HF_ENDPOINT and HF_TOKEN are honoured).
+nodes:
+  - id: rows
+    kind: hub
+    datasets: [openai/gsm8k]
+    rows: 20
+    seed: 7
+    splits: [train]
+    fields: {text: question, keep: [question, answer]}
+  - {id: out, kind: sink, input: rows}
+"#;

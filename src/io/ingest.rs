@@ -17,6 +17,14 @@ use sdg_operators::columns::{self, stable_id};
 use super::formats::{self, Document, DocumentStream, FieldMapping, Format, Limits};
 use super::rejects::RejectRow;
 
+/// A complete config that uses `ingest` (paths relative to the repository's `configs/`).
+pub const EXAMPLE: &str = "\
+# Reads the sample corpus's notes and tables: one row per document, or per row of a CSV or JSONL file.
+nodes:
+  - {id: docs, kind: ingest, paths: [sample-corpus]}
+  - {id: out, kind: sink, input: docs, columns: [id, text, source_path]}
+";
+
 /// Settings of an `ingest` node.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]

@@ -1,6 +1,8 @@
 //! Sources and sinks: everything that touches files.
 
+pub mod atomic;
 pub mod formats;
+pub mod hub_client;
 pub mod hub_datasets;
 pub mod hub_push;
 pub mod hub_source;
@@ -8,5 +10,6 @@ pub mod ingest;
 pub mod json_rows;
 pub mod passages_source;
 pub mod rejects;
+pub mod retry;
 pub mod sink;
 pub mod url_query;

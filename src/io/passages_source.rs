@@ -28,6 +28,19 @@ use crate::retrieve::{Bm25Index, DenseIndex, Passage, RetrieveSettings, Retrieve
 pub const KEPT: [&str; 7] =
     ["passage_id", "doc_id", "passage_source", "chunk_ordinal", "retrieval_query", "retrieval_score", "retrieval_rank"];
 
+/// A complete config that uses `passages` (paths relative to the repository's `configs/`).
+pub const EXAMPLE: &str = "\
+# The sample corpus's chunks that BM25 ranks for two queries, with the query, score and rank of each.
+nodes:
+  - id: passages
+    kind: passages
+    paths: [sample-corpus]
+    queries: [\"beta blockers and asthma\", \"compound interest over ten years\"]
+    chunk: {max_tokens: 200, overlap: 20}
+    retrieval: {mode: bm25, top_k: 2}
+  - {id: out, kind: sink, input: passages}
+";
+
 /// Settings of a `passages` node.
 ///
 /// ```yaml
@@ -218,7 +231,7 @@ impl PassagesSpec {
                 queries.push(extract.keywords.join(" "));
             }
             let text = reply.ok_or("the query model gave no reply")?;
-            let value = sdg_operators::generate::extract_json(text)
+            let value = sdg_operators::json_extract::extract_json(text)
                 .map_err(|e| format!("the query model's reply is not JSON: {e}"))?;
             let strings = |key: &str| -> Vec<String> {
                 value

@@ -23,6 +23,7 @@ use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 
+use super::atomic::write_atomically;
 use super::json_rows;
 
 /// Output file format.
@@ -423,7 +424,7 @@ impl BucketWriter {
             std::fs::create_dir_all(&journal.dir).map_err(io(&journal.dir))?;
             let keys_path = journal.dir.join(format!("{name}.keys"));
             let bytes: Vec<u8> = part.keys.iter().flat_map(|k| k.to_le_bytes()).collect();
-            write_atomic(&keys_path, &bytes).map_err(io(&keys_path))?;
+            write_atomically(&keys_path, &bytes).map_err(io(&keys_path))?;
         }
         std::fs::rename(&part.temp, &part.path).map_err(io(&part.path))?;
         sync_dir(&self.dir).map_err(io(&self.dir))?;
@@ -498,19 +499,16 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync folder.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let temp = dir.join(format!(".{name}.tmp"));
-    {
-        let mut file = File::create(&temp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&temp, path)?;
-    sync_dir(dir)
-}
+/// The one atomic-write helper, under its old name for callers not yet switched to
+/// [`crate::io::atomic::write_atomically`].
+pub use crate::io::atomic::write_atomically as write_atomic;
+
+/// A complete config that uses `sink` (paths relative to the repository's `configs/`; `sdg kinds sink`).
+pub const EXAMPLE: &str = r#"# Writes the glossary as JSON Lines: three columns, with `term` renamed to `name`.
+nodes:
+  - {id: terms, kind: ingest, paths: [sample-corpus/tables/glossary.csv], fields: {text: text, keep: [term]}}
+  - {id: out, kind: sink, input: terms, format: jsonl, columns: [id, term, text], rename: {term: name}}
+"#;
 
 #[cfg(test)]
 mod tests {

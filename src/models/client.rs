@@ -7,11 +7,13 @@ use serde_json::{Value, json};
 use sdg_operators::model::{ModelReply, Prompt, Sampling, Usage};
 
 use super::spec::ModelSpec;
+use crate::io::retry::{self, Class, Outcome, RetryStatuses};
 
 /// Why a call failed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CallError {
-    /// 429, 5xx, timeout, connection reset, truncated or malformed body: worth another try.
+    /// 408, 409, 429, 5xx ([`RetryStatuses::OPENAI`]), timeout, connection reset, truncated or malformed
+    /// body: worth another try.
     /// `overload` marks the failures that say "slow down" (429, timeouts), which shrink the concurrency.
     Retryable { message: String, retry_after: Option<Duration>, overload: bool },
     /// 400 (context length, bad request), 404: this request will never succeed.
@@ -130,37 +132,22 @@ impl OpenAiClient {
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key);
         }
-        let response = request.send().await.map_err(|e| CallError::Retryable {
-            overload: e.is_timeout(),
-            message: format!("request failed: {}", describe(e)),
-            retry_after: None,
-        })?;
+        let response = request.send().await.map_err(|e| transport_error("request failed", e))?;
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map(Duration::from_secs_f64);
+        let retry_after = retry::retry_after(response.headers());
         let slow_down = response
             .headers()
             .get("x-ratelimit-remaining-requests")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim() == "0");
-        let bytes = response.bytes().await.map_err(|e| CallError::Retryable {
-            overload: e.is_timeout(),
-            message: format!("body cut short: {}", describe(e)),
-            retry_after: None,
-        })?;
+        let bytes = response.bytes().await.map_err(|e| transport_error("body cut short", e))?;
         if !status.is_success() {
             let detail = error_detail(&bytes);
             let message = format!("HTTP {}: {detail}", status.as_u16());
-            return Err(match status.as_u16() {
-                401 | 403 => CallError::Auth(message),
-                429 | 408 => CallError::Retryable { message, retry_after, overload: true },
-                409 => CallError::Retryable { message, retry_after, overload: false },
-                code if code >= 500 => CallError::Retryable { message, retry_after, overload: false },
-                _ => CallError::Fatal(message),
+            return Err(match retry::classify(Outcome::Status(status.as_u16()), RetryStatuses::OPENAI) {
+                Class::Auth => CallError::Auth(message),
+                Class::Retry { overload } => CallError::Retryable { message, retry_after, overload },
+                Class::Success | Class::Fatal => CallError::Fatal(message),
             });
         }
         let value: Value = serde_json::from_slice(&bytes).map_err(|e| CallError::Retryable {
@@ -186,6 +173,16 @@ fn error_detail(bytes: &[u8]) -> String {
         return message.to_string();
     }
     String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).to_string()
+}
+
+/// A failure without an answer (connection, timeout, body cut short): retried, and a timeout says "slow
+/// down", as the shared policy sorts them.
+fn transport_error(what: &str, error: reqwest::Error) -> CallError {
+    let overload = match retry::classify(Outcome::Transport { timeout: error.is_timeout() }, RetryStatuses::OPENAI) {
+        Class::Retry { overload } => overload,
+        _ => false,
+    };
+    CallError::Retryable { overload, message: format!("{what}: {}", describe(error)), retry_after: None }
 }
 
 fn describe(error: reqwest::Error) -> String {

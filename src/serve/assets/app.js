@@ -1037,12 +1037,17 @@
 
   // ---------------------------------------------------------------- #/run/<id>
 
-  const MODEL_KINDS = new Set(['generate', 'vote', 'score', 'rewrite', 'translate', 'evol_instruct', 'self_instruct', 'judge', 'embed']);
+  // The kinds of node, from the server's table of kinds (GET /api/kinds): role and whether it calls models.
+  let kindsByName = new Map();
+  const kindsLoaded = api('GET', '/api/kinds')
+    .then((r) => { kindsByName = new Map((r.kinds || []).map((k) => [k.name, k])); })
+    .catch(() => {});
 
   function nodeCategory(n) {
-    if (!n.inputs || n.inputs.length === 0) return 'source';
-    if (n.kind === 'sink') return 'sink';
-    if (MODEL_KINDS.has(n.kind)) return 'model';
+    const kind = kindsByName.get(n.kind);
+    if (kind ? kind.role === 'source' : !n.inputs || n.inputs.length === 0) return 'source';
+    if (kind ? kind.role === 'sink' : n.kind === 'sink') return 'sink';
+    if (kind && kind.calls_models) return 'model';
     return 'op';
   }
 
@@ -1370,6 +1375,8 @@
       }
       if (stopped) return;
       if (!graphRefs && Array.isArray(r.graph)) {
+        await kindsLoaded;
+        if (stopped || graphRefs) return;
         clear(graphWrap);
         if (r.graph.length) {
           const drawn = drawGraph(r.graph);

@@ -63,16 +63,14 @@ fn sdg_kinds_lists_the_table_and_prints_examples() {
 fn example_hub(root: &Path) -> TestHub {
     let questions: Vec<String> = (0..30).map(|i| format!("What is {i} plus {}?", i * 2)).collect();
     let answers: Vec<String> = (0..30).map(|i| format!("{i} + {} = {}\n#### {}", i * 2, i * 3, i * 3)).collect();
-    let file = root.join("datasets/openai/gsm8k/data/train-00000-of-00001.parquet");
-    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-    sdg::testkit::write_parquet(
-        &file,
+    common::hub_dataset(
+        root,
+        "openai/gsm8k",
         &[
             ("question", questions.iter().map(|q| Some(q.as_str())).collect()),
             ("answer", answers.iter().map(|a| Some(a.as_str())).collect()),
         ],
-    )
-    .unwrap();
+    );
     TestHub::start(root, &[])
 }
 

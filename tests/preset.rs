@@ -223,16 +223,14 @@ fn a_web_task_samples_hub_rows_with_provenance() {
     let hub_root = root.join("hub");
     let questions: Vec<String> = (0..40).map(|i| format!("What is {i} plus {}?", i * 3)).collect();
     let answers: Vec<String> = (0..40).map(|i| format!("{i} + {} = {}\n#### {}", i * 3, i * 4, i * 4)).collect();
-    let file = hub_root.join("datasets/acme/sums/data/train-00000-of-00001.parquet");
-    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-    sdg::testkit::write_parquet(
-        &file,
+    common::hub_dataset(
+        &hub_root,
+        "acme/sums",
         &[
             ("question", questions.iter().map(|q| Some(q.as_str())).collect()),
             ("answer", answers.iter().map(|a| Some(a.as_str())).collect()),
         ],
-    )
-    .unwrap();
+    );
     let hub = common::TestHub::start(&hub_root, &[]);
     let server = TestServer::start(&["--skill", "teacher-model=1.0", "--skill", "student-model=mixed"]);
     write(
@@ -385,13 +383,11 @@ fn a_recipe_tops_up_until_num_samples_survive() {
     let root = dir.path();
     let hub_root = root.join("hub");
     let questions: Vec<String> = (0..60).map(|i| format!("Question number {i}: what is {i} times 7?")).collect();
-    let file = hub_root.join("datasets/acme/products/data/train-00000-of-00001.parquet");
-    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-    sdg::testkit::write_parquet(
-        &file,
+    common::hub_dataset(
+        &hub_root,
+        "acme/products",
         &[("question", questions.iter().map(|q| Some(q.as_str())).collect()), ("answer", vec![Some("#### 0"); 60])],
-    )
-    .unwrap();
+    );
     let hub = common::TestHub::start(&hub_root, &[]);
     // A teacher that never, sometimes or always knows the answer: votes on a third of the questions fail.
     let server = TestServer::start(&["--skill", "teacher-model=mixed"]);
@@ -440,23 +436,19 @@ fn the_teacher_judges_datasets_and_maps_their_fields() {
     let hub_root = root.join("hub");
     let problems: Vec<String> = (0..20).map(|i| format!("Problem {i}: add {i} and {}.", i + 1)).collect();
     let solutions: Vec<String> = (0..20).map(|i| format!("#### {}", 2 * i + 1)).collect();
-    let sums = hub_root.join("datasets/acme/sums/data/train-00000-of-00001.parquet");
-    std::fs::create_dir_all(sums.parent().unwrap()).unwrap();
-    sdg::testkit::write_parquet(
-        &sums,
+    common::hub_dataset(
+        &hub_root,
+        "acme/sums",
         &[
             ("problem", problems.iter().map(|q| Some(q.as_str())).collect()),
             ("solution", solutions.iter().map(|a| Some(a.as_str())).collect()),
         ],
-    )
-    .unwrap();
-    let poems = hub_root.join("datasets/acme/poems/data/train-00000-of-00001.parquet");
-    std::fs::create_dir_all(poems.parent().unwrap()).unwrap();
-    sdg::testkit::write_parquet(
-        &poems,
+    );
+    common::hub_dataset(
+        &hub_root,
+        "acme/poems",
         &[("title", vec![Some("Autumn"); 20]), ("verse", vec![Some("Leaves fall."); 20])],
-    )
-    .unwrap();
+    );
     let rules = serde_json::json!([
         {"contains": "Dataset `acme/sums`", "reply": "{\"relevance\": 9, \"quality\": 8, \"question_field\": \"problem\", \"answer_field\": \"solution\"}"},
         {"contains": "Dataset `acme/poems`", "reply": "{\"relevance\": 1, \"quality\": 7, \"question_field\": \"title\", \"answer_field\": \"verse\"}"},

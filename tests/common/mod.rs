@@ -294,3 +294,11 @@ impl Drop for TestHub {
         let _ = self.child.wait();
     }
 }
+
+/// Writes a one-split Hub dataset repo (`datasets/<repo>/data/train-00000-of-00001.parquet`) under `hub_root`,
+/// as `sdg-test-hub` serves it.
+pub fn hub_dataset(hub_root: &Path, repo: &str, columns: &[(&str, Vec<Option<&str>>)]) {
+    let file = hub_root.join("datasets").join(repo).join("data/train-00000-of-00001.parquet");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    sdg::testkit::write_parquet(&file, columns).unwrap();
+}
